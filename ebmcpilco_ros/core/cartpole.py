@@ -1,0 +1,58 @@
+"""Cart-pole dynamics (the PILCO / MC-PILCO benchmark plant) and its zero-order-hold integrator.
+
+State x = [p, pdot, theta, thetadot]: cart position [m], its velocity, pole angle [rad] with
+theta = 0 hanging down and theta = +-pi upright, and its rate. Input u: horizontal force on the
+cart [N]. The pole is a uniform rod of mass m2 and length l; b is viscous cart friction.
+
+    den    = 4 (m1 + m2) - 3 m2 cos^2 theta
+    pddot  = (2 m2 l thetadot^2 sin theta + 3 m2 g sin theta cos theta + 4 u - 4 b pdot) / den
+    thddot = (-3 m2 l thetadot^2 sin theta cos theta - 6 (m1 + m2) g sin theta
+              - 6 (u - b pdot) cos theta) / (l den)
+
+Functions work on arrays of shape (..., 4) so that many rollouts integrate at once.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import PlantConfig
+
+
+def state_derivative(x: np.ndarray, u: np.ndarray | float, plant: PlantConfig) -> np.ndarray:
+    """dx/dt for states (..., 4) and forces broadcastable to (...)."""
+    m1, m2, l, b, g = (plant.cart_mass, plant.pole_mass, plant.pole_length, plant.friction,
+                       plant.gravity)
+    pdot, theta, thdot = x[..., 1], x[..., 2], x[..., 3]
+    s, c = np.sin(theta), np.cos(theta)
+    u = np.asarray(u, dtype=float)
+    den = 4.0 * (m1 + m2) - 3.0 * m2 * c * c
+    pddot = (2.0 * m2 * l * thdot**2 * s + 3.0 * m2 * g * s * c + 4.0 * u - 4.0 * b * pdot) / den
+    thddot = (-3.0 * m2 * l * thdot**2 * s * c - 6.0 * (m1 + m2) * g * s
+              - 6.0 * (u - b * pdot) * c) / (l * den)
+    return np.stack([pdot, pddot, thdot, thddot], axis=-1)
+
+
+def step(x: np.ndarray, u: np.ndarray | float, plant: PlantConfig, dt: float | None = None,
+         substeps: int | None = None) -> np.ndarray:
+    """Advance by dt (default: one control period) with u held constant (zero-order hold), RK4."""
+    dt = plant.control_period if dt is None else dt
+    n = plant.integrator_substeps if substeps is None else substeps
+    h = dt / n
+    x = np.asarray(x, dtype=float)
+    for _ in range(n):
+        k1 = state_derivative(x, u, plant)
+        k2 = state_derivative(x + 0.5 * h * k1, u, plant)
+        k3 = state_derivative(x + 0.5 * h * k2, u, plant)
+        k4 = state_derivative(x + h * k3, u, plant)
+        x = x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    return x
+
+
+def energy(x: np.ndarray, plant: PlantConfig) -> np.ndarray:
+    """Total mechanical energy [J] (zero potential at the pivot height): conserved when b = u = 0."""
+    m1, m2, l, g = plant.cart_mass, plant.pole_mass, plant.pole_length, plant.gravity
+    pdot, theta, thdot = x[..., 1], x[..., 2], x[..., 3]
+    kinetic = (0.5 * (m1 + m2) * pdot**2 + 0.5 * m2 * l * pdot * thdot * np.cos(theta)
+               + m2 * l**2 * thdot**2 / 6.0)
+    potential = -0.5 * m2 * g * l * np.cos(theta)
+    return kinetic + potential

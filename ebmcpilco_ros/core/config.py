@@ -1,0 +1,328 @@
+"""Validated configuration: the one source of truth for every constant.
+
+Each section is a frozen dataclass whose fields carry their allowed range and a description in the
+field metadata (see `setting`). The same metadata validates YAML here and, in the nodes, becomes
+ROS parameter descriptors, so ranges are written once.
+
+YAML files in `config/` use the ROS 2 parameter-file layout (`/**: ros__parameters: {...}`), so the
+same file feeds `ros2 launch` and `ebmcpilco`; `load_config` also accepts a plain mapping.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+def setting(default: Any, lo: float | None = None, hi: float | None = None, *,
+            doc: str = "", choices: tuple[str, ...] | None = None,
+            lo_open: bool = False) -> Any:
+    """A dataclass field with its allowed range and description (used by validation and ROS)."""
+    meta = {"lo": lo, "hi": hi, "doc": doc, "choices": choices, "lo_open": lo_open}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _range_text(meta: Mapping[str, Any]) -> str:
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    lo, hi = meta.get("lo"), meta.get("hi")
+    left = "(" if meta.get("lo_open") else "["
+    return f"in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+
+
+def _check_value(name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    choices = meta.get("choices")
+    if choices is not None:
+        if value not in choices:
+            raise ConfigError(f"{name} = {value!r}: must be {_range_text(meta)}")
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        lo, hi = meta.get("lo"), meta.get("hi")
+        bad = (not math.isfinite(float(v))
+               or (lo is not None and (v <= lo if meta.get("lo_open") else v < lo))
+               or (hi is not None and v > hi))
+        if bad:
+            raise ConfigError(f"{name} = {value!r}: must be {_range_text(meta)}")
+
+
+class Section:
+    """Mixin: validate every field against its metadata after construction."""
+
+    _section: str = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+                value = tuple(value)
+            _check_value(f"{self._section}.{f.name}", value, f.metadata)
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field checks; override where needed."""
+
+    def fail(self, name: str, message: str) -> None:
+        raise ConfigError(f"{self._section}.{name} = {getattr(self, name)!r}: {message}")
+
+
+@dataclass(frozen=True)
+class PlantConfig(Section):
+    """The cart-pole: physical parameters, actuation, sampling and sensing (MC-PILCO benchmark)."""
+
+    _section = "plant"
+    cart_mass: float = setting(0.5, 0.0, None, lo_open=True, doc="cart mass m1 [kg]")
+    pole_mass: float = setting(0.5, 0.0, None, lo_open=True, doc="pole mass m2 [kg]")
+    pole_length: float = setting(0.5, 0.0, None, lo_open=True, doc="pole length l [m]")
+    friction: float = setting(0.1, 0.0, None, doc="viscous cart friction b [N s/m]")
+    gravity: float = setting(9.81, 0.0, None, lo_open=True, doc="gravity g [m/s^2]")
+    u_max: float = setting(10.0, 0.0, None, lo_open=True, doc="force limit |u| <= u_max [N]")
+    control_period: float = setting(0.05, 0.0, 1.0, lo_open=True, doc="Ts [s]")
+    trial_duration: float = setting(3.0, 0.0, 600.0, lo_open=True, doc="length of one trial [s]")
+    sensor_noise_std: float = setting(0.01, 0.0, None, doc="measurement noise std, all states")
+    initial_state_std: float = setting(0.01, 0.0, None, doc="x0 ~ N(0, std^2 I), pole down")
+    integrator_substeps: int = setting(10, 1, 1000, doc="RK4 substeps per control period")
+
+    def check(self) -> None:
+        if self.steps < 1:
+            self.fail("trial_duration", "must cover at least one control_period")
+
+    @property
+    def steps(self) -> int:
+        """Control steps per trial (transitions recorded)."""
+        return int(round(self.trial_duration / self.control_period))
+
+
+@dataclass(frozen=True)
+class SuccessConfig(Section):
+    """Swing-up success: in the last `window` seconds, |p| < p_tol and ||theta| - pi| < theta_tol."""
+
+    _section = "success"
+    window: float = setting(1.0, 0.0, None, lo_open=True, doc="final window checked [s]")
+    p_tol: float = setting(0.1, 0.0, None, lo_open=True, doc="cart position tolerance [m]")
+    theta_tol: float = setting(0.1, 0.0, None, lo_open=True, doc="angle tolerance to upright [rad]")
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    """Speed-integration GP model: kernel, hyperparameter fit and subset-of-data sparsification."""
+
+    _section = "model"
+    kernel: str = setting("se", choices=("se", "se+poly"), doc="GP kernel")
+    fit_iterations: int = setting(200, 1, 100000, doc="L-BFGS iterations for the marginal likelihood")
+    init_lengthscale: float = setting(1.0, 0.0, None, lo_open=True, doc="initial ARD lengthscales")
+    init_signal_std: float = setting(1.0, 0.0, None, lo_open=True, doc="initial signal std")
+    init_noise_std: float = setting(0.1, 0.0, None, lo_open=True, doc="initial noise std")
+    min_noise_std: float = setting(1e-4, 0.0, None, lo_open=True, doc="floor on the noise std")
+    train_signal_std: bool = setting(True, doc="fit the signal std (MC-PILCO fixes it at 1)")
+    sod_threshold: float = setting(0.5, 0.0, None, doc="keep a point if posterior std > thr*sigma_n")
+    max_points: int = setting(400, 1, 100000, doc="hard cap on the SoD subset size")
+
+
+@dataclass(frozen=True)
+class PolicyConfig(Section):
+    """Squashed RBF policy pi(x) = u_max tanh(sum_i w_i phi_i(x) / u_max)."""
+
+    _section = "policy"
+    num_basis: int = setting(200, 1, 10000, doc="number of RBF centres")
+    init_lengthscale: float = setting(1.0, 0.0, None, lo_open=True, doc="initial lengthscales")
+    centre_range: float = setting(math.pi, 0.0, None, lo_open=True,
+                                  doc="centres of (p, pdot, thetadot) ~ U(-r, r) at init")
+
+
+@dataclass(frozen=True)
+class CostConfig(Section):
+    """Saturating swing-up cost c = 1 - exp(-(|theta|-pi)^2/l_theta^2 - p^2/l_p^2)."""
+
+    _section = "cost"
+    length_theta: float = setting(3.0, 0.0, None, lo_open=True, doc="angle lengthscale l_theta")
+    length_p: float = setting(1.0, 0.0, None, lo_open=True, doc="position lengthscale l_p")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig(Section):
+    """MC-PILCO Monte Carlo policy optimisation (Adam, dropout, early-stopping monitor)."""
+
+    _section = "optimizer"
+    particles: int = setting(400, 1, 100000, doc="Monte Carlo particles M")
+    horizon: int = setting(60, 1, 100000, doc="rollout horizon H in control steps")
+    lr: float = setting(0.01, 0.0, 1.0, lo_open=True, doc="initial Adam learning rate")
+    lr_min: float = setting(0.0025, 0.0, 1.0, lo_open=True, doc="lowest learning rate")
+    dropout: float = setting(0.25, 0.0, 0.99, doc="initial dropout on the RBF activations")
+    dropout_step: float = setting(0.125, 0.0, 1.0, doc="dropout reduction at each lr cut")
+    max_steps_first: int = setting(2000, 1, 1000000, doc="max Adam steps, first learning trial")
+    max_steps: int = setting(4000, 1, 1000000, doc="max Adam steps, later trials")
+    monitor_alpha: float = setting(0.99, 0.0, 1.0, lo_open=True, doc="monitor filter alpha_s")
+    monitor_sigma: float = setting(0.08, 0.0, None, lo_open=True, doc="monitor threshold sigma_s")
+    monitor_sigma_min: float = setting(0.01, 0.0, None, lo_open=True, doc="floor on sigma_s")
+    monitor_window: int = setting(200, 1, 1000000, doc="monitor window n_s")
+    monitor_min_step: int = setting(200, 0, 1000000, doc="no decision before this step")
+    dtype: str = setting("float32", choices=("float32", "float64"),
+                         doc="particle rollout precision (models are fitted in float64)")
+    threads: int = setting(0, 0, 1024, doc="torch CPU threads for optimisation (0 = leave)")
+    device: str = setting("cpu", doc="torch device for the rollout: cpu, cuda, cuda:1, ...")
+
+    def check(self) -> None:
+        if self.lr_min > self.lr:
+            self.fail("lr_min", f"must be <= optimizer.lr = {self.lr}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            self.fail("device", "must be 'cpu' or 'cuda[:N]'")
+
+
+@dataclass(frozen=True)
+class LearnerConfig(Section):
+    """The trial loop: which algorithm, how many trials, the random first trial, seeds."""
+
+    _section = "learner"
+    algorithm: str = setting("mc", choices=("mc", "eb"), doc="mc = MC-PILCO, eb = EB-MC-PILCO")
+    max_trials: int = setting(6, 1, 1000, doc="rollouts on the system, all kinds counted")
+    random_trials: int = setting(1, 0, 100, doc="initial trials with u ~ U(-u_max, u_max)")
+    stop_on_success: bool = setting(True, doc="stop at the first successful rollout")
+    seed: int = setting(1, 0, 2**31 - 1, doc="seed for every random draw of the run")
+
+
+# Sections of the same YAML that other layers own (hardware driver, node settings); the learning
+# core skips them, their owners validate them.
+FOREIGN_SECTIONS = ("hardware", "sim_plant", "execution", "nodes")
+
+SECTIONS: dict[str, type] = {
+    "plant": PlantConfig,
+    "success": SuccessConfig,
+    "model": ModelConfig,
+    "policy": PolicyConfig,
+    "cost": CostConfig,
+    "optimizer": OptimizerConfig,
+    "learner": LearnerConfig,
+}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one learning run needs; each part validated on construction."""
+
+    plant: PlantConfig = field(default_factory=PlantConfig)
+    success: SuccessConfig = field(default_factory=SuccessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+
+    def replace(self, **overrides: Mapping[str, Any]) -> "ExperimentConfig":
+        """A copy with some fields of some sections changed, e.g. replace(learner={"seed": 3})."""
+        parts = {name: getattr(self, name) for name in SECTIONS}
+        for name, values in overrides.items():
+            if name not in SECTIONS:
+                raise ConfigError(f"unknown config section {name!r}")
+            parts[name] = build_section(name, {**dataclasses.asdict(parts[name]), **values})
+        return ExperimentConfig(**parts)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+def _coerce(name: str, value: Any, f: dataclasses.Field) -> Any:
+    """YAML gives ints where floats are meant, lists for tuples: accept those, refuse the rest."""
+    kind = type(f.default) if f.default is not dataclasses.MISSING else tuple
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is tuple and isinstance(value, list):
+        return tuple(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name} = {value!r}: must be true or false")
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{name} = {value!r}: must be a number")
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"{name} = {value!r}: must be an integer")
+        return int(value)
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"{name} = {value!r}: must be a string")
+    return value
+
+
+def build_section(name: str, values: Mapping[str, Any]) -> Any:
+    cls = SECTIONS[name]
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: unknown parameter (known: {', '.join(known)})")
+    kwargs = {k: _coerce(f"{name}.{k}", v, known[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
+    """Build from a nested mapping; accepts the ROS parameter-file layout too."""
+    data = _ros_parameters(data)
+    unknown = sorted(set(data) - set(SECTIONS) - set(FOREIGN_SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown config section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+    parts = {}
+    for name in SECTIONS:
+        values = data.get(name) or {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{name}: must be a mapping of parameters")
+        parts[name] = build_section(name, values)
+    return ExperimentConfig(**parts)
+
+
+def _ros_parameters(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Unwrap `<node or /**>: ros__parameters: {...}`; merges all node entries in file order."""
+    if not data:
+        return {}
+    if all(isinstance(v, Mapping) and "ros__parameters" in v for v in data.values()):
+        merged: dict[str, Any] = {}
+        for entry in data.values():
+            for section, values in (entry["ros__parameters"] or {}).items():
+                if section in SECTIONS or section in FOREIGN_SECTIONS:
+                    merged.setdefault(section, {}).update(values or {})
+        return merged
+    return data
+
+
+def load_config(path: str | Path, **overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """Read a YAML config; `overrides` per section, e.g. learner={"seed": 2}."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    config = config_from_dict(data)
+    return config.replace(**overrides) if overrides else config
+
+
+def config_dir() -> Path:
+    """The installed share/<pkg>/config when ament knows the package, else the source tree's."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory("ebmcpilco_ros")) / "config"
+        if installed.is_dir():
+            return installed
+    except Exception:  # noqa: BLE001 - not installed through ament: use the source tree
+        pass
+    return Path(__file__).resolve().parents[2] / "config"
+
+
+def find_config(name_or_path: str) -> Path:
+    """A path as given, or a config name such as 'paper_cartpole' looked up in config_dir()."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = config_dir() / (path.name if path.suffix else f"{path.name}.yaml")
+    if candidate.exists():
+        return candidate
+    raise ConfigError(f"config {name_or_path!r} not found (looked in {config_dir()})")

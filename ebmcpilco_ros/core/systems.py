@@ -1,0 +1,73 @@
+"""The `System` protocol the Learner runs trials on, controllers, and the in-process simulation."""
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+
+from . import cartpole
+from .config import PlantConfig
+from .trial import Trial
+
+
+class Controller(Protocol):
+    """Maps the measured state at control step t to a force; reset() before each trial."""
+
+    def reset(self) -> None: ...
+
+    def __call__(self, step: int, state: np.ndarray) -> float: ...
+
+
+class System(Protocol):
+    """Something trials run on: the simulated plant here, the node graph or a rig elsewhere."""
+
+    def run(self, controller: Controller, kind: str, index: int) -> Trial: ...
+
+
+class RandomController:
+    """u_t ~ U(-u_max, u_max) i.i.d. each step: the exploration of the first trial."""
+
+    def __init__(self, u_max: float, rng: np.random.Generator) -> None:
+        self.u_max = u_max
+        self.rng = rng
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, step: int, state: np.ndarray) -> float:
+        return float(self.rng.uniform(-self.u_max, self.u_max))
+
+
+class SimulatedCartPole:
+    """The benchmark cart-pole integrated in-process: ZOH input, Gaussian sensor noise.
+
+    Starts each trial from x0 ~ N(0, initial_state_std^2 I) (pole down). The controller sees the
+    noisy measurement; the trial keeps the noise-free trajectory for evaluation only.
+    """
+
+    def __init__(self, plant: PlantConfig, rng: np.random.Generator) -> None:
+        self.plant = plant
+        self.rng = rng
+
+    def run(self, controller: Controller, kind: str = "policy", index: int = 0) -> Trial:
+        plant, rng = self.plant, self.rng
+        steps = plant.steps
+        x = rng.normal(0.0, plant.initial_state_std, size=4)
+        true = np.empty((steps + 1, 4))
+        measured = np.empty((steps + 1, 4))
+        inputs = np.empty(steps)
+        controller.reset()
+        started = time.perf_counter()
+        for t in range(steps + 1):
+            true[t] = x
+            measured[t] = x + rng.normal(0.0, plant.sensor_noise_std, size=4)
+            if t == steps:
+                break
+            u = float(np.clip(controller(t, measured[t]), -plant.u_max, plant.u_max))
+            inputs[t] = u
+            x = cartpole.step(x, u, plant)
+        times = np.arange(steps + 1) * plant.control_period
+        return Trial(states=measured, inputs=inputs, times=times, kind=kind, index=index,
+                     true_states=true,
+                     meta={"system": "simulated", "wall_s": time.perf_counter() - started})
