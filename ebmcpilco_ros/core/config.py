@@ -121,7 +121,7 @@ class ModelConfig(Section):
     """Speed-integration GP model: kernel, hyperparameter fit and subset-of-data sparsification."""
 
     _section = "model"
-    kernel: str = setting("se", choices=("se", "se+poly"), doc="GP kernel")
+    kernel: str = setting("se", choices=("se",), doc="GP kernel: squared-exponential ARD")
     fit_iterations: int = setting(200, 1, 100000, doc="L-BFGS iterations for the marginal likelihood")
     init_lengthscale: float = setting(1.0, 0.0, None, lo_open=True, doc="initial ARD lengthscales")
     init_signal_std: float = setting(1.0, 0.0, None, lo_open=True, doc="initial signal std")

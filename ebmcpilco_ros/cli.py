@@ -1,0 +1,139 @@
+"""`ebmcpilco`: demo, benchmarks and tools, without `ros2` (pip-installed ROS 2 wheels suffice).
+
+    ebmcpilco demo                     learn the swing-up on the simulated cart-pole
+    ebmcpilco bench learn ...          learning runs over seeds -> table + JSON
+    ebmcpilco bench step ...           one policy-optimisation step at several GP sizes
+    ebmcpilco emulator ...             firmware emulator on a pty (for the hardware node)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+import yaml
+
+from .core.config import ConfigError, ExperimentConfig, find_config, load_config
+
+
+def _overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`section.key=value` strings (YAML values) -> {section: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    return load_config(find_config(args.config), **_overrides(args.set))
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="paper_cartpole",
+                   help="config name in config/ or a YAML path (default: paper_cartpole)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set optimizer.threads=2 (repeatable)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .core.learner import run_in_process
+
+    cfg = _config(args)
+    if args.seed is not None:
+        cfg = cfg.replace(learner={"seed": args.seed})
+    print(f"EB-MC-PILCO demo: {cfg.learner.algorithm} on the simulated cart-pole, seed "
+          f"{cfg.learner.seed}, up to {cfg.learner.max_trials} trials of "
+          f"{cfg.plant.trial_duration:g} s", flush=True)
+
+    def on_trial(s: Any, _trial: Any) -> None:
+        timing = ", ".join(f"{k} {v:.1f} s" for k, v in s.wall_s.items())
+        print(f"trial {s.index}: {s.kind:7s} cost {s.cost:6.2f}  "
+              f"{'SWING-UP SOLVED' if s.success else 'not solved'}"
+              + (f"  ({s.opt_steps} optimisation steps; {timing})" if s.opt_steps else ""),
+              flush=True)
+
+    report = run_in_process(cfg, on_trial=on_trial)
+    print(f"{'solved' if report.solved else 'NOT solved'} after {len(report.trials)} trials, "
+          f"{report.interaction_s:.1f} s of interaction, {report.wall_s['total']:.0f} s total",
+          flush=True)
+    return 0 if report.solved else 1
+
+
+def cmd_bench_learn(args: argparse.Namespace) -> int:
+    from . import bench
+
+    cfg = _config(args)
+    result = bench.learn(cfg, args.algorithm, args.seeds)
+    print(bench.learn_table(result))
+    if args.json:
+        bench.write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_bench_step(args: argparse.Namespace) -> int:
+    from . import bench
+
+    cfg = _config(args)
+    result = bench.step(cfg, args.points, repeats=args.repeats)
+    if args.json:
+        bench.write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_emulator(args: argparse.Namespace, rest: list[str]) -> int:
+    from .hardware import emulator
+
+    return int(emulator.main(rest) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ebmcpilco", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="learn the swing-up on the simulated cart-pole")
+    _add_config_args(demo)
+    demo.add_argument("--seed", type=int, default=None)
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks (figures and JSON)")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    learn = bsub.add_parser("learn", help="learning runs over seeds")
+    _add_config_args(learn)
+    learn.add_argument("--algorithm", nargs="+", default=["mc"], choices=["mc", "eb"])
+    learn.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    learn.add_argument("--json", default=None, help="write results to this JSON file")
+    learn.set_defaults(func=cmd_bench_learn)
+    step = bsub.add_parser("step", help="time one policy-optimisation step")
+    _add_config_args(step)
+    step.add_argument("--points", nargs="+", type=int, default=[60, 120, 170])
+    step.add_argument("--repeats", type=int, default=20)
+    step.add_argument("--json", default=None, help="write results to this JSON file")
+    step.set_defaults(func=cmd_bench_step)
+
+    emu = sub.add_parser("emulator", help="cart-pole firmware emulator on a pty",
+                         add_help=False)
+    emu.set_defaults(func=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:
+        return cmd_emulator(argparse.Namespace(), argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"ebmcpilco: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Gaussian-process regression with a squared-exponential ARD kernel.
+
+Notation (Rasmussen & Williams; MC-PILCO eq. 14):
+    k(a, b)   = sigma_f^2 exp(-1/2 sum_d (a_d - b_d)^2 / l_d^2)
+    K         = k(X_S, X_S) + sigma_n^2 I        over the support set S (subset of data)
+    alpha     = K^-1 y_S
+    mu(x*)    = k_*^T alpha                      posterior mean
+    var(x*)   = sigma_f^2 - k_*^T K^-1 k_*       latent posterior variance (no sigma_n^2)
+    d mu/dx*  = -Lambda^-1 sum_j alpha_j k(x*, x_j) (x* - x_j),  Lambda = diag(l^2)
+
+Hyperparameters maximise the log marginal likelihood on all data; the posterior is then built on
+a greedy subset of data (SoD) so that prediction costs O(|S|) per mean and O(|S|^2) per variance.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import ModelConfig
+
+_JITTER = 1e-9
+
+
+@dataclass(frozen=True)
+class SEHyperparameters:
+    """SE-ARD hyperparameters in natural units."""
+
+    lengthscales: np.ndarray  # (D,)
+    signal_std: float
+    noise_std: float
+
+    def to_dict(self) -> dict:
+        return {"lengthscales": self.lengthscales.tolist(), "signal_std": self.signal_std,
+                "noise_std": self.noise_std}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SEHyperparameters":
+        return cls(np.asarray(data["lengthscales"], dtype=float), float(data["signal_std"]),
+                   float(data["noise_std"]))
+
+
+def se_kernel(a: Tensor, b: Tensor, lengthscales: Tensor, signal_var: Tensor | float) -> Tensor:
+    """k(a, b) for a (..., N, D), b (..., M, D): (..., N, M)."""
+    sa, sb = a / lengthscales, b / lengthscales
+    d2 = (sa * sa).sum(-1, keepdim=True) + (sb * sb).sum(-1).unsqueeze(-2) - 2.0 * sa @ sb.mT
+    return signal_var * torch.exp(-0.5 * d2.clamp_min(0.0))
+
+
+def negative_log_marginal_likelihood(X: Tensor, y: Tensor, log_ls: Tensor, log_sf: Tensor,
+                                     log_sn: Tensor) -> Tensor:
+    """-log p(y | X) / N, via a Cholesky factor (constant dropped)."""
+    n = X.shape[0]
+    K = se_kernel(X, X, log_ls.exp(), (2 * log_sf).exp())
+    K = K + ((2 * log_sn).exp() + _JITTER) * torch.eye(n, dtype=X.dtype)
+    L = torch.linalg.cholesky(K)
+    a = torch.cholesky_solve(y.unsqueeze(-1), L).squeeze(-1)
+    return (0.5 * (y @ a) + torch.log(torch.diagonal(L)).sum()) / n
+
+
+def fit_hyperparameters(X: np.ndarray, y: np.ndarray, config: ModelConfig) -> SEHyperparameters:
+    """Maximise the marginal likelihood with L-BFGS from a data-scaled starting point.
+
+    Lengthscales start at init_lengthscale times the std of each input, so inputs in different
+    units (m, rad/s, N) start on an equal footing; the paper is silent here.
+    """
+    Xt = torch.as_tensor(X, dtype=torch.float64)
+    yt = torch.as_tensor(y, dtype=torch.float64)
+    x_std = np.maximum(X.std(axis=0), 1e-3)
+    y_std = max(float(y.std()), 1e-6)
+    log_ls = torch.tensor(np.log(config.init_lengthscale * x_std), requires_grad=True)
+    log_sf = torch.tensor(math.log(config.init_signal_std * y_std),
+                          requires_grad=config.train_signal_std)
+    log_sn = torch.tensor(math.log(max(config.init_noise_std * y_std, config.min_noise_std)),
+                          requires_grad=True)
+    params = [p for p in (log_ls, log_sf, log_sn) if p.requires_grad]
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=config.fit_iterations,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-7,
+                            tolerance_change=1e-10)
+    min_log_sn = math.log(config.min_noise_std)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = negative_log_marginal_likelihood(Xt, yt, log_ls, log_sf,
+                                                log_sn.clamp_min(min_log_sn))
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return SEHyperparameters(lengthscales=log_ls.exp().numpy().copy(),
+                                 signal_std=float(log_sf.exp()),
+                                 noise_std=float(log_sn.clamp_min(min_log_sn).exp()))
+
+
+def select_subset(X: np.ndarray, hyp: SEHyperparameters, threshold: float,
+                  max_points: int) -> np.ndarray:
+    """Greedy online SoD: keep x_i if its posterior std given the kept set > threshold * sigma_n.
+
+    Samples are visited in order; the Cholesky factor of the kept set grows one row at a time.
+    """
+    n = len(X)
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    Xs = X / hyp.lengthscales
+    sf2, sn2 = hyp.signal_std**2, hyp.noise_std**2
+    limit = (threshold * hyp.noise_std) ** 2
+    keep = [0]
+    L = np.array([[math.sqrt(sf2 + sn2)]])
+    for i in range(1, n):
+        if len(keep) >= max_points:
+            break
+        k = sf2 * np.exp(-0.5 * ((Xs[keep] - Xs[i]) ** 2).sum(axis=1))
+        v = _solve_lower(L, k)
+        var = sf2 - v @ v
+        if var > limit:
+            d = math.sqrt(max(sf2 + sn2 - v @ v, _JITTER))
+            m = len(keep)
+            L_new = np.zeros((m + 1, m + 1))
+            L_new[:m, :m] = L
+            L_new[m, :m] = v
+            L_new[m, m] = d
+            L = L_new
+            keep.append(i)
+    return np.asarray(keep, dtype=int)
+
+
+def _solve_lower(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.linalg import solve_triangular
+
+    return solve_triangular(L, b, lower=True, check_finite=False)
+
+
+@dataclass(frozen=True)
+class GPPosterior:
+    """The precomputed posterior on the support set: what prediction and Jacobians need."""
+
+    support: np.ndarray   # X_S (N, D)
+    targets: np.ndarray   # y_S (N,)
+    hyp: SEHyperparameters
+    alpha: np.ndarray     # (N,)
+    k_inv: np.ndarray     # (K_SS + sigma_n^2 I)^-1, (N, N)
+
+    @classmethod
+    def build(cls, support: np.ndarray, targets: np.ndarray,
+              hyp: SEHyperparameters) -> "GPPosterior":
+        X = torch.as_tensor(support, dtype=torch.float64)
+        K = se_kernel(X, X, torch.as_tensor(hyp.lengthscales), hyp.signal_std**2)
+        K = K + (hyp.noise_std**2 + _JITTER) * torch.eye(len(support), dtype=torch.float64)
+        L = torch.linalg.cholesky(K)
+        k_inv = torch.cholesky_inverse(L)
+        alpha = torch.cholesky_solve(torch.as_tensor(targets).reshape(-1, 1), L).reshape(-1)
+        return cls(np.asarray(support, dtype=float), np.asarray(targets, dtype=float), hyp,
+                   alpha.numpy(), k_inv.numpy())
+
+    @property
+    def size(self) -> int:
+        return len(self.support)
+
+    def kernel_vector(self, x: np.ndarray) -> np.ndarray:
+        """k(x, X_S) for x (M, D): (M, N)."""
+        d = (x[:, None, :] - self.support[None, :, :]) / self.hyp.lengthscales
+        return self.hyp.signal_std**2 * np.exp(-0.5 * (d * d).sum(-1))
+
+    def mean(self, x: np.ndarray) -> np.ndarray:
+        return self.kernel_vector(np.atleast_2d(x)) @ self.alpha
+
+    def mean_and_variance(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = self.kernel_vector(np.atleast_2d(x))
+        var = self.hyp.signal_std**2 - np.einsum("mn,nk,mk->m", k, self.k_inv, k)
+        return k @ self.alpha, np.maximum(var, 0.0)
+
+    def mean_gradient(self, x: np.ndarray) -> np.ndarray:
+        """d mu / d x* for x (M, D): (M, D), analytic (eq. 21 of the derivation in docs)."""
+        x = np.atleast_2d(x)
+        w = self.kernel_vector(x) * self.alpha                      # (M, N): alpha_j k_j
+        diff_weighted = x * w.sum(1, keepdims=True) - w @ self.support
+        return -diff_weighted / self.hyp.lengthscales**2
+
+
+def fit_gp(X: np.ndarray, y: np.ndarray, config: ModelConfig) -> GPPosterior:
+    """Hyperparameters on all data, posterior on the SoD subset."""
+    if len(X) < 2:
+        raise ValueError(f"a GP needs at least 2 samples, got {len(X)}")
+    hyp = fit_hyperparameters(X, y, config)
+    keep = select_subset(X, hyp, config.sod_threshold, config.max_points)
+    return GPPosterior.build(X[keep], y[keep], hyp)

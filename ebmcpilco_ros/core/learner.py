@@ -1,0 +1,228 @@
+"""The trial loop, written once against three small protocols.
+
+    System              runs a controller for one trial and returns the recorded Trial
+    ModelLearning       keeps every trial, fits the GP model (versioned)
+    PolicyOptimization  given a model, returns the next controller
+
+`LocalModelLearning` and `LocalPolicyOptimization` do the work in-process (benchmarks, demo);
+in the node graph the trial manager implements the same protocols as calls to other nodes, so
+the same Learner runs in benchmarks and on the robot. Data flows one way round the loop:
+trial -> dataset -> model -> controller -> trial.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from .config import ExperimentConfig
+from .cost import trajectory_cost
+from .mcpilco import OptimizationResult, optimize_policy, torch_dtype
+from .model import SpeedIntegrationModel
+from .policy import PolicyController, PolicyParameters, SquashedRBFPolicy
+from .systems import Controller, RandomController, System
+from .trial import Trial, swing_up_success
+
+
+class ModelLearning(Protocol):
+    def add_trial(self, trial: Trial) -> None: ...
+
+    def fit(self) -> SpeedIntegrationModel: ...
+
+
+@dataclass
+class ControllerUpdate:
+    """What an optimisation phase hands back: the controller to run next, and its statistics."""
+
+    controller: Controller
+    phase: str
+    opt_steps: int = 0
+    wall_s: dict[str, float] = field(default_factory=dict)
+    costs: list[float] = field(default_factory=list)
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+class PolicyOptimization(Protocol):
+    def next_controller(self, model: SpeedIntegrationModel, learning_trial: int
+                        ) -> ControllerUpdate: ...
+
+
+class LocalModelLearning:
+    """The dataset of all usable trials and the GP fit, in-process."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.trials: list[Trial] = []
+        self.version = 0
+
+    def add_trial(self, trial: Trial) -> None:
+        self.trials.append(trial)
+
+    def fit(self) -> SpeedIntegrationModel:
+        self.version += 1
+        return SpeedIntegrationModel.fit(self.trials, self.config.plant.control_period,
+                                         self.config.model, version=self.version)
+
+
+class LocalPolicyOptimization:
+    """MC-PILCO on a policy that persists across trials (a fresh Adam each trial)."""
+
+    def __init__(self, config: ExperimentConfig, rng: np.random.Generator,
+                 on_step: Callable | None = None) -> None:
+        self.config = config
+        self.rng = rng
+        self.on_step = on_step
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        self.policy = SquashedRBFPolicy(config.policy, config.plant.u_max, generator=generator,
+                                        dtype=torch_dtype(config.optimizer.dtype))
+        self.version = 0
+
+    def next_controller(self, model: SpeedIntegrationModel, learning_trial: int
+                        ) -> ControllerUpdate:
+        opt = self.config.optimizer
+        max_steps = opt.max_steps_first if learning_trial == 0 else opt.max_steps
+        result: OptimizationResult = optimize_policy(
+            self.policy, model, opt, self.config.cost, self.config.plant.initial_state_std,
+            max_steps, self.rng, self.on_step)
+        self.version += 1
+        params = self.policy.parameters_snapshot(version=self.version)
+        return ControllerUpdate(controller=PolicyController(params), phase="policy",
+                                opt_steps=result.steps, wall_s={"policy": result.wall_s},
+                                costs=result.costs, payload={"policy": params})
+
+
+@dataclass
+class TrialSummary:
+    """One rollout on the system and the computation that preceded it."""
+
+    index: int
+    kind: str
+    success: bool
+    cost: float
+    duration_s: float
+    opt_steps: int = 0
+    model_points: tuple[int, ...] = ()
+    wall_s: dict[str, float] = field(default_factory=dict)
+    predicted_cost: float | None = None
+
+
+@dataclass
+class LearningReport:
+    """The result of a learning run, in the shape the benchmark JSON uses."""
+
+    algorithm: str
+    seed: int
+    trials: list[TrialSummary]
+    opt_costs: list[list[float]]  # per learning trial, the cost at each optimisation step
+    wall_s: dict[str, float]
+
+    @property
+    def solved(self) -> bool:
+        return any(t.success for t in self.trials)
+
+    @property
+    def trials_to_solve(self) -> int | None:
+        """Rollouts on the system up to and including the first success, every kind counted."""
+        for i, t in enumerate(self.trials):
+            if t.success:
+                return i + 1
+        return None
+
+    @property
+    def interaction_s(self) -> float:
+        """Seconds on the system up to and including the solving rollout (all if unsolved)."""
+        n = self.trials_to_solve or len(self.trials)
+        return float(sum(t.duration_s for t in self.trials[:n]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"algorithm": self.algorithm, "seed": self.seed, "solved": self.solved,
+                "trials_to_solve": self.trials_to_solve,
+                "interaction_s": round(self.interaction_s, 6),
+                "opt_steps": int(sum(t.opt_steps for t in self.trials)),
+                "success_per_trial": [t.success for t in self.trials],
+                "kind_per_trial": [t.kind for t in self.trials],
+                "cost_per_trial": [round(t.cost, 4) for t in self.trials],
+                "opt_steps_per_trial": [t.opt_steps for t in self.trials],
+                "wall_s": {k: round(v, 3) for k, v in self.wall_s.items()},
+                "trials": [asdict(t) for t in self.trials]}
+
+
+class Learner:
+    """Random exploration, then model fit -> optimisation -> rollout until success or budget."""
+
+    def __init__(self, config: ExperimentConfig, system: System, models: ModelLearning,
+                 optimizer: PolicyOptimization, rng: np.random.Generator,
+                 on_trial: Callable[[TrialSummary, Trial], None] | None = None) -> None:
+        self.config = config
+        self.system = system
+        self.models = models
+        self.optimizer = optimizer
+        self.rng = rng
+        self.on_trial = on_trial
+
+    def _record(self, trial: Trial, summary_kw: dict[str, Any]) -> TrialSummary:
+        self.models.add_trial(trial)
+        summary = TrialSummary(
+            index=trial.index, kind=trial.kind,
+            success=swing_up_success(trial, self.config.success),
+            cost=trajectory_cost(trial.true_states if trial.true_states is not None
+                                 else trial.states, self.config.cost),
+            duration_s=trial.duration, **summary_kw)
+        if self.on_trial is not None:
+            self.on_trial(summary, trial)
+        return summary
+
+    def run(self) -> LearningReport:
+        cfg = self.config.learner
+        started = time.perf_counter()
+        totals = {"model": 0.0, "policy": 0.0, "system": 0.0}
+        summaries: list[TrialSummary] = []
+        opt_costs: list[list[float]] = []
+        for i in range(min(cfg.random_trials, cfg.max_trials)):
+            t0 = time.perf_counter()
+            trial = self.system.run(RandomController(self.config.plant.u_max, self.rng),
+                                    kind="random", index=i)
+            totals["system"] += time.perf_counter() - t0
+            summaries.append(self._record(trial, {}))
+        learning_trial = 0
+        while len(summaries) < cfg.max_trials:
+            if cfg.stop_on_success and any(s.success for s in summaries):
+                break
+            t0 = time.perf_counter()
+            model = self.models.fit()
+            t_model = time.perf_counter() - t0
+            update = self.optimizer.next_controller(model, learning_trial)
+            t1 = time.perf_counter()
+            trial = self.system.run(update.controller, kind=update.phase, index=len(summaries))
+            totals["system"] += time.perf_counter() - t1
+            totals["model"] += t_model
+            for k, v in update.wall_s.items():
+                totals[k] = totals.get(k, 0.0) + v
+            opt_costs.append(update.costs)
+            summaries.append(self._record(trial, {
+                "opt_steps": update.opt_steps,
+                "model_points": tuple(gp.size for gp in model.gps),
+                "wall_s": {"model": t_model, **update.wall_s},
+                "predicted_cost": update.costs[-1] if update.costs else None}))
+            learning_trial += 1
+        totals["total"] = time.perf_counter() - started
+        return LearningReport(algorithm=cfg.algorithm, seed=cfg.seed, trials=summaries,
+                              opt_costs=opt_costs, wall_s=totals)
+
+
+def run_in_process(config: ExperimentConfig,
+                   on_trial: Callable[[TrialSummary, Trial], None] | None = None,
+                   on_step: Callable | None = None) -> LearningReport:
+    """One seeded learning run on the in-process simulated cart-pole."""
+    from .systems import SimulatedCartPole
+
+    seed = config.learner.seed
+    torch.manual_seed(seed)
+    system = SimulatedCartPole(config.plant, np.random.default_rng([seed, 0]))
+    rng = np.random.default_rng([seed, 1])
+    learner = Learner(config, system, LocalModelLearning(config),
+                      LocalPolicyOptimization(config, rng, on_step), rng, on_trial)
+    return learner.run()

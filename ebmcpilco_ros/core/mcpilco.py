@@ -1,0 +1,186 @@
+"""MC-PILCO policy optimisation: Adam on the Monte Carlo cost with dropout and the early-stopping
+monitor that schedules learning rate and dropout (Amadio et al., T-RO 2022).
+
+Monitor, with J_k the rollout cost at step k:
+    dJ_k = J_k - J_{k-1}
+    E1_k = a E1_{k-1} + (1 - a) dJ_k
+    E2_k = a (E2_{k-1} + (1 - a) (dJ_k - E1_{k-1})^2)
+    r_k  = a r_{k-1} + (1 - a) E1_k / sqrt(E2_k)
+Past `min_step`, if |r| < sigma_s for the last n_s steps, the optimisation has stalled: halve lr
+(down to lr_min), halve sigma_s, lower the dropout; when lr is already lr_min, stop.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .config import CostConfig, OptimizerConfig
+from .model import SpeedIntegrationModel
+from .policy import SquashedRBFPolicy
+from .rollout import ParticleDynamics, RolloutGradient, RolloutNoise, rollout_cost_and_gradient
+
+MAX_BAD_DRAWS = 10  # consecutive non-finite rollouts before giving up
+
+
+class OptimizationError(RuntimeError):
+    """The policy optimisation cannot proceed (non-finite costs that resampling does not cure)."""
+
+
+class Decision(Enum):
+    CONTINUE = "continue"
+    REDUCE = "reduce"
+    STOP = "stop"
+
+
+@dataclass
+class ConvergenceMonitor:
+    """The MC-PILCO early-stopping monitor and the lr / dropout schedule it drives."""
+
+    alpha: float
+    sigma: float
+    sigma_min: float
+    window: int
+    min_step: int
+    lr: float
+    lr_min: float
+    dropout: float
+    dropout_step: float
+    e1: float = 0.0
+    e2: float = 0.0
+    r: float = 0.0
+    last_cost: float | None = None
+    quiet_steps: int = 0
+    step: int = 0
+
+    @classmethod
+    def from_config(cls, config: OptimizerConfig) -> "ConvergenceMonitor":
+        return cls(alpha=config.monitor_alpha, sigma=config.monitor_sigma,
+                   sigma_min=config.monitor_sigma_min, window=config.monitor_window,
+                   min_step=config.monitor_min_step, lr=config.lr, lr_min=config.lr_min,
+                   dropout=config.dropout, dropout_step=config.dropout_step)
+
+    def update(self, cost: float) -> Decision:
+        """Feed J_k; says whether to go on, cut lr and dropout, or stop."""
+        self.step += 1
+        if self.last_cost is not None:
+            a = self.alpha
+            d = cost - self.last_cost
+            e1_prev = self.e1
+            self.e1 = a * self.e1 + (1 - a) * d
+            self.e2 = a * (self.e2 + (1 - a) * (d - e1_prev) ** 2)
+            ratio = self.e1 / math.sqrt(self.e2) if self.e2 > 0 else 0.0
+            self.r = a * self.r + (1 - a) * ratio
+        self.last_cost = cost
+        self.quiet_steps = self.quiet_steps + 1 if abs(self.r) < self.sigma else 0
+        if self.step < self.min_step or self.quiet_steps < self.window:
+            return Decision.CONTINUE
+        if self.lr > self.lr_min:
+            self.lr = max(0.5 * self.lr, self.lr_min)
+            self.sigma = max(0.5 * self.sigma, self.sigma_min)
+            self.dropout = max(self.dropout - self.dropout_step, 0.0)
+            self.min_step = self.step + self.window
+            self.quiet_steps = 0
+            return Decision.REDUCE
+        return Decision.STOP
+
+
+@dataclass
+class OptimizationResult:
+    """What one trial's policy optimisation did."""
+
+    steps: int
+    costs: list[float]
+    stopped_early: bool
+    wall_s: float
+    schedule: list[dict] = field(default_factory=list)  # (step, lr, dropout) at each change
+
+    @property
+    def final_cost(self) -> float:
+        return self.costs[-1] if self.costs else float("nan")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run with `threads` intra-op threads (0 leaves torch's setting alone)."""
+    if threads <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def initial_particles(particles: int, std: float, rng: np.random.Generator,
+                      dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
+    """x0 ~ N(0, std^2 I): the pole hanging down, as each real trial starts."""
+    return torch.as_tensor(rng.normal(0.0, std, size=(particles, 4)), dtype=dtype, device=device)
+
+
+def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
+                    config: OptimizerConfig, cost: CostConfig, initial_state_std: float,
+                    max_steps: int, rng: np.random.Generator,
+                    on_step: Callable[[int, RolloutGradient, ConvergenceMonitor], None] | None
+                    = None) -> OptimizationResult:
+    """Adam on the particle cost until the monitor stops it or `max_steps`; updates `policy`.
+
+    Fresh particles, sampling noise and dropout masks every step (no fixed PEGASUS seeds), a new
+    Adam each call (the policy itself carries over between trials), as MC-PILCO.
+    """
+    dtype, device = torch_dtype(config.dtype), torch.device(config.device)
+    policy.to(dtype=dtype, device=device)
+    dynamics = ParticleDynamics.from_model(model, dtype=dtype, device=device)
+    monitor = ConvergenceMonitor.from_config(config)
+    opt = torch.optim.Adam(policy.parameters(), lr=monitor.lr)
+    params = (policy.weights, policy.centres, policy.log_lengthscales)
+    costs: list[float] = []
+    schedule = [{"step": 0, "lr": monitor.lr, "dropout": monitor.dropout}]
+    started = time.perf_counter()
+    stopped_early = False
+    with torch_threads(config.threads):
+        for step in range(max_steps):
+            grad = None
+            for _ in range(MAX_BAD_DRAWS):
+                x0 = initial_particles(config.particles, initial_state_std, rng, dtype, device)
+                noise = RolloutNoise.draw(config.horizon, config.particles, policy.num_basis,
+                                          monitor.dropout, rng, dtype, device)
+                g = rollout_cost_and_gradient(policy, dynamics, x0, noise, config.horizon, cost)
+                if math.isfinite(g.cost) and all(
+                        bool(torch.isfinite(t).all()) for t in
+                        (g.grad_weights, g.grad_centres, g.grad_log_lengthscales)):
+                    grad = g
+                    break
+            if grad is None:
+                raise OptimizationError(
+                    f"{MAX_BAD_DRAWS} consecutive rollouts gave a non-finite cost or gradient "
+                    f"at step {step}: the model or policy has diverged")
+            for p, gp in zip(params, (grad.grad_weights, grad.grad_centres,
+                                      grad.grad_log_lengthscales)):
+                p.grad = gp
+            opt.step()
+            costs.append(grad.cost)
+            decision = monitor.update(grad.cost)
+            if on_step is not None:
+                on_step(step, grad, monitor)
+            if decision is Decision.STOP:
+                stopped_early = True
+                break
+            if decision is Decision.REDUCE:
+                for group in opt.param_groups:
+                    group["lr"] = monitor.lr
+                schedule.append({"step": step + 1, "lr": monitor.lr, "dropout": monitor.dropout})
+    return OptimizationResult(steps=len(costs), costs=costs, stopped_early=stopped_early,
+                              wall_s=time.perf_counter() - started, schedule=schedule)

@@ -1,0 +1,144 @@
+"""Speed-integration dynamics model (MC-PILCO eq. 16): one GP per velocity, positions integrated.
+
+State x = [p, pdot, theta, thetadot], velocities v = (pdot, thetadot), positions q = (p, theta).
+GP input  x~ = [p, pdot, thetadot, sin theta, cos theta, u]; GP i predicts Delta_i = v_{t+1,i} - v_{t,i}.
+    v_{t+1} = v_t + Delta_t
+    q_{t+1} = q_t + Ts v_t + (Ts / 2) Delta_t
+The posterior mean gives deterministic dynamics f(x, u) for iLQR with analytic A = df/dx,
+B = df/du (chain rule through the sin/cos input map); the variance drives particle sampling and
+exploration noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .config import ModelConfig
+from .gp import GPPosterior, SEHyperparameters, fit_gp
+from .trial import Trial
+
+MODEL_FORMAT = "ebmcpilco.model/1"
+INPUT_NAMES = ("p", "pdot", "thetadot", "sin_theta", "cos_theta", "u")
+TARGET_NAMES = ("delta_pdot", "delta_thetadot")
+
+
+def gp_inputs(states: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """x~ = [p, pdot, thetadot, sin theta, cos theta, u] for states (..., 4), inputs (...)."""
+    theta = states[..., 2]
+    return np.stack([states[..., 0], states[..., 1], states[..., 3], np.sin(theta),
+                     np.cos(theta), np.asarray(inputs, dtype=float)], axis=-1)
+
+
+def training_data(trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (N, 6) and velocity increments (N, 2) from every transition of the usable trials."""
+    xs, ys = [], []
+    for trial in trials:
+        if trial.failed or trial.steps == 0:
+            continue
+        s = trial.states
+        xs.append(gp_inputs(s[:-1], trial.inputs))
+        ys.append(s[1:, [1, 3]] - s[:-1, [1, 3]])
+    if not xs:
+        raise ValueError("no usable trials to fit the model on")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@dataclass(frozen=True)
+class SpeedIntegrationModel:
+    """Two GP posteriors (Delta pdot, Delta thetadot) and the integration step Ts."""
+
+    gps: tuple[GPPosterior, GPPosterior]
+    dt: float
+    version: int = 0
+    num_data: int = 0
+
+    @classmethod
+    def fit(cls, trials: Sequence[Trial], dt: float, config: ModelConfig,
+            version: int = 0) -> "SpeedIntegrationModel":
+        X, Y = training_data(trials)
+        gps = tuple(fit_gp(X, Y[:, i], config) for i in range(2))
+        return cls(gps=gps, dt=dt, version=version, num_data=len(X))  # type: ignore[arg-type]
+
+    # -- deterministic mean dynamics (iLQR) ------------------------------------------------
+    def mean_step(self, x: np.ndarray, u: np.ndarray | float) -> np.ndarray:
+        """f(x, u) with Delta = GP mean, for x (4,) or (M, 4)."""
+        x = np.asarray(x, dtype=float)
+        xb = np.atleast_2d(x)
+        ub = np.broadcast_to(np.asarray(u, dtype=float).reshape(-1), (len(xb),))
+        xin = gp_inputs(xb, ub)
+        delta = np.stack([gp.mean(xin) for gp in self.gps], axis=-1)
+        out = self._integrate(xb, delta)
+        return out.reshape(x.shape)
+
+    def step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """iLQR dynamics protocol: x (4,), u (1,) -> x_next (4,)."""
+        return self.mean_step(x, float(np.asarray(u).reshape(-1)[0]))
+
+    def _integrate(self, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        dt = self.dt
+        out = np.empty_like(x)
+        out[:, 1] = x[:, 1] + delta[:, 0]
+        out[:, 3] = x[:, 3] + delta[:, 1]
+        out[:, 0] = x[:, 0] + dt * x[:, 1] + 0.5 * dt * delta[:, 0]
+        out[:, 2] = x[:, 2] + dt * x[:, 3] + 0.5 * dt * delta[:, 1]
+        return out
+
+    def linearize(self, X: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A_t = df/dx (T, 4, 4), B_t = df/du (T, 4, 1) along (X, U), analytic.
+
+        D_i = (d mu_i / d x~) G with G = d x~ / d(x, u) the input map Jacobian (docs eq. 22-23).
+        """
+        X = np.atleast_2d(np.asarray(X, dtype=float))
+        U = np.asarray(U, dtype=float).reshape(len(X))
+        xin = gp_inputs(X, U)
+        T = len(X)
+        theta = X[:, 2]
+        G = np.zeros((T, 6, 5))
+        G[:, 0, 0] = 1.0                 # p
+        G[:, 1, 1] = 1.0                 # pdot
+        G[:, 2, 3] = 1.0                 # thetadot
+        G[:, 3, 2] = np.cos(theta)       # sin theta
+        G[:, 4, 2] = -np.sin(theta)      # cos theta
+        G[:, 5, 4] = 1.0                 # u
+        D = [np.einsum("td,tdk->tk", gp.mean_gradient(xin), G) for gp in self.gps]  # (T, 5)
+        dt = self.dt
+        J = np.zeros((T, 4, 5))
+        J[:, 0, :] = 0.5 * dt * D[0]
+        J[:, 1, :] = D[0]
+        J[:, 2, :] = 0.5 * dt * D[1]
+        J[:, 3, :] = D[1]
+        J[:, 0, 0] += 1.0
+        J[:, 0, 1] += dt
+        J[:, 1, 1] += 1.0
+        J[:, 2, 2] += 1.0
+        J[:, 2, 3] += dt
+        J[:, 3, 3] += 1.0
+        return J[:, :, :4], J[:, :, 4:]
+
+    def predictive_variance(self, X: np.ndarray, U: np.ndarray) -> np.ndarray:
+        """Latent variance of (Delta pdot, Delta thetadot) at (X, U): (T, 2)."""
+        X = np.atleast_2d(np.asarray(X, dtype=float))
+        xin = gp_inputs(X, np.asarray(U, dtype=float).reshape(len(X)))
+        return np.stack([gp.mean_and_variance(xin)[1] for gp in self.gps], axis=-1)
+
+    # -- payload -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Support sets, targets and hyperparameters: the receiver rebuilds the posterior."""
+        return {"format": MODEL_FORMAT, "version": self.version, "dt": self.dt,
+                "num_data": self.num_data, "inputs": list(INPUT_NAMES),
+                "gps": [{"name": name, "support": gp.support.tolist(),
+                         "targets": gp.targets.tolist(), "hyperparameters": gp.hyp.to_dict()}
+                        for name, gp in zip(TARGET_NAMES, self.gps)]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SpeedIntegrationModel":
+        if data.get("format") != MODEL_FORMAT:
+            raise ValueError(f"not a model of format {MODEL_FORMAT}: {data.get('format')!r}")
+        gps = tuple(GPPosterior.build(np.asarray(g["support"], dtype=float),
+                                      np.asarray(g["targets"], dtype=float),
+                                      SEHyperparameters.from_dict(g["hyperparameters"]))
+                    for g in data["gps"])
+        return cls(gps=gps, dt=float(data["dt"]), version=int(data["version"]),  # type: ignore
+                   num_data=int(data.get("num_data", 0)))

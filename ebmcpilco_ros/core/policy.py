@@ -1,0 +1,180 @@
+"""Squashed RBF policy (MC-PILCO): pi(x) = u_max tanh( sum_i w_i phi_i(x^) / u_max ).
+
+    x^      = [p, pdot, thetadot, sin theta, cos theta]   (the GP input without u)
+    phi_i   = exp( -sum_d (x^_d - a_i,d)^2 / l_d^2 )      centres a_i, lengthscales l shared
+Trainable: weights w (B,), centres A (B, 5), log-lengthscales (5,). Dropout acts on the basis
+activations phi during optimisation only. `PolicyParameters` is the plain-numpy form that the
+real-time controller evaluates and that travels over ROS.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .config import PolicyConfig
+
+POLICY_FORMAT = "ebmcpilco.policy/1"
+MAX_EXPONENT = 78.0  # exp(-78) ~ 1e-34: beyond it float32 exp enters the (slow) denormal range
+POLICY_INPUTS = ("p", "pdot", "thetadot", "sin_theta", "cos_theta")
+_QUARTER_TURN = (0.0, math.pi / 2)  # sin(theta + pi/2) = cos(theta): one sin call for both
+
+
+def state_features(states: Tensor) -> Tensor:
+    """x^ = [p, pdot, thetadot, sin theta, cos theta] from states (..., 4)."""
+    offsets = states.new_tensor(_QUARTER_TURN)
+    sincos = torch.sin(states[..., 2:3] + offsets)
+    return torch.cat([states[..., 0:2], states[..., 3:4], sincos], dim=-1)
+
+
+@dataclass(frozen=True)
+class PolicyParameters:
+    """Numpy snapshot of a squashed RBF policy: evaluation without torch, and the ROS payload."""
+
+    weights: np.ndarray       # (B,)
+    centres: np.ndarray       # (B, 5)
+    lengthscales: np.ndarray  # (5,)
+    u_max: float
+    version: int = 0
+
+    def __call__(self, state: np.ndarray) -> float:
+        """u for one measured state (4,): a few microseconds in numpy."""
+        th = state[2]
+        x = np.array([state[0], state[1], state[3], math.sin(th), math.cos(th)])
+        d = (self.centres - x) / self.lengthscales
+        phi = np.exp(-np.einsum("bd,bd->b", d, d))
+        return float(self.u_max * math.tanh(float(phi @ self.weights) / self.u_max))
+
+    def to_dict(self) -> dict:
+        return {"format": POLICY_FORMAT, "kind": "squashed_rbf", "version": self.version,
+                "u_max": self.u_max, "inputs": list(POLICY_INPUTS),
+                "weights": self.weights.tolist(), "centres": self.centres.tolist(),
+                "lengthscales": self.lengthscales.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PolicyParameters":
+        if data.get("format") != POLICY_FORMAT:
+            raise ValueError(f"not a policy of format {POLICY_FORMAT}: {data.get('format')!r}")
+        return cls(np.asarray(data["weights"], dtype=float),
+                   np.asarray(data["centres"], dtype=float).reshape(-1, 5),
+                   np.asarray(data["lengthscales"], dtype=float), float(data["u_max"]),
+                   int(data.get("version", 0)))
+
+
+def _rbf(features: Tensor, centres: Tensor, inv_ls: Tensor) -> Tensor:
+    x = features * inv_ls
+    a = centres * inv_ls
+    d2 = torch.addmm((a * a).sum(-1) + (x * x).sum(-1, keepdim=True), x, a.T, alpha=-2.0)
+    # Clamped: far-away centres would otherwise push float32 exp into slow denormals.
+    return torch.exp(d2.clamp_(0.0, MAX_EXPONENT).neg_())
+
+
+class _SquashedRBF(torch.autograd.Function):
+    """u = u_max tanh(s / u_max), s_m = scale sum_b keep_mb phi_mb w_b, with a hand-written
+    backward: one autograd node per policy call instead of ~20 keeps the rollout's per-step
+    overhead small (docs/ALGORITHM.md, "Speed")."""
+
+    @staticmethod
+    def forward(ctx, f: Tensor, w: Tensor, centres: Tensor, log_ls: Tensor,  # type: ignore
+                keep: Tensor | None, keep_scale: float, u_max: float) -> Tensor:
+        inv_ls = torch.exp(-log_ls)
+        phi = _rbf(f, centres, inv_ls)
+        if keep is not None:
+            phi = phi.mul_(keep)
+            w_eff = w * keep_scale
+        else:
+            w_eff, keep_scale = w, 1.0
+        th = torch.tanh(torch.mv(phi, w_eff).div_(u_max))
+        ctx.save_for_backward(f, w_eff, centres, inv_ls, phi, th)
+        ctx.keep_scale = keep_scale
+        return th * u_max
+
+    @staticmethod
+    def backward(ctx, g_u: Tensor):  # type: ignore[override]
+        f, w_eff, centres, inv_ls, phi, th = ctx.saved_tensors
+        g_s = g_u * (1.0 - th * th)                     # dL/ds (M,)
+        g_w = torch.mv(phi.T, g_s) * ctx.keep_scale     # dL/dw (B,)
+        R = phi * torch.outer(g_s, w_eff)               # dL/dphi * phi (M, B)
+        r_m = R.sum(1, keepdim=True)                    # (M, 1)
+        c_b = R.sum(0).unsqueeze(1)                     # (B, 1)
+        Ra = R @ centres                                # (M, 5)
+        Rf = R.T @ f                                    # (B, 5)
+        il2 = 2.0 * inv_ls * inv_ls
+        g_f = (Ra - f * r_m) * il2
+        g_c = (Rf - centres * c_b) * il2
+        # d phi / d log l_d = 2 phi (f_d - a_d)^2 / l_d^2, expanded into matmul-sized pieces.
+        g_log = il2 * ((f * f * r_m).sum(0) - 2.0 * (f * Ra).sum(0)
+                       + (centres * centres * c_b).sum(0))
+        return g_f, g_w, g_c, g_log, None, None, None
+
+
+class SquashedRBFPolicy(nn.Module):
+    """The differentiable policy used inside particle rollouts."""
+
+    def __init__(self, config: PolicyConfig, u_max: float,
+                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.u_max = u_max
+        B = config.num_basis
+        r = config.centre_range
+
+        def uniform(*shape: int, lo: float, hi: float) -> Tensor:
+            return lo + (hi - lo) * torch.rand(*shape, generator=generator, dtype=dtype)
+
+        angle = uniform(B, lo=-math.pi, hi=math.pi)
+        centres = torch.cat([uniform(B, 3, lo=-r, hi=r), torch.sin(angle)[:, None],
+                             torch.cos(angle)[:, None]], dim=1)
+        self.centres = nn.Parameter(centres)
+        self.log_lengthscales = nn.Parameter(
+            torch.full((5,), math.log(config.init_lengthscale), dtype=dtype))
+        self.weights = nn.Parameter(uniform(B, lo=-u_max / 2, hi=u_max / 2))
+
+    @property
+    def num_basis(self) -> int:
+        return self.weights.shape[0]
+
+    def activations(self, features: Tensor) -> Tensor:
+        """phi (M, B) for state features x^ (M, 5)."""
+        return _rbf(features, self.centres.detach(), torch.exp(-self.log_lengthscales.detach()))
+
+    def forward(self, states: Tensor) -> Tensor:
+        """u (M,) for states (M, 4), no dropout."""
+        return self.from_features(state_features(states))
+
+    def from_features(self, features: Tensor, keep: Tensor | None = None,
+                      keep_scale: float = 1.0) -> Tensor:
+        """u (M,) from x^ (M, 5); `keep` (M, B) bool is the dropout mask, survivors scaled."""
+        return _SquashedRBF.apply(features, self.weights, self.centres, self.log_lengthscales,
+                                  keep, keep_scale, self.u_max)
+
+    def parameters_snapshot(self, version: int = 0) -> PolicyParameters:
+        with torch.no_grad():
+            return PolicyParameters(
+                weights=self.weights.detach().double().cpu().numpy().copy(),
+                centres=self.centres.detach().double().cpu().numpy().copy(),
+                lengthscales=self.log_lengthscales.detach().double().exp().cpu().numpy().copy(),
+                u_max=self.u_max, version=version)
+
+    def load_snapshot(self, params: PolicyParameters) -> None:
+        with torch.no_grad():
+            dev, dt = self.weights.device, self.weights.dtype
+            self.weights.data = torch.as_tensor(params.weights, dtype=dt, device=dev).clone()
+            self.centres.data = torch.as_tensor(params.centres, dtype=dt, device=dev).clone()
+            self.log_lengthscales.data = torch.log(
+                torch.as_tensor(params.lengthscales, dtype=dt, device=dev))
+
+
+class PolicyController:
+    """The Controller protocol around a policy snapshot (no dropout, clipped by the system)."""
+
+    def __init__(self, params: PolicyParameters) -> None:
+        self.params = params
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, step: int, state: np.ndarray) -> float:
+        return self.params(state)
