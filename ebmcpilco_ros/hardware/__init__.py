@@ -1,0 +1,1 @@
+"""ROS-free rig access: wire protocol, serial driver, unit conversion, firmware emulator."""

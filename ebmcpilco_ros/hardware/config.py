@@ -1,0 +1,129 @@
+"""The rig's settings: serial link, calibration, watchdog, soft limits, velocity estimation.
+
+The `hardware` section of the same YAML file the learning core reads (the core lists it among
+FOREIGN_SECTIONS and skips it; it is validated here). Fields use the core's `setting` metadata, so
+the hardware node turns the same ranges into ROS parameter descriptors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..core.config import ConfigError, Section, _coerce, _ros_parameters, setting
+
+SECTION = "hardware"
+MAX_BAUD = 12_000_000
+MIN_BAUD = 9600
+
+
+@dataclass(frozen=True)
+class HardwareConfig(Section):
+    """Serial link to the motor-driver MCU and the host-side safety layer around it."""
+
+    _section = SECTION
+    # Link.
+    port: str = setting("/dev/ttyACM0", doc="serial device of the MCU (a pty for the emulator)")
+    baud: int = setting(921600, MIN_BAUD, MAX_BAUD, doc="baud rate (ignored by USB CDC and ptys)")
+    read_timeout: float = setting(0.01, 0.0, 1.0, lo_open=True,
+                                  doc="longest blocking serial read [s]; bounds close() latency")
+    write_timeout: float = setting(0.01, 0.0, 1.0, lo_open=True,
+                                   doc="longest blocking serial write [s]; a late frame is dropped")
+    handshake_timeout: float = setting(1.0, 0.0, 60.0, lo_open=True,
+                                       doc="HELLO -> CONFIG answer must arrive within this [s]")
+    handshake_retry: float = setting(0.1, 0.0, 10.0, lo_open=True,
+                                     doc="HELLO is resent at this period until answered [s]")
+    state_timeout: float = setting(0.05, 0.0, 10.0, lo_open=True,
+                                   doc="a STATE gap longer than this counts as one timeout [s]")
+    link_timeout: float = setting(0.5, 0.0, 60.0, lo_open=True,
+                                  doc="no valid frame for this long: link lost, reconnect [s]")
+    heartbeat_period: float = setting(0.5, 0.0, 60.0,
+                                      doc="HEARTBEAT round-trip probe period [s]; 0 = off")
+    reconnect_backoff_initial: float = setting(0.05, 0.0, 60.0, lo_open=True,
+                                               doc="first wait before reopening a lost port [s]")
+    reconnect_backoff_max: float = setting(2.0, 0.0, 600.0, lo_open=True,
+                                           doc="the wait doubles per failure up to this [s]")
+    # Calibration: counts -> SI, force -> motor command.
+    metres_per_cart_count: float = setting(5e-5, 0.0, None, lo_open=True,
+                                           doc="cart travel per encoder count [m]")
+    cart_sign: int = setting(1, -1, 1, doc="+1 or -1: makes positive p point along the track's +x")
+    radians_per_pole_count: float = setting(2 * math.pi / 4096, 0.0, None, lo_open=True,
+                                            doc="pole rotation per encoder count [rad]")
+    pole_sign: int = setting(1, -1, 1, doc="+1 or -1: makes theta follow the model's convention")
+    pole_angle_offset: float = setting(0.0, -2 * math.pi, 2 * math.pi,
+                                       doc="added to the signed angle: 0 = hanging down [rad]")
+    force_to_command: float = setting(0.1, 0.0, None, lo_open=True,
+                                      doc="normalised motor duty per newton of cart force [1/N]")
+    motor_sign: int = setting(1, -1, 1, doc="+1 or -1: positive force must push the cart to +p")
+    command_limit: float = setting(1.0, 0.0, 1.0, lo_open=True,
+                                   doc="largest |normalised duty| ever sent")
+    # Safety.
+    command_watchdog_timeout: float = setting(0.1, 0.001, 10.0,
+                                              doc="no new command for this long -> zero; also "
+                                                  "asked of the MCU's own watchdog [s]")
+    cart_position_limit: float = setting(0.3, 0.0, None, lo_open=True,
+                                         doc="soft limit |p| [m], inside the hard end stops")
+    cart_velocity_limit: float = setting(1.5, 0.0, None, lo_open=True,
+                                         doc="soft limit |pdot| [m/s]: no force speeding it up")
+    soft_limit_margin: float = setting(0.1, 0.0, None,
+                                       doc="zone before the position limit where outward force "
+                                           "is refused and outward motion braked [m]")
+    soft_limit_brake_force: float = setting(10.0, 0.0, None,
+                                            doc="force opposing outward motion near a limit [N]")
+    # Velocity estimation.
+    velocity_filter_tau: float = setting(0.01, 0.0, 1.0,
+                                         doc="first-order low-pass time constant on the finite "
+                                             "difference [s]; 0 = raw difference")
+    velocity_max_gap: float = setting(0.2, 0.0, 10.0, lo_open=True,
+                                      doc="samples further apart restart the estimator [s]")
+
+    def check(self) -> None:
+        for name in ("cart_sign", "pole_sign", "motor_sign"):
+            if getattr(self, name) not in (-1, 1):
+                self.fail(name, "must be +1 or -1")
+        if not self.port:
+            self.fail("port", "must name a serial device")
+        if self.soft_limit_margin >= self.cart_position_limit:
+            self.fail("soft_limit_margin", f"must be < cart_position_limit = "
+                                           f"{self.cart_position_limit}")
+        if self.reconnect_backoff_max < self.reconnect_backoff_initial:
+            self.fail("reconnect_backoff_max", "must be >= reconnect_backoff_initial")
+
+    @property
+    def watchdog_ms(self) -> int:
+        """The command watchdog as the HELLO message carries it."""
+        return int(round(self.command_watchdog_timeout * 1000.0))
+
+    def replace(self, **changes: Any) -> "HardwareConfig":
+        return hardware_config_from_dict({**dataclasses.asdict(self), **changes})
+
+
+def hardware_config_from_dict(values: Mapping[str, Any] | None) -> HardwareConfig:
+    """The section from its mapping of parameters (YAML ints accepted for floats)."""
+    values = values or {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{SECTION}: must be a mapping of parameters")
+    known = {f.name: f for f in dataclasses.fields(HardwareConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{SECTION}.{unknown[0]}: unknown parameter (known: {', '.join(known)})")
+    return HardwareConfig(**{k: _coerce(f"{SECTION}.{k}", v, known[k]) for k, v in values.items()})
+
+
+def load_hardware_config(path: str | Path, **overrides: Any) -> HardwareConfig:
+    """The `hardware` section of a YAML file (ROS parameter-file layout or a plain mapping)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: must hold a mapping")
+    section = _ros_parameters(data).get(SECTION) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{SECTION}: must be a mapping of parameters")
+    return hardware_config_from_dict({**section, **overrides})

@@ -1,0 +1,179 @@
+"""The host-side safety layer over the serial driver: what the hardware node wraps in ROS.
+
+For every STATE it converts counts to SI (with velocity estimation) and re-sends the command: the
+latest requested force, zeroed if it is older than the command watchdog, overridden by the soft
+limits against the newest state, and zero with the amplifier disabled while disabled or e-stopped.
+Re-sending at the state rate keeps the soft limits acting between control periods and keeps the
+MCU's watchdog fed only while this process is alive. A new serial session (reconnection) starts
+disabled: the caller must enable again, so motion never resumes on its own.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .config import HardwareConfig
+from .conversion import Measurement, apply_soft_limits, force_to_duty, measure
+from .driver import SerialDriver, StateSample
+from .protocol import DeviceConfig, Status
+
+
+@dataclass(frozen=True)
+class RigStatus:
+    """What diagnostics report; `limit` is the soft limit acting on the last command, if any."""
+
+    connected: bool
+    enabled: bool
+    estopped: bool
+    watchdog_expired: bool   # the host-side command watchdog zeroed the force
+    limit: str | None
+    mcu_status: int          # STATE status bits (protocol.Status)
+    requested_force: float
+    commanded_force: float
+    session: int
+
+
+class Rig:
+    """A cart-pole rig in SI units with soft limits, a command watchdog and a latching e-stop."""
+
+    def __init__(self, config: HardwareConfig,
+                 on_measurement: Callable[[Measurement, StateSample], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._on_measurement = on_measurement
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()   # compute-and-send is atomic: no stale frame overtakes
+        self._measured = threading.Condition(self._lock)
+        self._measurement: Measurement | None = None
+        self._sample: StateSample | None = None
+        self._count = 0
+        self._requested = 0.0
+        self._requested_at: float | None = None
+        self._enabled = False
+        self._estopped = False
+        self._session = 0
+        self._last = (0.0, None, False)   # commanded force, limit reason, watchdog expired
+        self.driver = SerialDriver(config, on_state=self._on_state, on_link=self._on_link)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self, timeout: float | None = None) -> DeviceConfig:
+        return self.driver.open(timeout)
+
+    def close(self) -> None:
+        """Disable, then close the driver (which sends a final zero, enable=false)."""
+        self.disable()
+        self.driver.close()
+
+    def __enter__(self) -> "Rig":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- commands --------------------------------------------------------------------------
+
+    def set_force(self, force: float) -> None:
+        """The force the controller wants now [N]; sent at once and re-sent with every STATE."""
+        with self._lock:
+            self._requested = float(force)
+            self._requested_at = self._clock()
+        self._send()
+
+    def enable(self) -> bool:
+        """Enable the amplifier; refused while e-stopped or not connected."""
+        with self._lock:
+            if self._estopped or not self.driver.connected:
+                return False
+            self._enabled = True
+            self._requested, self._requested_at = 0.0, None
+        return self._send()
+
+    def disable(self) -> None:
+        with self._lock:
+            self._enabled = False
+        self._send()
+
+    def estop(self) -> None:
+        """Zero and disable now; latches until reset_estop()."""
+        with self._lock:
+            self._estopped = True
+            self._enabled = False
+        self._send()
+
+    def reset_estop(self) -> None:
+        """Clear the latch; the rig stays disabled until enable()."""
+        with self._lock:
+            self._estopped = False
+
+    # -- state -----------------------------------------------------------------------------
+
+    def latest(self) -> tuple[Measurement, StateSample] | None:
+        with self._lock:
+            if self._measurement is None or self._sample is None:
+                return None
+            return self._measurement, self._sample
+
+    def wait_measurement(self, after: int = 0,
+                         timeout: float = 1.0) -> tuple[int, Measurement] | None:
+        """The first measurement numbered above `after` (and its number); None on timeout."""
+        with self._measured:
+            if not self._measured.wait_for(lambda: self._count > after, timeout):
+                return None
+            assert self._measurement is not None
+            return self._count, self._measurement
+
+    def status(self) -> RigStatus:
+        with self._lock:
+            force, limit, expired = self._last
+            bits = self._sample.state.status if self._sample is not None else 0
+            return RigStatus(self.driver.connected, self._enabled, self._estopped, expired, limit,
+                             bits, self._requested, force, self._session)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _on_link(self, connected: bool) -> None:
+        with self._lock:
+            self._enabled = False  # a new or lost session never carries the enable over
+            self._measurement = None
+            if connected:
+                self._session += 1
+
+    def _on_state(self, sample: StateSample) -> None:
+        with self._lock:
+            self._measurement = measure(sample.state, self._measurement, self.config)
+            self._sample = sample
+            self._count += 1
+            measurement = self._measurement
+            self._measured.notify_all()
+        self._send()
+        if self._on_measurement is not None:
+            self._on_measurement(measurement, sample)
+
+    def _command(self) -> tuple[float, bool]:
+        """Force and enable flag to send now (lock held)."""
+        active = self._enabled and not self._estopped
+        expired = (self._requested_at is None
+                   or self._clock() - self._requested_at > self.config.command_watchdog_timeout)
+        force = 0.0 if expired else self._requested
+        limit = None
+        if self._measurement is not None:
+            x = self._measurement.x
+            limited = apply_soft_limits(force, float(x[0]), float(x[1]), self.config)
+            force, limit = limited.force, limited.reason
+        if self._sample is not None and self._sample.state.has(Status.AMP_FAULT):
+            active = False
+        if not active:
+            force = 0.0
+        self._last = (force, limit, expired and active)
+        return force, active
+
+    def _send(self) -> bool:
+        with self._send_lock:
+            with self._lock:
+                force, enable = self._command()
+            return self.driver.send_command(force_to_duty(force, self.config), enable)

@@ -1,0 +1,211 @@
+"""Calibration, velocity estimation and soft limits (pure functions), and the hardware config."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ebmcpilco_ros.core import cartpole
+from ebmcpilco_ros.core.config import ConfigError, PlantConfig, load_config
+from ebmcpilco_ros.hardware import conversion as cv
+from ebmcpilco_ros.hardware.config import (HardwareConfig, hardware_config_from_dict,
+                                           load_hardware_config)
+from ebmcpilco_ros.hardware.protocol import (COMMAND_FULL_SCALE, TIMESTAMP_MODULUS, DeviceConfig,
+                                             State)
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = HardwareConfig()
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+def test_rig_example_feeds_both_the_core_and_the_hardware_section():
+    path = ROOT / "config" / "rig_example.yaml"
+    hw = load_hardware_config(path)
+    assert hw.port == "/dev/ttyACM0" and hw.watchdog_ms == 100
+    assert load_config(path).plant.u_max == 10.0  # the core skips `hardware`, reads the rest
+
+
+def test_plain_mapping_and_ros_layout(tmp_path):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("hardware:\n  port: /dev/ttyUSB3\n  baud: 115200\n  cart_sign: -1\n")
+    ros = tmp_path / "ros.yaml"
+    ros.write_text("/**:\n  ros__parameters:\n    hardware:\n      port: /dev/ttyUSB3\n"
+                   "hardware_interface:\n  ros__parameters:\n    hardware:\n      baud: 115200\n"
+                   "      cart_sign: -1\n      velocity_filter_tau: 0\n")
+    a, b = load_hardware_config(plain), load_hardware_config(ros)
+    assert (a.port, a.baud, a.cart_sign) == (b.port, b.baud, b.cart_sign) == ("/dev/ttyUSB3",
+                                                                              115200, -1)
+    assert b.velocity_filter_tau == 0.0 and isinstance(b.velocity_filter_tau, float)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_hardware_config(empty) == HardwareConfig()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"bauds": 1}, "unknown parameter"),
+    ({"baud": 10}, "hardware.baud"),
+    ({"cart_sign": 0}, r"\+1 or -1"),
+    ({"motor_sign": 2}, "motor_sign"),
+    ({"command_limit": 1.5}, "command_limit"),
+    ({"soft_limit_margin": 0.5}, "soft_limit_margin"),
+    ({"read_timeout": "fast"}, "must be a number"),
+    ({"port": ""}, "port"),
+    ({"reconnect_backoff_initial": 3.0}, "reconnect_backoff_max"),
+])
+def test_bad_values_are_refused_with_the_field_name(values, message):
+    with pytest.raises(ConfigError, match=message):
+        hardware_config_from_dict(values)
+
+
+def test_every_field_is_documented():
+    import dataclasses
+    for f in dataclasses.fields(HardwareConfig):
+        assert f.metadata.get("doc"), f.name
+
+
+# -- counts <-> SI --------------------------------------------------------------------------
+
+
+def test_counts_to_si_with_signs_and_offset():
+    cfg = CONFIG.replace(cart_sign=-1, pole_sign=-1, pole_angle_offset=math.pi,
+                         metres_per_cart_count=1e-4, radians_per_pole_count=2 * math.pi / 1000)
+    assert cv.cart_position(2500, cfg) == pytest.approx(-0.25)
+    assert cv.pole_angle(0, cfg) == pytest.approx(math.pi)          # encoder zeroed upright
+    assert cv.pole_angle(-250, cfg) == pytest.approx(math.pi + math.pi / 2)
+    assert cv.pole_angle(2000, cfg) == pytest.approx(math.pi - 4 * math.pi)   # not wrapped
+    for p in (-0.3, 0.0, 0.123):
+        assert cv.cart_position(cv.cart_counts(p, cfg), cfg) == pytest.approx(p, abs=1e-4)
+    for th in (-7.0, 0.0, 3.1):
+        assert cv.pole_angle(cv.pole_counts(th, cfg), cfg) == pytest.approx(th, abs=4e-3)
+
+
+def test_force_to_duty_saturates_and_rejects_non_finite():
+    cfg = CONFIG.replace(force_to_command=0.05, motor_sign=-1, command_limit=0.8)
+    assert cv.force_to_duty(10.0, cfg) == pytest.approx(-0.5)
+    assert cv.force_to_duty(100.0, cfg) == -0.8
+    assert cv.force_to_duty(-100.0, cfg) == 0.8
+    assert cv.force_to_duty(float("nan"), cfg) == 0.0
+    assert cv.force_to_duty(float("inf"), cfg) == 0.0
+    assert cv.duty_to_force(-0.5, cfg) == pytest.approx(10.0)
+    assert cv.max_force(cfg) == pytest.approx(16.0)
+    state = State(0, 0, 0, 0, applied_command=-COMMAND_FULL_SCALE // 2)
+    assert cv.applied_force(state, cfg) == pytest.approx(10.0, rel=1e-4)
+
+
+def test_calibration_check_against_the_firmware():
+    device = DeviceConfig(1, 0, 0, cart_counts_per_m=20000, pole_counts_per_rev=4096,
+                          state_rate_hz=500, watchdog_ms=100)
+    assert cv.calibration_mismatches(CONFIG, device) == []
+    wrong = CONFIG.replace(metres_per_cart_count=1e-4, command_watchdog_timeout=0.2)
+    problems = cv.calibration_mismatches(wrong, device)
+    assert len(problems) == 2 and "metres_per_cart_count" in problems[0]
+
+
+# -- velocity estimation --------------------------------------------------------------------
+
+
+def run_estimator(cfg, times_us, positions):
+    estimate = None
+    out = []
+    for t, x in zip(times_us, positions):
+        estimate = cv.estimate_velocity(estimate, x, t, cfg)
+        out.append(estimate)
+    return out
+
+
+def test_constant_velocity_is_recovered_across_the_timestamp_wrap():
+    cfg = CONFIG.replace(velocity_filter_tau=0.01)
+    start = TIMESTAMP_MODULUS - 50_000              # wraps 25 samples in
+    times = [(start + 2000 * k) % TIMESTAMP_MODULUS for k in range(100)]
+    positions = [(0.5 * 0.002 * k, -3.0 * 0.002 * k) for k in range(100)]
+    estimates = run_estimator(cfg, times, positions)
+    assert not estimates[0].valid and estimates[1].valid
+    assert estimates[-1].velocities == pytest.approx((0.5, -3.0))
+    assert cv.timestamp_delta(TIMESTAMP_MODULUS - 1, 1) == pytest.approx(2e-6)
+
+
+def test_low_pass_smooths_quantisation_noise():
+    cfg = CONFIG
+    rng = np.random.default_rng(0)
+    k = np.arange(500)
+    true_v = 0.3
+    counts = np.round(true_v * 0.002 * k / cfg.metres_per_cart_count + rng.normal(0, 0.5, k.size))
+    positions = [(c * cfg.metres_per_cart_count,) for c in counts]
+    raw = run_estimator(cfg.replace(velocity_filter_tau=0.0), list(2000 * k), positions)
+    smooth = run_estimator(cfg.replace(velocity_filter_tau=0.02), list(2000 * k), positions)
+    raw_err = np.std([e.velocities[0] - true_v for e in raw[50:]])
+    smooth_err = np.std([e.velocities[0] - true_v for e in smooth[50:]])
+    assert smooth_err < raw_err / 3
+
+
+def test_gap_restarts_and_duplicates_are_ignored():
+    cfg = CONFIG.replace(velocity_max_gap=0.1)
+    estimates = run_estimator(cfg, [0, 2000, 2000, 500_000, 502_000],
+                              [(0.0,), (0.002,), (9.0,), (5.0,), (5.004,)])
+    assert estimates[1].velocities[0] == pytest.approx(1.0)
+    assert estimates[2] is estimates[1]               # same timestamp: nothing new
+    assert not estimates[3].valid and estimates[3].velocities == (0.0,)
+    assert estimates[4].valid and estimates[4].velocities[0] == pytest.approx(2.0)
+
+
+def test_measure_builds_the_learner_state():
+    cfg = CONFIG
+    first = cv.measure(State(0, 0, 1000, 0, 0), None, cfg)
+    second = cv.measure(State(20, 1024, 3000, 0, 0), first, cfg)
+    assert second.x[0] == pytest.approx(0.001) and second.x[2] == pytest.approx(math.pi / 2)
+    assert second.x[1] == pytest.approx(0.5) and second.x[3] == pytest.approx(math.pi / 2 / 0.002)
+    assert second.time_s - first.time_s == pytest.approx(0.002)
+
+
+# -- soft limits ----------------------------------------------------------------------------
+
+LIM = CONFIG.replace(cart_position_limit=0.3, soft_limit_margin=0.1, cart_velocity_limit=1.5,
+                     soft_limit_brake_force=8.0)
+
+
+@pytest.mark.parametrize("force, p, pdot, expected, reason", [
+    (5.0, 0.0, 0.0, 5.0, None),              # free track
+    (5.0, 0.15, 0.5, 5.0, None),             # before the zone
+    (5.0, 0.25, 0.0, 0.0, "position"),       # in the zone, pushing out: refused
+    (-5.0, 0.25, 0.0, -5.0, None),           # in the zone, pushing back in: fine
+    (5.0, 0.25, 0.4, -8.0, "position"),      # moving out: braked
+    (-9.0, 0.25, 0.4, -9.0, "position"),     # a stronger inward request is kept
+    (-5.0, -0.35, -0.1, 8.0, "position"),    # beyond the left limit, moving out
+    (-5.0, -0.35, 0.2, 0.0, "position"),     # beyond the limit, already coming back
+    (5.0, 0.0, 1.6, 0.0, "velocity"),        # too fast, pushing along the motion
+    (-5.0, 0.0, 1.6, -5.0, None),            # too fast, braking: fine
+    (float("nan"), 0.0, 0.0, 0.0, "invalid"),
+    (5.0, float("nan"), 0.0, 0.0, "invalid state"),
+])
+def test_soft_limit_table(force, p, pdot, expected, reason):
+    result = cv.apply_soft_limits(force, p, pdot, LIM)
+    assert result.force == pytest.approx(expected) and result.reason == reason
+
+
+def test_soft_limits_never_push_outward_near_the_ends():
+    rng = np.random.default_rng(1)
+    for force, p, pdot in rng.uniform([-50, -1, -5], [50, 1, 5], size=(5000, 3)):
+        out = cv.apply_soft_limits(force, p, pdot, LIM).force
+        if abs(p) >= LIM.cart_position_limit - LIM.soft_limit_margin:
+            assert out * math.copysign(1.0, p) <= 0.0
+        if abs(pdot) > LIM.cart_velocity_limit:
+            assert out * pdot <= 0.0
+
+
+def test_soft_limits_hold_the_simulated_plant_against_full_push():
+    # Full force into the right end every 2 ms, limits applied on the true state: the cart stops
+    # short of the position limit plus the stopping distance and never reaches the end stop.
+    plant, dt = PlantConfig(), 0.002
+    cfg = CONFIG
+    x = np.zeros(4)
+    for _ in range(2000):
+        u = cv.apply_soft_limits(plant.u_max, x[0], x[1], cfg).force
+        x = cartpole.step(x, u, plant, dt=dt, substeps=1)
+        assert x[0] < cfg.cart_position_limit + 0.05
+    assert x[0] > cfg.cart_position_limit - cfg.soft_limit_margin - 0.05  # it did push
