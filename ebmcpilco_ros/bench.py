@@ -171,7 +171,8 @@ def step(config: ExperimentConfig, points: Sequence[int], repeats: int = 20,
     with torch_threads(opt.threads):
         for n in points:
             model = model_with_points(n, config)
-            dyn = ParticleDynamics.from_model(model, dtype=dtype, device=device)
+            dyn = ParticleDynamics.from_model(model, dtype=dtype, device=device,
+                                              rank_tol=opt.variance_rank_tol)
             rng = np.random.default_rng(n)
             policy = SquashedRBFPolicy(config.policy, config.plant.u_max, dtype=dtype,
                                        generator=torch.Generator().manual_seed(n)).to(device)

@@ -38,22 +38,44 @@ def test_manual_gradient_equals_autograd(model, dropout):
         torch.testing.assert_close(manual, auto, rtol=1e-6, atol=1e-9)
 
 
-def test_float32_rollout_tracks_float64(model):
-    rng = np.random.default_rng(1)
-    out = {}
+def _cost_and_grad(model, policy64, dtype, seed, rank_tol=0.0):
+    rng = np.random.default_rng(seed)
+    policy = SquashedRBFPolicy(PolicyConfig(), 10.0, dtype=dtype)
+    policy.load_snapshot(policy64.parameters_snapshot())
+    noise = RolloutNoise.draw(60, 400, 200, 0.25, rng, dtype)
+    x0 = torch.as_tensor(rng.normal(0, 0.01, (400, 4)), dtype=dtype)
+    dyn = ParticleDynamics.from_model(model, dtype, rank_tol=rank_tol)
+    return rollout_cost_and_gradient(policy, dyn, x0, noise, 60, CostConfig())
+
+
+def test_float32_and_rank_truncation_errors_are_far_below_monte_carlo_noise(model):
+    """The approximations of the fast path change J by much less than the Monte Carlo error of
+    J itself, and leave the gradient direction unchanged."""
     policy64 = SquashedRBFPolicy(PolicyConfig(), 10.0, generator=torch.Generator().manual_seed(1))
-    for dtype in (torch.float64, torch.float32):
-        rng = np.random.default_rng(1)
-        policy = SquashedRBFPolicy(PolicyConfig(), 10.0, dtype=dtype)
-        policy.load_snapshot(policy64.parameters_snapshot())
-        noise = RolloutNoise.draw(60, 400, 200, 0.25, rng, dtype)
-        x0 = torch.as_tensor(rng.normal(0, 0.01, (400, 4)), dtype=dtype)
-        out[dtype] = rollout_cost_and_gradient(policy, ParticleDynamics.from_model(model, dtype),
-                                               x0, noise, 60, CostConfig())
-    a, b = out[torch.float64], out[torch.float32]
-    assert abs(a.cost - b.cost) < 1e-3 * abs(a.cost)
-    cos = torch.nn.functional.cosine_similarity(a.grad_weights, b.grad_weights.double(), dim=0)
-    assert cos > 0.999
+    exact = [_cost_and_grad(model, policy64, torch.float64, seed) for seed in range(4)]
+    mc_std = np.std([g.cost for g in exact])
+    assert mc_std > 0
+    for seed, ref in enumerate(exact):
+        fast = _cost_and_grad(model, policy64, torch.float32, seed, rank_tol=1e-3)
+        assert abs(fast.cost - ref.cost) < 0.5 * mc_std
+        cos = torch.nn.functional.cosine_similarity(fast.grad_weights.double(),
+                                                    ref.grad_weights, dim=0)
+        assert cos > 0.9999
+
+
+def test_variance_factor_is_exact_at_zero_tolerance_and_conservative_when_truncated(model):
+    gp = model.gps[1]
+    x = np.random.default_rng(0).normal(0, [0.3, 1, 3, 0.7, 0.7, 5], size=(300, 6))
+    k = gp.kernel_vector(x)
+    exact = np.einsum("mn,nk,mk->m", k, gp.k_inv, k)
+    V0 = gp.variance_factor(0.0)
+    np.testing.assert_allclose(((k @ V0.T) ** 2).sum(1), exact, rtol=1e-6, atol=1e-10)
+    tol = 1e-3
+    Vt = gp.variance_factor(tol)
+    assert len(Vt) < len(V0)
+    dropped = exact - ((k @ Vt.T) ** 2).sum(1)   # variance over-estimate of the truncation
+    assert np.all(dropped >= -1e-9)
+    assert np.all(dropped <= tol * gp.hyp.signal_std**2 * (1 + 1e-6))
 
 
 def test_dropout_masks_have_the_requested_rate():

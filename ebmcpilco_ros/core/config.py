@@ -170,6 +170,9 @@ class OptimizerConfig(Section):
     monitor_sigma_min: float = setting(0.01, 0.0, None, lo_open=True, doc="floor on sigma_s")
     monitor_window: int = setting(200, 1, 1000000, doc="monitor window n_s")
     monitor_min_step: int = setting(200, 0, 1000000, doc="no decision before this step")
+    variance_rank_tol: float = setting(
+        1e-3, 0.0, 1.0, doc="drop GP variance directions with eigenvalue <= tol*sigma_n^2 "
+                            "(variance over-estimated by <= tol*sigma_f^2; 0 = exact)")
     dtype: str = setting("float32", choices=("float32", "float64"),
                          doc="particle rollout precision (models are fitted in float64)")
     threads: int = setting(0, 0, 1024, doc="torch CPU threads for optimisation (0 = leave)")

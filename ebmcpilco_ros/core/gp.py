@@ -173,6 +173,23 @@ class GPPosterior:
         var = self.hyp.signal_std**2 - np.einsum("mn,nk,mk->m", k, self.k_inv, k)
         return k @ self.alpha, np.maximum(var, 0.0)
 
+    def variance_factor(self, rank_tol: float = 0.0) -> np.ndarray:
+        """V (r, N) with k^T K^-1 k ~= |V k|^2, from the eigendecomposition K_SS = U diag(l) U^T:
+        V = diag(l + sigma_n^2)^-1/2 U^T, keeping the directions with l > rank_tol sigma_n^2.
+
+        Why: in float32, sigma_f^2 - k^T K^-1 k cancels catastrophically (K^-1 has entries
+        ~ 1/sigma_n^2), while |V k|^2 is a sum of squares over an orthogonal basis and stays
+        accurate. Dropping directions with l <= tol sigma_n^2 over-estimates the variance by at
+        most sigma_f^2 tol / (1 + tol) (docs/ALGORITHM.md), and makes the rollout cheaper.
+        """
+        X = torch.as_tensor(self.support, dtype=torch.float64)
+        K = se_kernel(X, X, torch.as_tensor(self.hyp.lengthscales), self.hyp.signal_std**2)
+        lam, U = torch.linalg.eigh(K)
+        lam, U = lam.numpy()[::-1].clip(min=0.0), U.numpy()[:, ::-1]
+        sn2 = self.hyp.noise_std**2
+        keep = lam > rank_tol * sn2 if rank_tol > 0 else np.ones(len(lam), dtype=bool)
+        return (U[:, keep] / np.sqrt(lam[keep] + sn2 + _JITTER)).T.copy()
+
     def mean_gradient(self, x: np.ndarray) -> np.ndarray:
         """d mu / d x* for x (M, D): (M, D), analytic (eq. 21 of the derivation in docs)."""
         x = np.atleast_2d(x)

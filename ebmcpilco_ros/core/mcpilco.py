@@ -142,7 +142,8 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
     """
     dtype, device = torch_dtype(config.dtype), torch.device(config.device)
     policy.to(dtype=dtype, device=device)
-    dynamics = ParticleDynamics.from_model(model, dtype=dtype, device=device)
+    dynamics = ParticleDynamics.from_model(model, dtype=dtype, device=device,
+                                           rank_tol=config.variance_rank_tol)
     monitor = ConvergenceMonitor.from_config(config)
     opt = torch.optim.Adam(policy.parameters(), lr=monitor.lr)
     params = (policy.weights, policy.centres, policy.log_lengthscales)

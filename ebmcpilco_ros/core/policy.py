@@ -64,51 +64,13 @@ class PolicyParameters:
                    int(data.get("version", 0)))
 
 
-def _rbf(features: Tensor, centres: Tensor, inv_ls: Tensor) -> Tensor:
+def rbf_activations(features: Tensor, centres: Tensor, inv_ls: Tensor) -> Tensor:
+    """phi (M, B) = exp(-|(x^ - a_b) / l|^2) for features (M, 5), centres (B, 5)."""
     x = features * inv_ls
     a = centres * inv_ls
-    d2 = torch.addmm((a * a).sum(-1) + (x * x).sum(-1, keepdim=True), x, a.T, alpha=-2.0)
+    d2 = (a * a).sum(-1) + (x * x).sum(-1, keepdim=True) - 2.0 * x @ a.T
     # Clamped: far-away centres would otherwise push float32 exp into slow denormals.
-    return torch.exp(d2.clamp_(0.0, MAX_EXPONENT).neg_())
-
-
-class _SquashedRBF(torch.autograd.Function):
-    """u = u_max tanh(s / u_max), s_m = scale sum_b keep_mb phi_mb w_b, with a hand-written
-    backward: one autograd node per policy call instead of ~20 keeps the rollout's per-step
-    overhead small (docs/ALGORITHM.md, "Speed")."""
-
-    @staticmethod
-    def forward(ctx, f: Tensor, w: Tensor, centres: Tensor, log_ls: Tensor,  # type: ignore
-                keep: Tensor | None, keep_scale: float, u_max: float) -> Tensor:
-        inv_ls = torch.exp(-log_ls)
-        phi = _rbf(f, centres, inv_ls)
-        if keep is not None:
-            phi = phi.mul_(keep)
-            w_eff = w * keep_scale
-        else:
-            w_eff, keep_scale = w, 1.0
-        th = torch.tanh(torch.mv(phi, w_eff).div_(u_max))
-        ctx.save_for_backward(f, w_eff, centres, inv_ls, phi, th)
-        ctx.keep_scale = keep_scale
-        return th * u_max
-
-    @staticmethod
-    def backward(ctx, g_u: Tensor):  # type: ignore[override]
-        f, w_eff, centres, inv_ls, phi, th = ctx.saved_tensors
-        g_s = g_u * (1.0 - th * th)                     # dL/ds (M,)
-        g_w = torch.mv(phi.T, g_s) * ctx.keep_scale     # dL/dw (B,)
-        R = phi * torch.outer(g_s, w_eff)               # dL/dphi * phi (M, B)
-        r_m = R.sum(1, keepdim=True)                    # (M, 1)
-        c_b = R.sum(0).unsqueeze(1)                     # (B, 1)
-        Ra = R @ centres                                # (M, 5)
-        Rf = R.T @ f                                    # (B, 5)
-        il2 = 2.0 * inv_ls * inv_ls
-        g_f = (Ra - f * r_m) * il2
-        g_c = (Rf - centres * c_b) * il2
-        # d phi / d log l_d = 2 phi (f_d - a_d)^2 / l_d^2, expanded into matmul-sized pieces.
-        g_log = il2 * ((f * f * r_m).sum(0) - 2.0 * (f * Ra).sum(0)
-                       + (centres * centres * c_b).sum(0))
-        return g_f, g_w, g_c, g_log, None, None, None
+    return torch.exp(-d2.clamp(0.0, MAX_EXPONENT))
 
 
 class SquashedRBFPolicy(nn.Module):
@@ -138,7 +100,7 @@ class SquashedRBFPolicy(nn.Module):
 
     def activations(self, features: Tensor) -> Tensor:
         """phi (M, B) for state features x^ (M, 5)."""
-        return _rbf(features, self.centres.detach(), torch.exp(-self.log_lengthscales.detach()))
+        return rbf_activations(features, self.centres, torch.exp(-self.log_lengthscales))
 
     def forward(self, states: Tensor) -> Tensor:
         """u (M,) for states (M, 4), no dropout."""
@@ -146,9 +108,15 @@ class SquashedRBFPolicy(nn.Module):
 
     def from_features(self, features: Tensor, keep: Tensor | None = None,
                       keep_scale: float = 1.0) -> Tensor:
-        """u (M,) from x^ (M, 5); `keep` (M, B) bool is the dropout mask, survivors scaled."""
-        return _SquashedRBF.apply(features, self.weights, self.centres, self.log_lengthscales,
-                                  keep, keep_scale, self.u_max)
+        """u (M,) from x^ (M, 5); `keep` (M, B) 0/1 is the dropout mask, survivors scaled.
+
+        Plain autograd: the reference the hand-written rollout gradient is tested against, and
+        what pretraining differentiates.
+        """
+        phi = self.activations(features)
+        if keep is not None:
+            phi = phi * keep * keep_scale
+        return self.u_max * torch.tanh((phi @ self.weights) / self.u_max)
 
     def parameters_snapshot(self, version: int = 0) -> PolicyParameters:
         with torch.no_grad():
