@@ -24,7 +24,8 @@ from .core.mcpilco import initial_particles, torch_dtype, torch_threads
 from .core.model import SpeedIntegrationModel, training_data
 from .core.policy import SquashedRBFPolicy
 from .core.rollout import ParticleDynamics, RolloutNoise, rollout_cost_and_gradient
-from .core.systems import RandomController, SimulatedCartPole
+from .core.controllers import RandomController
+from .core.systems import SimulatedCartPole
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
@@ -135,7 +136,7 @@ def model_with_points(points: int, config: ExperimentConfig, seed: int = 0
     samples that SoD would accept at threshold 0 (i.e. distinct samples in visiting order).
     """
     sim = SimulatedCartPole(config.plant, np.random.default_rng(seed))
-    ctrl = RandomController(config.plant.u_max, np.random.default_rng(seed + 1))
+    ctrl = RandomController(config.plant.u_max, seed=seed + 1)
     trials = [sim.run(ctrl, kind="random", index=i)
               for i in range(int(np.ceil(points / config.plant.steps)) + 1)]
     X, Y = training_data(trials)

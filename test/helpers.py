@@ -5,13 +5,14 @@ import numpy as np
 
 from ebmcpilco_ros.core.config import ExperimentConfig, ModelConfig
 from ebmcpilco_ros.core.model import SpeedIntegrationModel
-from ebmcpilco_ros.core.systems import RandomController, SimulatedCartPole
+from ebmcpilco_ros.core.controllers import RandomController
+from ebmcpilco_ros.core.systems import SimulatedCartPole
 
 
 def random_trials(count: int = 2, seed: int = 0, config: ExperimentConfig | None = None):
     cfg = config or ExperimentConfig()
     sim = SimulatedCartPole(cfg.plant, np.random.default_rng(seed))
-    ctrl = RandomController(cfg.plant.u_max, np.random.default_rng(seed + 100))
+    ctrl = RandomController(cfg.plant.u_max, seed=seed + 100)
     return [sim.run(ctrl, kind="random", index=i) for i in range(count)]
 
 

@@ -3,7 +3,8 @@ import numpy as np
 
 from ebmcpilco_ros.core import cartpole
 from ebmcpilco_ros.core.config import PlantConfig, SuccessConfig
-from ebmcpilco_ros.core.systems import RandomController, SimulatedCartPole
+from ebmcpilco_ros.core.controllers import RandomController
+from ebmcpilco_ros.core.systems import SimulatedCartPole
 from ebmcpilco_ros.core.trial import Trial, swing_up_success
 
 
@@ -52,7 +53,7 @@ def test_simulated_trial_shape_noise_and_limits():
     assert np.all(trial.inputs == plant.u_max)
     noise = trial.states - trial.true_states
     assert 0.005 < noise.std() < 0.02
-    random = sim.run(RandomController(plant.u_max, np.random.default_rng(2)), kind="random")
+    random = sim.run(RandomController(plant.u_max, seed=2), kind="random")
     assert np.all(np.abs(random.inputs) <= plant.u_max) and random.inputs.std() > 3
 
 

@@ -22,8 +22,9 @@ from .config import ExperimentConfig
 from .cost import trajectory_cost
 from .mcpilco import OptimizationResult, optimize_policy, torch_dtype
 from .model import SpeedIntegrationModel
-from .policy import PolicyController, PolicyParameters, SquashedRBFPolicy
-from .systems import Controller, RandomController, System
+from .controllers import Controller, PolicyController, RandomController
+from .policy import SquashedRBFPolicy
+from .systems import System
 from .trial import Trial, swing_up_success
 
 
@@ -33,20 +34,42 @@ class ModelLearning(Protocol):
     def fit(self) -> SpeedIntegrationModel: ...
 
 
+@dataclass(frozen=True)
+class OptimizationRequest:
+    """Which controller the Learner wants next.
+
+    phase "policy": MC-PILCO optimisation; `iteration` counts the learning trials (the first
+    gets max_steps_first); `pretrain` asks to fit the policy to the exploration plans first.
+    phase "explore": a GP-iLQR plan with exploration noise for iteration `iteration`.
+    """
+
+    phase: str
+    iteration: int = 0
+    pretrain: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class ControllerUpdate:
-    """What an optimisation phase hands back: the controller to run next, and its statistics."""
+    """What an optimisation phase hands back: the controller to run next, and its statistics.
+
+    `wall_s` is keyed by phase (ilqr, pretrain, policy) and summed into the run's totals;
+    `predicted_states` is the model's nominal trajectory where the phase has one (iLQR).
+    """
 
     controller: Controller
     phase: str
     opt_steps: int = 0
     wall_s: dict[str, float] = field(default_factory=dict)
     costs: list[float] = field(default_factory=list)
-    payload: dict[str, Any] = field(default_factory=dict)
+    predicted_states: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class PolicyOptimization(Protocol):
-    def next_controller(self, model: SpeedIntegrationModel, learning_trial: int
+    def next_controller(self, model: SpeedIntegrationModel, request: OptimizationRequest
                         ) -> ControllerUpdate: ...
 
 
@@ -80,10 +103,12 @@ class LocalPolicyOptimization:
                                         dtype=torch_dtype(config.optimizer.dtype))
         self.version = 0
 
-    def next_controller(self, model: SpeedIntegrationModel, learning_trial: int
+    def next_controller(self, model: SpeedIntegrationModel, request: OptimizationRequest
                         ) -> ControllerUpdate:
+        if request.phase != "policy":
+            raise ValueError(f"unknown optimisation phase {request.phase!r}")
         opt = self.config.optimizer
-        max_steps = opt.max_steps_first if learning_trial == 0 else opt.max_steps
+        max_steps = opt.max_steps_first if request.iteration == 0 else opt.max_steps
         result: OptimizationResult = optimize_policy(
             self.policy, model, opt, self.config.cost, self.config.plant.initial_state_std,
             max_steps, self.rng, self.on_step)
@@ -91,7 +116,7 @@ class LocalPolicyOptimization:
         params = self.policy.parameters_snapshot(version=self.version)
         return ControllerUpdate(controller=PolicyController(params), phase="policy",
                                 opt_steps=result.steps, wall_s={"policy": result.wall_s},
-                                costs=result.costs, payload={"policy": params})
+                                costs=result.costs)
 
 
 @dataclass
@@ -183,8 +208,9 @@ class Learner:
         opt_costs: list[list[float]] = []
         for i in range(min(cfg.random_trials, cfg.max_trials)):
             t0 = time.perf_counter()
-            trial = self.system.run(RandomController(self.config.plant.u_max, self.rng),
-                                    kind="random", index=i)
+            controller = RandomController(self.config.plant.u_max,
+                                          seed=int(self.rng.integers(2**31)))
+            trial = self.system.run(controller, kind="random", index=i)
             totals["system"] += time.perf_counter() - t0
             summaries.append(self._record(trial, {}))
         learning_trial = 0
@@ -194,7 +220,8 @@ class Learner:
             t0 = time.perf_counter()
             model = self.models.fit()
             t_model = time.perf_counter() - t0
-            update = self.optimizer.next_controller(model, learning_trial)
+            update = self.optimizer.next_controller(
+                model, OptimizationRequest("policy", learning_trial))
             t1 = time.perf_counter()
             trial = self.system.run(update.controller, kind=update.phase, index=len(summaries))
             totals["system"] += time.perf_counter() - t1

@@ -133,16 +133,3 @@ class SquashedRBFPolicy(nn.Module):
             self.centres.data = torch.as_tensor(params.centres, dtype=dt, device=dev).clone()
             self.log_lengthscales.data = torch.log(
                 torch.as_tensor(params.lengthscales, dtype=dt, device=dev))
-
-
-class PolicyController:
-    """The Controller protocol around a policy snapshot (no dropout, clipped by the system)."""
-
-    def __init__(self, params: PolicyParameters) -> None:
-        self.params = params
-
-    def reset(self) -> None:
-        pass
-
-    def __call__(self, step: int, state: np.ndarray) -> float:
-        return self.params(state)

@@ -1,4 +1,4 @@
-"""The `System` protocol the Learner runs trials on, controllers, and the in-process simulation."""
+"""The `System` protocol the Learner runs trials on, and the in-process simulated cart-pole."""
 from __future__ import annotations
 
 import time
@@ -8,35 +8,14 @@ import numpy as np
 
 from . import cartpole
 from .config import PlantConfig
+from .controllers import Controller
 from .trial import Trial
-
-
-class Controller(Protocol):
-    """Maps the measured state at control step t to a force; reset() before each trial."""
-
-    def reset(self) -> None: ...
-
-    def __call__(self, step: int, state: np.ndarray) -> float: ...
 
 
 class System(Protocol):
     """Something trials run on: the simulated plant here, the node graph or a rig elsewhere."""
 
     def run(self, controller: Controller, kind: str, index: int) -> Trial: ...
-
-
-class RandomController:
-    """u_t ~ U(-u_max, u_max) i.i.d. each step: the exploration of the first trial."""
-
-    def __init__(self, u_max: float, rng: np.random.Generator) -> None:
-        self.u_max = u_max
-        self.rng = rng
-
-    def reset(self) -> None:
-        pass
-
-    def __call__(self, step: int, state: np.ndarray) -> float:
-        return float(self.rng.uniform(-self.u_max, self.u_max))
 
 
 class SimulatedCartPole:

@@ -1,0 +1,139 @@
+"""Controllers a trial runs, and their JSON payload (what travels to the policy execution node).
+
+    random          u_t ~ U(-u_max, u_max) i.i.d. (first exploration trial)
+    squashed_rbf    the learned policy (policy.PolicyParameters)
+    feedback_plan   an iLQR plan with feedback and exploration noise:
+                    u_t = U_t + K_t (x - X_t) + sigma_t eps_t,   eps_t ~ N(0, 1)
+All are evaluated in microseconds with numpy; the system clips to +-u_max.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .policy import POLICY_FORMAT, PolicyParameters
+
+CONTROLLER_FORMAT = "ebmcpilco.controller/1"
+
+
+class Controller(Protocol):
+    """Maps the measured state at control step t to a force; reset() before each trial."""
+
+    def reset(self) -> None: ...
+
+    def __call__(self, step: int, state: np.ndarray) -> float: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class RandomController:
+    """u_t ~ U(-u_max, u_max) i.i.d. each step: the exploration of the first trial."""
+
+    kind = "random"
+
+    def __init__(self, u_max: float, seed: int | None = None,
+                 rng: np.random.Generator | None = None) -> None:
+        self.u_max = u_max
+        self.seed = seed
+        self.rng = rng if rng is not None else np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        """Draws continue across trials: reusing one controller gives fresh exploration."""
+
+    def __call__(self, step: int, state: np.ndarray) -> float:
+        return float(self.rng.uniform(-self.u_max, self.u_max))
+
+    def to_dict(self) -> dict[str, Any]:
+        seed = self.seed if self.seed is not None else int(self.rng.integers(2**31))
+        return {"format": CONTROLLER_FORMAT, "kind": self.kind, "u_max": self.u_max,
+                "seed": seed}
+
+
+class PolicyController:
+    """The learned squashed RBF policy (no dropout)."""
+
+    kind = "squashed_rbf"
+
+    def __init__(self, params: PolicyParameters) -> None:
+        self.params = params
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, step: int, state: np.ndarray) -> float:
+        return self.params(state)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": CONTROLLER_FORMAT, "kind": self.kind, "policy": self.params.to_dict()}
+
+
+@dataclass
+class FeedbackPlan:
+    """Nominal states X (T+1, 4), inputs U (T,), gains K (T, 4), exploration std sigma (T,)."""
+
+    X: np.ndarray
+    U: np.ndarray
+    K: np.ndarray
+    sigma: np.ndarray
+    u_max: float
+    seed: int = 0
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        self.X = np.asarray(self.X, dtype=float).reshape(-1, 4)
+        self.U = np.asarray(self.U, dtype=float).reshape(-1)
+        self.K = np.asarray(self.K, dtype=float).reshape(-1, 4)
+        self.sigma = np.asarray(self.sigma, dtype=float).reshape(-1)
+        T = len(self.U)
+        if len(self.X) != T + 1 or len(self.K) != T or len(self.sigma) != T:
+            raise ValueError(f"feedback plan shapes disagree: X {self.X.shape}, U {self.U.shape}"
+                             f", K {self.K.shape}, sigma {self.sigma.shape}")
+
+
+class FeedbackPlanController:
+    """Closed-loop execution of an iLQR plan; past the plan's end it holds the last gain."""
+
+    kind = "feedback_plan"
+
+    def __init__(self, plan: FeedbackPlan) -> None:
+        self.plan = plan
+        self.rng = np.random.default_rng(plan.seed)
+
+    def reset(self) -> None:
+        self.rng = np.random.default_rng(self.plan.seed)
+
+    def __call__(self, step: int, state: np.ndarray) -> float:
+        p = self.plan
+        t = min(step, len(p.U) - 1)
+        dx = np.asarray(state, dtype=float) - p.X[t]
+        u = p.U[t] + float(p.K[t] @ dx) + p.sigma[t] * self.rng.standard_normal()
+        return float(np.clip(u, -p.u_max, p.u_max))
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.plan
+        return {"format": CONTROLLER_FORMAT, "kind": self.kind, "u_max": p.u_max,
+                "seed": p.seed, "version": p.version, "X": p.X.tolist(), "U": p.U.tolist(),
+                "K": p.K.tolist(), "sigma": p.sigma.tolist()}
+
+
+def controller_from_dict(data: dict[str, Any]) -> Controller:
+    """Rebuild a controller from its payload; refuses unknown formats and kinds."""
+    if data.get("format") != CONTROLLER_FORMAT:
+        raise ValueError(f"not a controller of format {CONTROLLER_FORMAT}: "
+                         f"{data.get('format')!r}")
+    kind = data.get("kind")
+    if kind == RandomController.kind:
+        return RandomController(float(data["u_max"]), seed=int(data["seed"]))
+    if kind == PolicyController.kind:
+        policy = data["policy"]
+        if policy.get("format") != POLICY_FORMAT:
+            raise ValueError(f"policy payload of unknown format {policy.get('format')!r}")
+        return PolicyController(PolicyParameters.from_dict(policy))
+    if kind == FeedbackPlanController.kind:
+        return FeedbackPlanController(FeedbackPlan(
+            X=np.array(data["X"]), U=np.array(data["U"]), K=np.array(data["K"]),
+            sigma=np.array(data["sigma"]), u_max=float(data["u_max"]),
+            seed=int(data.get("seed", 0)), version=int(data.get("version", 0))))
+    raise ValueError(f"unknown controller kind {kind!r}")
