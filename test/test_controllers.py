@@ -30,8 +30,8 @@ def test_policy_controller_matches_torch_policy_and_survives_payload():
 
 def test_feedback_plan_law_noise_and_limits():
     T = 5
-    plan = FeedbackPlan(X=np.zeros((T + 1, 4)), U=np.full(T, 2.0), K=np.tile([1.0, 0, 0, 0], (T, 1)),
-                        sigma=np.zeros(T), u_max=3.0, seed=4)
+    plan = FeedbackPlan(X=np.zeros((T + 1, 4)), U=np.full(T, 2.0),
+                        K=np.tile([1.0, 0, 0, 0], (T, 1)), sigma=np.zeros(T), u_max=3.0, seed=4)
     ctrl = FeedbackPlanController(plan)
     assert ctrl(0, np.array([0.5, 0, 0, 0])) == pytest.approx(2.5)
     assert ctrl(1, np.array([5.0, 0, 0, 0])) == 3.0          # clipped to u_max

@@ -51,7 +51,8 @@ def _cost_and_grad(model, policy64, dtype, seed, rank_tol=0.0):
 def test_float32_and_rank_truncation_errors_are_far_below_monte_carlo_noise(model):
     """The approximations of the fast path change J by much less than the Monte Carlo error of
     J itself, and leave the gradient direction unchanged."""
-    policy64 = SquashedRBFPolicy(PolicyConfig(), 10.0, generator=torch.Generator().manual_seed(1))
+    policy64 = SquashedRBFPolicy(PolicyConfig(), 10.0,
+                                 generator=torch.Generator().manual_seed(1))
     exact = [_cost_and_grad(model, policy64, torch.float64, seed) for seed in range(4)]
     mc_std = np.std([g.cost for g in exact])
     assert mc_std > 0
@@ -82,4 +83,5 @@ def test_dropout_masks_have_the_requested_rate():
     noise = RolloutNoise.draw(10, 100, 200, 0.25, np.random.default_rng(0), torch.float32)
     assert abs(1 - float(noise.keep.mean()) - 0.25) < 0.01
     assert noise.keep_scale == pytest.approx(1 / 0.75)
-    assert RolloutNoise.draw(10, 100, 200, 0.0, np.random.default_rng(0), torch.float32).keep is None
+    no_dropout = RolloutNoise.draw(10, 100, 200, 0.0, np.random.default_rng(0), torch.float32)
+    assert no_dropout.keep is None

@@ -49,7 +49,7 @@ def step(x: np.ndarray, u: np.ndarray | float, plant: PlantConfig, dt: float | N
 
 
 def energy(x: np.ndarray, plant: PlantConfig) -> np.ndarray:
-    """Total mechanical energy [J] (zero potential at the pivot height): conserved when b = u = 0."""
+    """Total mechanical energy [J], zero potential at the pivot: conserved when b = u = 0."""
     m1, m2, l, g = plant.cart_mass, plant.pole_mass, plant.pole_length, plant.gravity
     pdot, theta, thdot = x[..., 1], x[..., 2], x[..., 3]
     kinetic = (0.5 * (m1 + m2) * pdot**2 + 0.5 * m2 * l * pdot * thdot * np.cos(theta)

@@ -13,9 +13,17 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
+
+if TYPE_CHECKING:
+    from .ilqr_cost import SwingUpCost
+
+# Dimensions of the iLQR swing-up cost (ilqr_cost.py): e = [p, pdot, 1 + cos theta, sin theta,
+# thetadot]; and its Hessian options.
+ERROR_DIM = 5
+HESSIANS = ("gauss_newton", "exact")
 
 
 class ConfigError(ValueError):
@@ -108,7 +116,7 @@ class PlantConfig(Section):
 
 @dataclass(frozen=True)
 class SuccessConfig(Section):
-    """Swing-up success: in the last `window` seconds, |p| < p_tol and ||theta| - pi| < theta_tol."""
+    """Swing-up success: over the last `window` s, |p| < p_tol and ||theta| - pi| < theta_tol."""
 
     _section = "success"
     window: float = setting(1.0, 0.0, None, lo_open=True, doc="final window checked [s]")
@@ -122,13 +130,15 @@ class ModelConfig(Section):
 
     _section = "model"
     kernel: str = setting("se", choices=("se",), doc="GP kernel: squared-exponential ARD")
-    fit_iterations: int = setting(200, 1, 100000, doc="L-BFGS iterations for the marginal likelihood")
+    fit_iterations: int = setting(200, 1, 100000,
+                                  doc="L-BFGS iterations for the marginal likelihood")
     init_lengthscale: float = setting(1.0, 0.0, None, lo_open=True, doc="initial ARD lengthscales")
     init_signal_std: float = setting(1.0, 0.0, None, lo_open=True, doc="initial signal std")
     init_noise_std: float = setting(0.1, 0.0, None, lo_open=True, doc="initial noise std")
     min_noise_std: float = setting(1e-4, 0.0, None, lo_open=True, doc="floor on the noise std")
     train_signal_std: bool = setting(True, doc="fit the signal std (MC-PILCO fixes it at 1)")
-    sod_threshold: float = setting(0.5, 0.0, None, doc="keep a point if posterior std > thr*sigma_n")
+    sod_threshold: float = setting(0.5, 0.0, None,
+                                   doc="keep a point if posterior std > thr*sigma_n")
     max_points: int = setting(400, 1, 100000, doc="hard cap on the SoD subset size")
 
 
@@ -186,6 +196,110 @@ class OptimizerConfig(Section):
 
 
 @dataclass(frozen=True)
+class ILQRConfig(Section):
+    """iLQR weights and solver settings (the paper gives none of these: docs/ILQR.md)."""
+
+    _section = "ilqr"
+    q: tuple[float, ...] = setting(
+        (1.0, 0.1, 5.0, 5.0, 0.1), 0.0, None,
+        doc="running weights on e = [p, pdot, 1 + cos theta, sin theta, thetadot]")
+    r: float = setting(0.01, 0.0, None, doc="running input weight R [1/N^2]")
+    q_final: tuple[float, ...] = setting(
+        (50.0, 5.0, 200.0, 200.0, 5.0), 0.0, None, doc="terminal weights Q_f on e(x_T)")
+    hessian: str = setting("gauss_newton", choices=HESSIANS,
+                           doc="cost Hessian wrt x: Gauss-Newton E^T Q E, or exact")
+    max_iterations: int = setting(100, 1, 100000, doc="outer iterations (backward+forward passes)")
+    tolerance: float = setting(1e-6, 0.0, None, lo_open=True,
+                               doc="converged when an accepted step changes J by less than this "
+                                   "fraction of J, or predicts less")
+    grad_tolerance: float = setting(1e-6, 0.0, None, lo_open=True,
+                                    doc="converged when max_t |k_t| / u_max is below this")
+    mu_init: float = setting(1.0, 0.0, None, doc="initial Levenberg-Marquardt mu (on V'_xx)")
+    mu_min: float = setting(1e-6, 0.0, None, lo_open=True,
+                            doc="mu snaps to 0 below this; increases restart from here")
+    mu_max: float = setting(1e10, 0.0, None, lo_open=True,
+                            doc="above this: ILQRError (backward pass) or stop (line search)")
+    mu_factor: float = setting(1.6, 1.0, None, lo_open=True,
+                               doc="base factor of Tassa's accelerating mu schedule")
+    line_search_alphas: tuple[float, ...] = setting(
+        (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125, 0.00390625,
+         0.001953125, 0.0009765625), 0.0, 1.0, lo_open=True,
+        doc="step sizes tried on k, in order")
+    accept_ratio: float = setting(0.1, 0.0, 1.0, lo_open=True,
+                                  doc="accept a step when actual / expected reduction > this")
+    symmetry_kick: float = setting(0.1, 0.0, None,
+                                   doc="force [N] added to U_init when it is a stationary point "
+                                       "(e.g. hanging at rest with U = 0); 0 disables")
+    continuation_start: int = setting(
+        25, 0, 100000, doc="cold starts solve this many steps first, then grow the horizon "
+                           "(0: the full horizon at once)")
+    continuation_step: int = setting(10, 1, 100000,
+                                     doc="steps added per continuation stage (zero inputs)")
+    fd_step: float = setting(1e-6, 0.0, None, lo_open=True,
+                             doc="central-difference step of FiniteDifferenceDynamics")
+
+    def check(self) -> None:
+        for name in ("q", "q_final"):
+            if len(getattr(self, name)) != ERROR_DIM:
+                self.fail(name, f"needs {ERROR_DIM} weights (p, pdot, 1 + cos theta, sin theta, "
+                                "thetadot)")
+        if not self.mu_min <= self.mu_max:
+            self.fail("mu_min", f"must be <= ilqr.mu_max = {self.mu_max}")
+        if not self.mu_init <= self.mu_max:
+            self.fail("mu_init", f"must be <= ilqr.mu_max = {self.mu_max}")
+        alphas = self.line_search_alphas
+        if not alphas or any(b >= a for a, b in zip(alphas, alphas[1:])):
+            self.fail("line_search_alphas", "must be non-empty and strictly decreasing")
+
+    def cost(self) -> "SwingUpCost":
+        """The quadratic swing-up cost these weights define."""
+        from .ilqr_cost import SwingUpCost
+
+        return SwingUpCost(self.q, self.r, self.q_final, hessian=self.hessian)
+
+
+@dataclass(frozen=True)
+class ExplorationConfig(Section):
+    """EB-MC-PILCO's GP-iLQR exploration: plans executed on the system before MC-PILCO.
+
+    Exploration noise (the paper's eq. 29 is not available; docs/ALGORITHM.md):
+        sigma_t = u_max (noise_scale decay_rate^j + offset) sqrt(mean_i var_i(x_t, u_t) / sf_i^2)
+    j = iteration index from 0, var_i the GP latent variance along the plan, sf_i^2 its prior.
+    """
+
+    _section = "exploration"
+    iterations: int = setting(3, 0, 100, doc="max GP-iLQR rollouts (the paper fixes 3)")
+    match_tol: float = setting(0.25, 0.0, None,
+                               doc="stop exploring once a rollout's RMS angle error to the plan "
+                                   "is below this [rad] (0 disables the rule)")
+    noise_scale: float = setting(0.3, 0.0, None, doc="noise at j = 0, fraction of u_max")
+    decay_rate: float = setting(0.5, 0.0, 1.0, doc="noise decay per iteration")
+    offset: float = setting(0.02, 0.0, None, doc="noise floor, fraction of u_max")
+    warm_start: bool = setting(True, doc="start each iLQR from the previous plan's inputs")
+
+
+@dataclass(frozen=True)
+class PretrainConfig(Section):
+    """Fitting the policy to the iLQR plans before MC-PILCO (EB-MC-PILCO's warm start)."""
+
+    _section = "pretrain"
+    method: str = setting("bayes", choices=("none", "mse", "bayes"),
+                          doc="none, MSE fit, or Bayesian (marginal-likelihood) fit")
+    samples_per_step: int = setting(8, 0, 10000,
+                                    doc="states drawn around each plan step (feedback targets)")
+    perturbation: tuple[float, ...] = setting(
+        (0.05, 0.2, 0.1, 0.4), 0.0, None, doc="std of those draws in p, pdot, theta, thetadot")
+    steps: int = setting(1500, 1, 1000000, doc="Adam steps (mse) / L-BFGS iterations (bayes)")
+    lr: float = setting(0.01, 0.0, 1.0, lo_open=True, doc="Adam learning rate (mse)")
+    squash_clip: float = setting(0.98, 0.0, 1.0, lo_open=True,
+                                 doc="targets u/u_max clipped to this before atanh (bayes)")
+
+    def check(self) -> None:
+        if len(self.perturbation) != 4:
+            self.fail("perturbation", "needs 4 values (p, pdot, theta, thetadot)")
+
+
+@dataclass(frozen=True)
 class LearnerConfig(Section):
     """The trial loop: which algorithm, how many trials, the random first trial, seeds."""
 
@@ -208,6 +322,9 @@ SECTIONS: dict[str, type] = {
     "policy": PolicyConfig,
     "cost": CostConfig,
     "optimizer": OptimizerConfig,
+    "ilqr": ILQRConfig,
+    "exploration": ExplorationConfig,
+    "pretrain": PretrainConfig,
     "learner": LearnerConfig,
 }
 
@@ -222,6 +339,9 @@ class ExperimentConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    ilqr: ILQRConfig = field(default_factory=ILQRConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
 
     def replace(self, **overrides: Mapping[str, Any]) -> "ExperimentConfig":

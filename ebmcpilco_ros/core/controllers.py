@@ -8,6 +8,7 @@ All are evaluated in microseconds with numpy; the system clips to +-u_max.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -108,6 +109,7 @@ class FeedbackPlanController:
         p = self.plan
         t = min(step, len(p.U) - 1)
         dx = np.asarray(state, dtype=float) - p.X[t]
+        dx[2] = (dx[2] + math.pi) % (2.0 * math.pi) - math.pi  # theta and theta + 2 pi coincide
         u = p.U[t] + float(p.K[t] @ dx) + p.sigma[t] * self.rng.standard_normal()
         return float(np.clip(u, -p.u_max, p.u_max))
 

@@ -22,7 +22,10 @@ from .config import ExperimentConfig
 from .cost import trajectory_cost
 from .mcpilco import OptimizationResult, optimize_policy, torch_dtype
 from .model import SpeedIntegrationModel
-from .controllers import Controller, PolicyController, RandomController
+from .controllers import Controller, FeedbackPlanController, PolicyController, RandomController
+from .exploration import exploration_plan, plan_swing_up, plan_tracking_error
+from .ilqr import ILQRPlan
+from .pretrain import pretrain_policy
 from .policy import SquashedRBFPolicy
 from .systems import System
 from .trial import Trial, swing_up_success
@@ -91,7 +94,13 @@ class LocalModelLearning:
 
 
 class LocalPolicyOptimization:
-    """MC-PILCO on a policy that persists across trials (a fresh Adam each trial)."""
+    """The optimiser side of both algorithms, in-process (and inside the optimisation node).
+
+    phase "explore": GP-iLQR plan with variance-adaptive noise (EB-MC-PILCO).
+    phase "policy":  MC-PILCO on a policy that persists across trials (a fresh Adam each
+                     trial), optionally pretrained first on an iLQR plan through the current
+                     model (EB-MC-PILCO's warm start).
+    """
 
     def __init__(self, config: ExperimentConfig, rng: np.random.Generator,
                  on_step: Callable | None = None) -> None:
@@ -102,21 +111,52 @@ class LocalPolicyOptimization:
         self.policy = SquashedRBFPolicy(config.policy, config.plant.u_max, generator=generator,
                                         dtype=torch_dtype(config.optimizer.dtype))
         self.version = 0
+        self.last_plan: ILQRPlan | None = None
 
     def next_controller(self, model: SpeedIntegrationModel, request: OptimizationRequest
                         ) -> ControllerUpdate:
-        if request.phase != "policy":
-            raise ValueError(f"unknown optimisation phase {request.phase!r}")
+        if request.phase == "explore":
+            return self._explore(model, request.iteration)
+        if request.phase == "policy":
+            return self._policy(model, request)
+        raise ValueError(f"unknown optimisation phase {request.phase!r}")
+
+    def _explore(self, model: SpeedIntegrationModel, iteration: int) -> ControllerUpdate:
+        started = time.perf_counter()
+        plan, feedback = exploration_plan(model, self.config, iteration, self.last_plan,
+                                          seed=int(self.rng.integers(2**31)))
+        self.last_plan = plan
+        return ControllerUpdate(
+            controller=FeedbackPlanController(feedback), phase="ilqr",
+            wall_s={"ilqr": time.perf_counter() - started}, predicted_states=plan.X,
+            info={"ilqr_cost": plan.cost, "ilqr_iterations": plan.iterations,
+                  "noise_mean": float(np.mean(feedback.sigma))})
+
+    def _policy(self, model: SpeedIntegrationModel, request: OptimizationRequest
+                ) -> ControllerUpdate:
+        wall: dict[str, float] = {}
+        info: dict[str, Any] = {}
+        if request.pretrain and self.config.pretrain.method != "none":
+            started = time.perf_counter()
+            plan = plan_swing_up(model, self.config, self.last_plan)
+            self.last_plan = plan
+            wall["ilqr"] = time.perf_counter() - started
+            result = pretrain_policy(self.policy, plan, self.config.pretrain, self.rng,
+                                     dropout=self.config.optimizer.dropout)
+            wall["pretrain"] = result.wall_s
+            info.update({"pretrain_rms_error": result.rms_error,
+                         "pretrain_nominal_error": result.nominal_error})
         opt = self.config.optimizer
         max_steps = opt.max_steps_first if request.iteration == 0 else opt.max_steps
-        result: OptimizationResult = optimize_policy(
+        result_opt: OptimizationResult = optimize_policy(
             self.policy, model, opt, self.config.cost, self.config.plant.initial_state_std,
             max_steps, self.rng, self.on_step)
+        wall["policy"] = result_opt.wall_s
         self.version += 1
         params = self.policy.parameters_snapshot(version=self.version)
         return ControllerUpdate(controller=PolicyController(params), phase="policy",
-                                opt_steps=result.steps, wall_s={"policy": result.wall_s},
-                                costs=result.costs)
+                                opt_steps=result_opt.steps, wall_s=wall,
+                                costs=result_opt.costs, info=info)
 
 
 @dataclass
@@ -132,6 +172,7 @@ class TrialSummary:
     model_points: tuple[int, ...] = ()
     wall_s: dict[str, float] = field(default_factory=dict)
     predicted_cost: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,13 +187,15 @@ class LearningReport:
 
     @property
     def solved(self) -> bool:
-        return any(t.success for t in self.trials)
+        """A learned policy swung up and balanced (an iLQR rollout doing so does not count)."""
+        return self.trials_to_solve is not None
 
     @property
     def trials_to_solve(self) -> int | None:
-        """Rollouts on the system up to and including the first success, every kind counted."""
+        """Rollouts on the system up to and including the first successful policy rollout,
+        every kind (random, ilqr, policy) counted."""
         for i, t in enumerate(self.trials):
-            if t.success:
+            if t.success and t.kind == "policy":
                 return i + 1
         return None
 
@@ -200,6 +243,32 @@ class Learner:
             self.on_trial(summary, trial)
         return summary
 
+    def _explore(self, summaries: list[TrialSummary], totals: dict[str, float]) -> None:
+        """GP-iLQR iterations: plan, execute with noise, refit; stop early once a rollout
+        follows its plan to within exploration.match_tol (the model is good where it matters)."""
+        cfg = self.config
+        for j in range(cfg.exploration.iterations):
+            if len(summaries) >= cfg.learner.max_trials:
+                return
+            t0 = time.perf_counter()
+            model = self.models.fit()
+            t_model = time.perf_counter() - t0
+            update = self.optimizer.next_controller(model, OptimizationRequest("explore", j))
+            t1 = time.perf_counter()
+            trial = self.system.run(update.controller, kind="ilqr", index=len(summaries))
+            totals["system"] += time.perf_counter() - t1
+            totals["model"] += t_model
+            for k, v in update.wall_s.items():
+                totals[k] = totals.get(k, 0.0) + v
+            error = (plan_tracking_error(update.predicted_states, trial)
+                     if update.predicted_states is not None else float("inf"))
+            summaries.append(self._record(trial, {
+                "model_points": tuple(gp.size for gp in model.gps),
+                "wall_s": {"model": t_model, **update.wall_s},
+                "info": {**update.info, "tracking_error": error}}))
+            if cfg.exploration.match_tol > 0 and error < cfg.exploration.match_tol:
+                return
+
     def run(self) -> LearningReport:
         cfg = self.config.learner
         started = time.perf_counter()
@@ -213,15 +282,18 @@ class Learner:
             trial = self.system.run(controller, kind="random", index=i)
             totals["system"] += time.perf_counter() - t0
             summaries.append(self._record(trial, {}))
+        if cfg.algorithm == "eb":
+            self._explore(summaries, totals)
         learning_trial = 0
         while len(summaries) < cfg.max_trials:
-            if cfg.stop_on_success and any(s.success for s in summaries):
+            if cfg.stop_on_success and any(s.success and s.kind == "policy" for s in summaries):
                 break
             t0 = time.perf_counter()
             model = self.models.fit()
             t_model = time.perf_counter() - t0
-            update = self.optimizer.next_controller(
-                model, OptimizationRequest("policy", learning_trial))
+            update = self.optimizer.next_controller(model, OptimizationRequest(
+                "policy", learning_trial,
+                pretrain=(cfg.algorithm == "eb" and learning_trial == 0)))
             t1 = time.perf_counter()
             trial = self.system.run(update.controller, kind=update.phase, index=len(summaries))
             totals["system"] += time.perf_counter() - t1
@@ -233,7 +305,8 @@ class Learner:
                 "opt_steps": update.opt_steps,
                 "model_points": tuple(gp.size for gp in model.gps),
                 "wall_s": {"model": t_model, **update.wall_s},
-                "predicted_cost": update.costs[-1] if update.costs else None}))
+                "predicted_cost": update.costs[-1] if update.costs else None,
+                "info": update.info}))
             learning_trial += 1
         totals["total"] = time.perf_counter() - started
         return LearningReport(algorithm=cfg.algorithm, seed=cfg.seed, trials=summaries,

@@ -1,7 +1,8 @@
 """Speed-integration dynamics model (MC-PILCO eq. 16): one GP per velocity, positions integrated.
 
 State x = [p, pdot, theta, thetadot], velocities v = (pdot, thetadot), positions q = (p, theta).
-GP input  x~ = [p, pdot, thetadot, sin theta, cos theta, u]; GP i predicts Delta_i = v_{t+1,i} - v_{t,i}.
+GP input  x~ = [p, pdot, thetadot, sin theta, cos theta, u];
+GP i predicts Delta_i = v_{t+1,i} - v_{t,i}.
     v_{t+1} = v_t + Delta_t
     q_{t+1} = q_t + Ts v_t + (Ts / 2) Delta_t
 The posterior mean gives deterministic dynamics f(x, u) for iLQR with analytic A = df/dx,

@@ -1,0 +1,157 @@
+"""Policy pretraining on an iLQR plan: EB-MC-PILCO's warm start of the squashed RBF policy.
+
+Training pairs come from the plan's feedback law around its nominal:
+    x = X_t + d,  d ~ N(0, diag(perturbation^2))   (d = 0 for the nominal itself)
+    u = clip(U_t + K_t d, +-u_max)
+so the policy learns the funnel of the feedback plan, not just one trajectory.
+
+Two fits (`pretrain.method`):
+  mse    Adam on mean (pi(x) - u)^2 over weights, centres and lengthscales, centres started on
+         the data, with MC-PILCO's dropout on the activations.
+  bayes  Bayesian linear regression of z = u_max atanh(u / u_max) on the RBF features with a
+         Gaussian prior on the weights; centres, widths and the prior/noise scales maximise the
+         marginal likelihood, the weights are the posterior mean (see pretrain_bayes).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import PolicyConfig, PretrainConfig
+from .ilqr import ILQRPlan
+from .policy import SquashedRBFPolicy, state_features
+
+_MIN_SPREAD = 1e-2  # floor on initial lengthscales [feature units]
+_JITTER = 1e-9
+
+
+@dataclass
+class PretrainResult:
+    method: str
+    rms_error: float      # RMS of pi(x) - u on the training pairs [N]
+    nominal_error: float  # RMS on the plan's nominal states [N]
+    samples: int
+    wall_s: float
+
+
+def plan_training_pairs(plan: ILQRPlan, config: PretrainConfig,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """States (S, 4) and targets (S,): the nominal pairs first, then perturbed ones."""
+    X, U, K = plan.X[:-1], plan.U[:, 0], plan.K[:, 0, :]
+    T = len(U)
+    n = config.samples_per_step
+    d = rng.normal(size=(T, n, 4)) * np.asarray(config.perturbation)
+    xs = np.concatenate([X, (X[:, None, :] + d).reshape(-1, 4)])
+    us = np.concatenate([U, (U[:, None] + np.einsum("tk,tnk->tn", K, d)).reshape(-1)])
+    return xs, np.clip(us, -plan.u_max, plan.u_max)
+
+
+def _features(states: np.ndarray) -> np.ndarray:
+    return state_features(torch.as_tensor(states, dtype=torch.float64)).numpy()
+
+
+def _init_on_data(policy: SquashedRBFPolicy, feats: torch.Tensor,
+                  rng: np.random.Generator) -> None:
+    """Centres on a random subset of the data, lengthscales at the data's spread."""
+    with torch.no_grad():
+        idx = rng.choice(len(feats), size=min(policy.num_basis, len(feats)), replace=False)
+        policy.centres[: len(idx)] = feats[torch.as_tensor(idx)]
+        policy.log_lengthscales.copy_(torch.log(feats.std(0).clamp_min(_MIN_SPREAD)))
+        policy.weights.zero_()
+
+
+def pretrain_bayes(policy: SquashedRBFPolicy, states: np.ndarray, targets: np.ndarray,
+                   config: PretrainConfig, rng: np.random.Generator) -> None:
+    """Bayesian RBF regression: w ~ N(0, s^2 I), z = Phi w + N(0, sigma^2).
+
+    Maximise the marginal likelihood of z = u_max atanh(u / u_max) over centres, lengthscales,
+    s and sigma (Woodbury form, B x B), then set w to its posterior mean
+    (Phi^T Phi + sigma^2/s^2 I)^-1 Phi^T z. The prior keeps weights small, which also keeps
+    the network robust to the dropout MC-PILCO applies next.
+    """
+    dtype = torch.float64
+    u_max = policy.u_max
+    feats = torch.as_tensor(_features(states), dtype=dtype)
+    z = torch.as_tensor(u_max * np.arctanh(np.clip(targets / u_max, -config.squash_clip,
+                                                   config.squash_clip)), dtype=dtype)
+    work = SquashedRBFPolicy(_policy_config(policy), u_max, dtype=dtype)
+    _init_on_data(work, feats, rng)
+    log_s = torch.tensor(math.log(float(z.std()) + 1e-3), dtype=dtype, requires_grad=True)
+    log_sigma = torch.tensor(math.log(0.1 * float(z.std()) + 1e-3), dtype=dtype,
+                             requires_grad=True)
+    S, B = len(z), work.num_basis
+    eye = torch.eye(B, dtype=dtype)
+
+    def posterior(phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ratio = torch.exp(2 * (log_sigma - log_s))
+        L = torch.linalg.cholesky(phi.T @ phi + (ratio + _JITTER) * eye)
+        return L, torch.cholesky_solve((phi.T @ z).unsqueeze(1), L).squeeze(1)
+
+    def nlml() -> torch.Tensor:
+        phi = work.activations(feats)
+        L, w = posterior(phi)
+        sigma2 = torch.exp(2 * log_sigma)
+        quad = (z @ z - z @ (phi @ w)) / sigma2
+        logdet = (2 * torch.log(torch.diagonal(L)).sum() + S * 2 * log_sigma
+                  + B * 2 * (log_s - log_sigma))
+        return 0.5 * (quad + logdet) / S
+
+    params = [work.centres, work.log_lengthscales, log_s, log_sigma]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    for _ in range(config.steps):
+        opt.zero_grad()
+        loss = nlml()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        _, w = posterior(work.activations(feats))
+        work.weights.copy_(w)
+    policy.load_snapshot(work.parameters_snapshot())
+
+
+def pretrain_mse(policy: SquashedRBFPolicy, states: np.ndarray, targets: np.ndarray,
+                 config: PretrainConfig, rng: np.random.Generator,
+                 dropout: float = 0.0) -> None:
+    """Adam on the squared control error over all policy parameters, with the same dropout on
+    the activations that MC-PILCO will apply (so the fit does not rely on cancellations)."""
+    dtype = policy.weights.dtype
+    feats = torch.as_tensor(_features(states), dtype=dtype)
+    u = torch.as_tensor(targets, dtype=dtype)
+    _init_on_data(policy, feats, rng)
+    opt = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    scale = 1.0 / (1.0 - dropout) if dropout > 0 else 1.0
+    for _ in range(config.steps):
+        opt.zero_grad()
+        keep = (torch.rand(len(feats), policy.num_basis, dtype=dtype) >= dropout).to(dtype) \
+            if dropout > 0 else None
+        loss = torch.mean((policy.from_features(feats, keep, scale) - u) ** 2)
+        loss.backward()
+        opt.step()
+
+
+def _policy_config(policy: SquashedRBFPolicy) -> PolicyConfig:
+    return PolicyConfig(num_basis=policy.num_basis)
+
+
+def pretrain_policy(policy: SquashedRBFPolicy, plan: ILQRPlan, config: PretrainConfig,
+                    rng: np.random.Generator, dropout: float = 0.0) -> PretrainResult:
+    """Fit `policy` in place to the plan's feedback law; reports the fit error."""
+    started = time.perf_counter()
+    states, targets = plan_training_pairs(plan, config, rng)
+    if config.method == "bayes":
+        pretrain_bayes(policy, states, targets, config, rng)
+    elif config.method == "mse":
+        pretrain_mse(policy, states, targets, config, rng, dropout)
+    elif config.method != "none":
+        raise ValueError(f"pretrain.method = {config.method!r}: must be none, mse or bayes")
+    snapshot = policy.parameters_snapshot()
+    pred = np.array([snapshot(x) for x in states])
+    T = plan.horizon
+    return PretrainResult(method=config.method,
+                          rms_error=float(np.sqrt(np.mean((pred - targets) ** 2))),
+                          nominal_error=float(np.sqrt(np.mean((pred[:T] - targets[:T]) ** 2))),
+                          samples=len(targets), wall_s=time.perf_counter() - started)

@@ -1,0 +1,75 @@
+"""EB-MC-PILCO pieces: exploration noise, plan tracking, and policy pretraining on a plan."""
+import numpy as np
+import pytest
+import torch
+
+from ebmcpilco_ros.core import ilqr
+from ebmcpilco_ros.core.config import ExperimentConfig, ExplorationConfig, PretrainConfig
+from ebmcpilco_ros.core.exploration import (exploration_noise, exploration_plan,
+                                            plan_tracking_error)
+from ebmcpilco_ros.core.policy import SquashedRBFPolicy
+from ebmcpilco_ros.core.systems import SimulatedCartPole
+
+from helpers import fitted_model
+
+CFG = ExperimentConfig()
+
+
+@pytest.fixture(scope="module")
+def true_plan():
+    return ilqr.solve(ilqr.cartpole_dynamics(CFG.plant), CFG.ilqr.cost(), np.zeros(4),
+                      CFG.plant.u_max, horizon=CFG.plant.steps, config=CFG.ilqr)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fitted_model(count=2, seed=0)
+
+
+def test_noise_shrinks_with_iteration_and_grows_with_gp_variance(model, true_plan):
+    cfg = ExplorationConfig()
+    X, U = true_plan.X, true_plan.U
+    sigmas = [exploration_noise(model, X, U, j, cfg, 10.0) for j in range(4)]
+    for a, b in zip(sigmas, sigmas[1:]):
+        assert np.all(b <= a) and b.mean() < a.mean()
+    var = model.predictive_variance(X[:-1], U[:, 0]).mean(1)
+    order = np.argsort(var)
+    low, high = order[:10], order[-10:]
+    assert var[high].mean() > var[low].mean()
+    assert sigmas[0][high].mean() > sigmas[0][low].mean()
+    # far from any data the model is at its prior: the noise reaches its ceiling
+    far = np.tile([0.0, 500.0, 0.0, 3000.0], (3, 1))
+    s = exploration_noise(model, far, np.zeros(2), 0, cfg, 10.0)
+    assert s == pytest.approx(10.0 * (cfg.noise_scale + cfg.offset), rel=1e-3)
+
+
+def test_exploration_plan_on_the_gp_model_and_tracking_error(model):
+    plan, feedback = exploration_plan(model, CFG, 0, None, seed=3)
+    assert plan.X.shape == (61, 4) and np.all(np.abs(plan.U) <= CFG.plant.u_max)
+    assert feedback.sigma.shape == (60,) and np.all(feedback.sigma >= 0)
+    trial = SimulatedCartPole(CFG.plant, np.random.default_rng(0)).run(
+        plan.controller(), kind="ilqr")
+    err = plan_tracking_error(plan.X, trial)
+    assert 0 <= err < 10
+    assert plan_tracking_error(trial.states, trial) == 0.0
+
+
+@pytest.mark.parametrize("method", ["mse", "bayes"])
+def test_pretrained_policy_reproduces_the_ilqr_controls(true_plan, method):
+    """Stated error: RMS over the plan's nominal states below 0.5 N (5% of u_max)."""
+    from ebmcpilco_ros.core.pretrain import pretrain_policy
+
+    policy = SquashedRBFPolicy(CFG.policy, CFG.plant.u_max, dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(0))
+    before = policy.parameters_snapshot()
+    nominal_u = true_plan.U[:, 0]
+    err_before = np.sqrt(np.mean([(before(x) - u) ** 2
+                                  for x, u in zip(true_plan.X[:-1], nominal_u)]))
+    result = pretrain_policy(policy, true_plan, PretrainConfig(method=method, steps=600),
+                             np.random.default_rng(0), dropout=0.25)
+    after = policy.parameters_snapshot()
+    err_after = np.sqrt(np.mean([(after(x) - u) ** 2
+                                 for x, u in zip(true_plan.X[:-1], nominal_u)]))
+    assert err_after == pytest.approx(result.nominal_error, rel=1e-6)
+    assert err_after < 0.5 < err_before
+    assert result.rms_error < 1.5   # around the nominal too (the feedback funnel)

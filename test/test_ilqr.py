@@ -1,0 +1,333 @@
+"""iLQR: swing-up on the true cart-pole, the cost, the box constraint and degenerate models."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from ebmcpilco_ros.core import ilqr
+from ebmcpilco_ros.core.config import ConfigError, PlantConfig
+from ebmcpilco_ros.core.ilqr_cost import SwingUpCost
+from ebmcpilco_ros.core.systems import SimulatedCartPole
+
+PLANT = PlantConfig()
+CONFIG = ilqr.ILQRConfig()
+# Bound on the total iterations (all continuation stages, symmetry kick included) of the 60-step
+# swing-up; it takes about 50 with the default config.
+ITERATION_BOUND = 120
+THETA_TOL = 0.1  # rad from upright
+P_TOL = 0.1      # m
+CLOSED_LOOP_SEEDS = (0, 1, 2, 3, 4)
+
+
+def upright_error(theta: np.ndarray | float) -> np.ndarray:
+    """Distance to the nearer upright (+pi or -pi), any number of turns."""
+    wrapped = np.angle(np.exp(1j * np.asarray(theta, dtype=float)))
+    return np.abs(np.abs(wrapped) - np.pi)
+
+
+@pytest.fixture(scope="module")
+def true_dynamics() -> ilqr.FiniteDifferenceDynamics:
+    return ilqr.cartpole_dynamics(PLANT)
+
+
+@pytest.fixture(scope="module")
+def swing_up(true_dynamics) -> tuple[ilqr.ILQRPlan, float]:
+    started = time.perf_counter()
+    plan = ilqr.solve(true_dynamics, CONFIG.cost(), np.zeros(4), PLANT.u_max,
+                      horizon=PLANT.steps, config=CONFIG)
+    return plan, time.perf_counter() - started
+
+
+# -- swing-up on the true dynamics --------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_swing_up_nominal_reaches_and_holds_upright(swing_up, true_dynamics):
+    plan, seconds = swing_up
+    assert plan.converged, plan.message
+    assert plan.iterations <= ITERATION_BOUND
+    assert plan.X.shape == (PLANT.steps + 1, 4) and plan.U.shape == (PLANT.steps, 1)
+    assert plan.k.shape == (PLANT.steps, 1) and plan.K.shape == (PLANT.steps, 1, 4)
+    # The nominal is a trajectory of the plant itself, not of a linearisation.
+    np.testing.assert_allclose(ilqr.rollout(true_dynamics, np.zeros(4), plan.U), plan.X)
+    assert upright_error(plan.X[-1, 2]) < THETA_TOL
+    assert abs(plan.X[-1, 0]) < P_TOL
+    # Balanced, not just passing the top at T: the last second is upright too.
+    last_second = plan.X[-int(round(1.0 / PLANT.control_period)) - 1:]
+    assert np.all(upright_error(last_second[:, 2]) < THETA_TOL)
+    assert np.all(np.abs(last_second[:, 0]) < P_TOL)
+    # Within a stage the cost only goes down; overall far below hanging at rest.
+    assert np.all(np.diff(plan.cost_history) < 0.0)
+    zeros = np.zeros((PLANT.steps, 1))
+    hanging = CONFIG.cost().total(ilqr.rollout(true_dynamics, np.zeros(4), zeros), zeros)
+    assert plan.cost < 0.2 * hanging
+    print(f"\niLQR swing-up: {seconds:.2f} s, {plan.iterations} iterations, J = {plan.cost:.2f}, "
+          f"stages {plan.stages}")
+
+
+@pytest.mark.timeout(60)
+def test_closed_loop_feedback_law_swings_up_the_true_plant(swing_up):
+    """Executed from a random start with sensor noise, U + K dx reaches upright; U alone
+    (feedforward only) does not, so the gains do the work."""
+    plan, _ = swing_up
+
+    class FeedforwardOnly:
+        def reset(self) -> None:
+            pass
+
+        def __call__(self, step: int, state: np.ndarray) -> float:
+            return float(plan.U[min(step, plan.horizon - 1), 0])
+
+    open_loop_failures = 0
+    for seed in CLOSED_LOOP_SEEDS:
+        trial = SimulatedCartPole(PLANT, np.random.default_rng(seed)).run(plan.controller(), "ilqr")
+        final = trial.true_states[-1]
+        assert upright_error(final[2]) < THETA_TOL, (seed, final)
+        assert abs(final[0]) < P_TOL, (seed, final)
+        assert np.all(np.abs(trial.inputs) <= PLANT.u_max)
+        trial = SimulatedCartPole(PLANT, np.random.default_rng(seed)).run(FeedforwardOnly(), "ff")
+        final = trial.true_states[-1]
+        open_loop_failures += not (upright_error(final[2]) < THETA_TOL and abs(final[0]) < P_TOL)
+    assert open_loop_failures == len(CLOSED_LOOP_SEEDS)
+
+
+def test_box_constraint_holds_exactly_and_is_active(swing_up):
+    plan, _ = swing_up
+    assert np.all(np.abs(plan.U) <= PLANT.u_max)
+    assert np.sum(np.abs(plan.U) == PLANT.u_max) >= 3  # the swing-up saturates: test not vacuous
+    far = np.array([5.0, 5.0, 0.0, 5.0])
+    for t in range(plan.horizon):
+        assert abs(plan.control(t, plan.X[t] + far)) <= PLANT.u_max
+        assert plan.control(t, plan.X[t]) == pytest.approx(plan.U[t, 0])
+
+
+def test_backward_pass_clamps_k_and_zeroes_clamped_gains():
+    """Linear system, cost that wants far more force than allowed: box-DDP, not clipping."""
+    steps, u_max = 10, 1.0
+    A = np.broadcast_to(np.eye(4) + 0.05 * np.eye(4, k=1), (steps, 4, 4)).copy()
+    B = np.broadcast_to(np.array([[0.0], [0.05], [0.0], [0.05]]), (steps, 4, 1)).copy()
+    cost = SwingUpCost(q=(1.0, 1.0, 0.0, 0.0, 1.0), r=1e-3, q_final=(10.0, 10.0, 0.0, 0.0, 10.0))
+    x0 = np.array([50.0, 0.0, 0.0, 0.0])  # far away: the unconstrained step is huge
+    U = np.zeros((steps, 1))
+    U[-1] = u_max  # already at the bound at the last step
+    dyn = ilqr.FiniteDifferenceDynamics(lambda x, u: A[0] @ x + B[0] @ u)
+    X = ilqr.rollout(dyn, x0, U)
+    derivs, final = cost.running_derivatives(X[:-1], U), cost.final_derivatives(X[-1])
+    bp = ilqr.backward_pass(A, B, derivs, final, U, u_max, mu=0.0)
+    assert bp.failed_at is None
+    new_u = U + bp.k
+    assert np.all(np.abs(new_u) <= u_max + 1e-12)
+    clamped = np.isclose(np.abs(new_u[:, 0]), u_max)
+    assert clamped.sum() >= steps // 2
+    assert np.all(bp.K[clamped] == 0.0)
+    # Unconstrained reference with a huge box: the same recursion gives non-zero gains.
+    free = ilqr.backward_pass(A, B, derivs, final, U, 1e9, mu=0.0)
+    assert np.all(np.abs(free.k) > np.abs(bp.k) - 1e-12)
+    assert np.all(np.linalg.norm(free.K[:, 0], axis=1) > 0.0)
+
+
+def test_expected_change_matches_the_forward_pass_to_first_order(true_dynamics):
+    """dV_1 is dJ/dalpha at alpha = 0 of the real forward pass, also with clamping and mu > 0."""
+    rng = np.random.default_rng(0)
+    U = rng.uniform(-9.0, 9.0, size=(30, 1))
+    x0 = np.array([0.1, 0.0, 0.5, 0.0])
+    cost = CONFIG.cost()
+    X = ilqr.rollout(true_dynamics, x0, U)
+    A, B = true_dynamics.linearize(X[:-1], U)
+    derivs, final = cost.running_derivatives(X[:-1], U), cost.final_derivatives(X[-1])
+    J0 = cost.total(X, U)
+    alpha = 1e-5
+    for mu in (0.0, 1.0):
+        bp = ilqr.backward_pass(A, B, derivs, final, U, PLANT.u_max, mu)
+        assert np.any(np.abs(U + bp.k) == PLANT.u_max)  # some steps clamped
+        X_a, U_a = ilqr.forward_pass(true_dynamics, x0, X, U, bp.k, bp.K, alpha, PLANT.u_max)
+        slope = (cost.total(X_a, U_a) - J0) / alpha
+        assert bp.dV[0] < 0.0
+        assert slope == pytest.approx(bp.dV[0], rel=1e-3)
+
+
+# -- the cost ------------------------------------------------------------------------------------
+
+def test_cost_is_mirror_symmetric_and_zero_at_both_uprights():
+    cost = CONFIG.cost()
+    rng = np.random.default_rng(1)
+    X = rng.normal(scale=3.0, size=(50, 4))
+    U = rng.uniform(-10.0, 10.0, size=(50, 1))
+    np.testing.assert_allclose(cost.running(X, U), cost.running(-X, -U), rtol=1e-14)
+    np.testing.assert_allclose(cost.final(X), cost.final(-X), rtol=1e-14)
+    for theta in (np.pi, -np.pi, 3 * np.pi):
+        assert cost.final(np.array([0.0, 0.0, theta, 0.0])) == pytest.approx(0.0, abs=1e-25)
+
+
+@pytest.mark.timeout(60)
+def test_solve_is_mirror_symmetric(true_dynamics):
+    """J(x0, U) = J(-x0, -U) on the plant, and iLQR from -x0 returns the mirror plan."""
+    x0 = np.array([0.01, -0.01, 0.02, 0.01])
+    cost = CONFIG.cost()
+    U = np.random.default_rng(2).uniform(-10.0, 10.0, size=(PLANT.steps, 1))
+    J_plus = cost.total(ilqr.rollout(true_dynamics, x0, U), U)
+    J_minus = cost.total(ilqr.rollout(true_dynamics, -x0, -U), -U)
+    assert J_plus == pytest.approx(J_minus, rel=1e-12)
+    plus = ilqr.solve(true_dynamics, cost, x0, PLANT.u_max, horizon=PLANT.steps, config=CONFIG)
+    minus = ilqr.solve(true_dynamics, cost, -x0, PLANT.u_max, horizon=PLANT.steps, config=CONFIG)
+    assert plus.cost == pytest.approx(minus.cost, rel=1e-9)
+    np.testing.assert_allclose(plus.U, -minus.U, atol=1e-6)
+    np.testing.assert_allclose(plus.X, -minus.X, atol=1e-6)
+    np.testing.assert_allclose(plus.K, minus.K, atol=1e-6)
+
+
+@pytest.mark.parametrize("hessian", ["gauss_newton", "exact"])
+def test_cost_derivatives_match_finite_differences(hessian):
+    cost = SwingUpCost(CONFIG.q, CONFIG.r, CONFIG.q_final, hessian=hessian)
+    rng = np.random.default_rng(3)
+    X = rng.normal(scale=2.0, size=(20, 4))
+    U = rng.uniform(-10.0, 10.0, size=(20, 1))
+    d = cost.running_derivatives(X, U)
+    h = 1e-6
+    eye = np.eye(4)
+    fd_x = np.stack([(cost.running(X + h * eye[i], U) - cost.running(X - h * eye[i], U)) / (2 * h)
+                     for i in range(4)], axis=-1)
+    np.testing.assert_allclose(d.l_x, fd_x, rtol=1e-6, atol=1e-6)
+    fd_u = (cost.running(X, U + h) - cost.running(X, U - h)) / (2 * h)
+    np.testing.assert_allclose(d.l_u[:, 0], fd_u, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(d.l_uu[:, 0, 0], CONFIG.r)
+    l_x_final, l_xx_final = cost.final_derivatives(X[0])
+    fd_final = np.array([(cost.final(X[0] + h * eye[i]) - cost.final(X[0] - h * eye[i])) / (2 * h)
+                         for i in range(4)])
+    np.testing.assert_allclose(l_x_final, fd_final, rtol=1e-6, atol=1e-6)
+    # Hessian: FD of the analytic gradient (exact), or E^T Q E being PSD (Gauss-Newton).
+
+    def grad(x):
+        return cost.running_derivatives(x[None], np.zeros((1, 1))).l_x[0]
+
+    fd_xx = np.stack([(grad(X[0] + h * eye[i]) - grad(X[0] - h * eye[i])) / (2 * h)
+                      for i in range(4)], axis=-1)
+    if hessian == "exact":
+        np.testing.assert_allclose(d.l_xx[0], fd_xx, rtol=1e-5, atol=1e-5)
+    else:
+        assert np.all(np.linalg.eigvalsh(d.l_xx) >= -1e-12)
+        upright = np.array([0.0, 0.0, np.pi, 0.0])  # zero residual: Gauss-Newton is exact there
+        gn = cost.running_derivatives(upright[None], np.zeros((1, 1))).l_xx[0]
+        exact = SwingUpCost(CONFIG.q, CONFIG.r, CONFIG.q_final, hessian="exact")
+        np.testing.assert_allclose(gn, exact.running_derivatives(upright[None],
+                                                                 np.zeros((1, 1))).l_xx[0])
+
+
+def test_hanging_at_rest_is_stationary_and_the_kick_breaks_the_tie(true_dynamics):
+    """With no kick, U = 0 from the hanging state is a fixed point of iLQR (zero gradient by
+    symmetry); that is why symmetry_kick exists."""
+    config = ilqr.ILQRConfig(symmetry_kick=0.0, continuation_start=0)
+    plan = ilqr.solve(true_dynamics, config.cost(), np.zeros(4), PLANT.u_max,
+                      horizon=PLANT.steps, config=config)
+    assert plan.iterations == 1 and plan.converged
+    assert np.all(plan.U == 0.0)
+
+
+# -- dynamics wrappers ---------------------------------------------------------------------------
+
+def test_finite_difference_dynamics_recovers_a_linear_model():
+    rng = np.random.default_rng(4)
+    A_true = rng.normal(size=(4, 4))
+    B_true = rng.normal(size=(4, 1))
+
+    def step(x, u):  # batches over leading axes
+        return x @ A_true.T + u @ B_true.T
+
+    X = rng.normal(size=(7, 4))
+    U = rng.normal(size=(7, 1))
+    for vectorized in (False, True):
+        A, B = ilqr.FiniteDifferenceDynamics(step, vectorized=vectorized).linearize(X, U)
+        np.testing.assert_allclose(A, np.broadcast_to(A_true, (7, 4, 4)), atol=1e-8)
+        np.testing.assert_allclose(B, np.broadcast_to(B_true, (7, 4, 1)), atol=1e-8)
+
+
+def test_cartpole_dynamics_vectorized_and_looped_jacobians_agree(true_dynamics):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(5, 4))
+    U = rng.uniform(-10.0, 10.0, size=(5, 1))
+    looped = ilqr.FiniteDifferenceDynamics(true_dynamics.step_fn, vectorized=False)
+    for fast, slow in zip(true_dynamics.linearize(X, U), looped.linearize(X, U)):
+        np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-9)
+
+
+# -- degenerate models and bounds ----------------------------------------------------------------
+
+class _LinearModel:
+    """x_{t+1} = A x + B u with analytic Jacobians; optionally poisoned."""
+
+    def __init__(self, B: np.ndarray, nan_after: int | None = None,
+                 nan_jacobian: bool = False) -> None:
+        self.A = np.eye(4) + 0.05 * np.eye(4, k=1)
+        self.B = B
+        self.nan_after = nan_after
+        self.nan_jacobian = nan_jacobian
+        self.calls = 0
+
+    def step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.nan_after is not None and self.calls > self.nan_after:
+            return np.full(4, np.nan)
+        return self.A @ x + self.B @ u
+
+    def linearize(self, X: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        A = np.broadcast_to(self.A, (len(X), 4, 4)).copy()
+        B = np.broadcast_to(self.B, (len(X), 4, 1)).copy()
+        if self.nan_jacobian:
+            A[len(X) // 2, 1, 2] = np.nan
+        return A, B
+
+
+B_WORKING = np.array([[0.0], [0.05], [0.0], [0.05]])
+X0 = np.array([0.1, 0.0, 0.5, 0.0])
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("nan_after", [0, 25])
+def test_nan_dynamics_raise_ilqr_error(nan_after):
+    model = _LinearModel(B_WORKING, nan_after=nan_after)
+    with pytest.raises(ilqr.ILQRError, match="non-finite state"):
+        ilqr.solve(model, CONFIG.cost(), X0, PLANT.u_max, horizon=20, config=CONFIG)
+
+
+@pytest.mark.timeout(10)
+def test_nan_jacobian_raises_ilqr_error():
+    model = _LinearModel(B_WORKING, nan_jacobian=True)
+    with pytest.raises(ilqr.ILQRError, match="non-finite A_t"):
+        ilqr.solve(model, CONFIG.cost(), X0, PLANT.u_max, horizon=20, config=CONFIG)
+
+
+@pytest.mark.timeout(10)
+def test_zero_input_effect_with_r_zero_raises_instead_of_hanging():
+    config = ilqr.ILQRConfig(r=0.0)
+    model = _LinearModel(np.zeros((4, 1)))
+    started = time.perf_counter()
+    with pytest.raises(ilqr.ILQRError, match="Q_uu not positive definite"):
+        ilqr.solve(model, config.cost(), X0, PLANT.u_max, horizon=20, config=config)
+    assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.timeout(30)
+def test_iterations_are_bounded(true_dynamics):
+    config = ilqr.ILQRConfig(max_iterations=2, continuation_start=0)
+    plan = ilqr.solve(true_dynamics, config.cost(), X0, PLANT.u_max, horizon=PLANT.steps,
+                      config=config)
+    assert plan.iterations == 2 and not plan.converged
+    assert "max_iterations" in plan.message
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        ilqr.ILQRConfig(line_search_alphas=(0.5, 1.0))
+    with pytest.raises(ConfigError):
+        ilqr.ILQRConfig(line_search_alphas=(1.0, 0.0))
+    with pytest.raises(ConfigError):
+        ilqr.ILQRConfig(mu_min=1.0, mu_max=0.1)
+    with pytest.raises(ConfigError):
+        ilqr.ILQRConfig(q=(1.0, 1.0, 1.0, 1.0))
+    with pytest.raises(ConfigError):
+        ilqr.ILQRConfig(r=-1.0)
+    with pytest.raises(ConfigError):
+        ilqr.ILQRConfig(mu_factor=1.0)
+    with pytest.raises(ConfigError):
+        ilqr.ILQRConfig(hessian="newton")
