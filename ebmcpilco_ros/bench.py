@@ -61,24 +61,37 @@ def _jsonable(obj: Any) -> Any:
 
 # -- bench learn ----------------------------------------------------------------------------------
 
+PRETRAIN_ABLATION = ("none", "mse", "bayes")
+
+
+def learn_variants(algorithms: Sequence[str], ablation: bool) -> list[tuple[str, str, dict]]:
+    """(label, algorithm, config overrides) per variant; the ablation adds EB per pretraining."""
+    variants = [(a, a, {}) for a in algorithms]
+    if ablation:
+        variants += [(f"eb-{m}", "eb", {"pretrain": {"method": m}}) for m in PRETRAIN_ABLATION]
+    return variants
+
+
 def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[int],
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          ablation: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     runs = []
     for seed in seeds:
-        for algorithm in algorithms:
-            cfg = config.replace(learner={"algorithm": algorithm, "seed": seed})
+        for label, algorithm, overrides in learn_variants(algorithms, ablation):
+            cfg = config.replace(learner={"algorithm": algorithm, "seed": seed}, **overrides)
 
-            def on_trial(s: TrialSummary, _trial: Any, algorithm: str = algorithm,
+            def on_trial(s: TrialSummary, _trial: Any, label: str = label,
                          seed: int = seed) -> None:
-                log(f"  [{algorithm} seed {seed}] trial {s.index} {s.kind:7s} "
+                log(f"  [{label} seed {seed}] trial {s.index} {s.kind:7s} "
                     f"{'SOLVED' if s.success else 'failed':6s} cost {s.cost:6.2f} "
                     f"steps {s.opt_steps:5d} "
                     + " ".join(f"{k} {v:.1f}s" for k, v in s.wall_s.items()))
             report: LearningReport = run_in_process(cfg, on_trial=on_trial)
             run = report.to_dict()
+            run["variant"] = label
+            run["pretrain"] = cfg.pretrain.method if algorithm == "eb" else None
             run["opt_costs"] = report.opt_costs
             runs.append(run)
-            log(f"{algorithm} seed {seed}: solved={run['solved']} "
+            log(f"{label} seed {seed}: solved={run['solved']} "
                 f"trials={run['trials_to_solve']} interaction={run['interaction_s']:.1f}s "
                 f"steps={run['opt_steps']} total={run['wall_s']['total']:.1f}s")
     return {"runs": runs, "summary": summarize(runs), "config": config.to_dict(),
@@ -87,17 +100,23 @@ def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[i
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for algorithm in sorted({r["algorithm"] for r in runs}):
-        rs = [r for r in runs if r["algorithm"] == algorithm]
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        rs = [r for r in runs if r["variant"] == variant]
         solved = [r for r in rs if r["solved"]]
-        out[algorithm] = {
-            "seeds": len(rs), "solved": len(solved),
+        out[variant] = {
+            "algorithm": rs[0]["algorithm"], "seeds": len(rs), "solved": len(solved),
             "success_rate": len(solved) / len(rs),
             "median_trials_to_solve": _median([r["trials_to_solve"] for r in solved]),
             "median_interaction_s": _median([r["interaction_s"] for r in solved]),
             "median_opt_steps": _median([r["opt_steps"] for r in rs]),
             "median_total_s": _median([r["wall_s"]["total"] for r in rs]),
         }
+    if "eb" in out and "mc" in out and out["mc"]["median_total_s"]:
+        eb, mc = out["eb"], out["mc"]
+        out["eb_vs_mc"] = {
+            "total_time_reduction": 1.0 - eb["median_total_s"] / mc["median_total_s"],
+            "opt_steps_reduction": (1.0 - eb["median_opt_steps"] / mc["median_opt_steps"]
+                                    if mc["median_opt_steps"] else None)}
     return out
 
 
@@ -106,24 +125,78 @@ def _median(values: list[float]) -> float | None:
 
 
 def learn_table(result: dict[str, Any]) -> str:
+    """One row per seed, the variants side by side, then medians and EB's reduction over MC."""
     runs = result["runs"]
-    phases = sorted({k for r in runs for k in r["wall_s"]} - {"total", "system"})
-    head = (f"{'alg':4s} {'seed':>4s} {'solved':>6s} {'trials':>6s} {'inter_s':>7s} "
-            f"{'steps':>6s} " + " ".join(f"{p + '_s':>9s}" for p in phases) + f" {'total_s':>8s}")
-    lines = [head, "-" * len(head)]
-    for r in sorted(runs, key=lambda r: (r["seed"], r["algorithm"])):
-        lines.append(
-            f"{r['algorithm']:4s} {r['seed']:4d} {str(r['solved']):>6s} "
-            f"{str(r['trials_to_solve']):>6s} {r['interaction_s']:7.1f} {r['opt_steps']:6d} "
-            + " ".join(f"{r['wall_s'].get(p, 0.0):9.1f}" for p in phases)
-            + f" {r['wall_s']['total']:8.1f}")
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    phases = [p for p in ("model", "ilqr", "pretrain", "policy")
+              if any(p in r["wall_s"] for r in runs)]
+    cols = ["trials", "inter_s", "steps"] + [f"{p}_s" for p in phases] + ["total_s"]
+    width = max(len(c) for c in cols) + 1
+    span = len(cols) * (width + 1) - 1
+    head1 = f"{'seed':>4s} | " + " | ".join(f"{v:^{span}s}" for v in variants)
+    head2 = f"{'':>4s} | " + " | ".join(" ".join(f"{c:>{width}s}" for c in cols)
+                                        for _ in variants)
+    lines = [head1, head2, "-" * len(head2)]
+
+    def cells(r: dict[str, Any] | None) -> str:
+        if r is None:
+            return " ".join(f"{'-':>{width}s}" for _ in cols)
+        trials = str(r["trials_to_solve"]) if r["solved"] else "fail"
+        vals = [trials, f"{r['interaction_s']:.1f}", str(r["opt_steps"])]
+        vals += [f"{r['wall_s'].get(p, 0.0):.1f}" for p in phases]
+        vals.append(f"{r['wall_s']['total']:.1f}")
+        return " ".join(f"{v:>{width}s}" for v in vals)
+
+    for seed in sorted({r["seed"] for r in runs}):
+        by = {r["variant"]: r for r in runs if r["seed"] == seed}
+        lines.append(f"{seed:4d} | " + " | ".join(cells(by.get(v)) for v in variants))
     lines.append("")
-    for alg, s in result["summary"].items():
-        lines.append(f"{alg}: solved {s['solved']}/{s['seeds']}, median trials "
+    for v in variants:
+        s = result["summary"][v]
+        lines.append(f"{v}: solved {s['solved']}/{s['seeds']}, median trials to solve "
                      f"{s['median_trials_to_solve']}, median interaction "
-                     f"{s['median_interaction_s']} s, median steps {s['median_opt_steps']}, "
-                     f"median total {s['median_total_s']:.1f} s")
+                     f"{s['median_interaction_s']} s, median optimisation steps "
+                     f"{s['median_opt_steps']}, median total {s['median_total_s']:.1f} s")
+    if "eb_vs_mc" in result["summary"]:
+        red = result["summary"]["eb_vs_mc"]
+        lines.append(f"EB-MC-PILCO vs MC-PILCO: median total time "
+                     f"{100 * red['total_time_reduction']:.1f}% lower"
+                     + (f", optimisation steps {100 * red['opt_steps_reduction']:.1f}% fewer"
+                        if red["opt_steps_reduction"] is not None else ""))
     return "\n".join(lines)
+
+
+def plot_learning_curves(result: dict[str, Any], path: str | Path) -> None:
+    """Cost against optimisation step, trial by trial (steps concatenated across trials, a
+    marker at each trial boundary), one line per run, one panel per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4), sharey=True,
+                             squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        for r in (r for r in runs if r["variant"] == variant):
+            offset = 0
+            for i, costs in enumerate(r["opt_costs"]):
+                steps = np.arange(offset, offset + len(costs))
+                ax.plot(steps, costs, lw=0.8, color=f"C{r['seed'] % 10}",
+                        label=f"seed {r['seed']}" if i == 0 else None)
+                if len(costs):
+                    ax.axvline(offset, color=f"C{r['seed'] % 10}", lw=0.4, ls=":")
+                offset += len(costs)
+        ax.set_title(f"{variant}: cost per optimisation step (dotted: new trial)")
+        ax.set_xlabel("optimisation step (all learning trials)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("Monte Carlo cost J")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # -- bench step -----------------------------------------------------------------------------------

@@ -67,11 +67,14 @@ def cmd_bench_learn(args: argparse.Namespace) -> int:
     from . import bench
 
     cfg = _config(args)
-    result = bench.learn(cfg, args.algorithm, args.seeds)
+    result = bench.learn(cfg, args.algorithm, args.seeds, ablation=args.ablation)
     print(bench.learn_table(result))
     if args.json:
         bench.write_json(args.json, result)
         print(f"wrote {args.json}")
+    if args.plot:
+        bench.plot_learning_curves(result, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -108,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(learn)
     learn.add_argument("--algorithm", nargs="+", default=["mc"], choices=["mc", "eb"])
     learn.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    learn.add_argument("--ablation", action="store_true",
+                       help="also run EB-MC-PILCO with each pretraining: none, mse, bayes")
     learn.add_argument("--json", default=None, help="write results to this JSON file")
+    learn.add_argument("--plot", default=None, help="write cost-per-step curves to this PNG")
     learn.set_defaults(func=cmd_bench_learn)
     step = bsub.add_parser("step", help="time one policy-optimisation step")
     _add_config_args(step)

@@ -1,0 +1,51 @@
+"""The benchmark commands run end to end and write the JSON keys reviews rely on (no timing
+assertions: figures live in the JSON, not in tests)."""
+import json
+
+import pytest
+
+from ebmcpilco_ros.cli import main
+
+TINY = ["--set", "optimizer.particles=16", "--set", "optimizer.max_steps_first=15",
+        "--set", "optimizer.max_steps=15", "--set", "policy.num_basis=12",
+        "--set", "pretrain.steps=10", "--set", "learner.max_trials=3",
+        "--set", "exploration.iterations=1", "--set", "model.fit_iterations=30"]
+
+
+@pytest.mark.timeout(300)
+def test_bench_learn_writes_runs_summary_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "learn.json", tmp_path / "curves.png"
+    assert main(["bench", "learn", "--algorithm", "eb", "mc", "--seeds", "1", "--ablation",
+                 "--json", str(out), "--plot", str(png)] + TINY) == 0
+    data = json.loads(out.read_text())
+    variants = [r["variant"] for r in data["runs"]]
+    assert variants == ["eb", "mc", "eb-none", "eb-mse", "eb-bayes"]
+    for run in data["runs"]:
+        for key in ("algorithm", "seed", "solved", "trials_to_solve", "interaction_s",
+                    "opt_steps", "success_per_trial", "wall_s"):
+            assert key in run
+        assert {"model", "policy", "total"} <= set(run["wall_s"])
+        assert len(run["success_per_trial"]) == 3
+    eb = next(r for r in data["runs"] if r["variant"] == "eb")
+    assert eb["kind_per_trial"] == ["random", "ilqr", "policy"]
+    assert {"ilqr", "pretrain"} <= set(eb["wall_s"])
+    assert "machine" in data and "eb_vs_mc" in data["summary"]
+    assert png.stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "EB-MC-PILCO vs MC-PILCO" in printed
+
+
+@pytest.mark.timeout(300)
+def test_bench_step_writes_results(tmp_path):
+    out = tmp_path / "step.json"
+    assert main(["bench", "step", "--points", "20", "30", "--repeats", "2", "--json", str(out),
+                 "--set", "optimizer.particles=32"]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["points"] for r in results] == [20, 30]
+    for r in results:
+        assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and "peak_mb" in r
+
+
+def test_bad_override_is_reported_with_the_parameter(capsys):
+    assert main(["bench", "step", "--set", "optimizer.horizon=0"]) == 2
+    assert "optimizer.horizon = 0: must be in [1, 100000]" in capsys.readouterr().err
