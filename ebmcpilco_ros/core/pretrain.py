@@ -65,13 +65,15 @@ def _init_on_data(policy: SquashedRBFPolicy, feats: torch.Tensor,
 
 
 def pretrain_bayes(policy: SquashedRBFPolicy, states: np.ndarray, targets: np.ndarray,
-                   config: PretrainConfig, rng: np.random.Generator) -> None:
-    """Bayesian RBF regression: w ~ N(0, s^2 I), z = Phi w + N(0, sigma^2).
-
-    Maximise the marginal likelihood of z = u_max atanh(u / u_max) over centres, lengthscales,
-    s and sigma (Woodbury form, B x B), then set w to its posterior mean
-    (Phi^T Phi + sigma^2/s^2 I)^-1 Phi^T z. The prior keeps weights small, which also keeps
-    the network robust to the dropout MC-PILCO applies next.
+                   config: PretrainConfig, rng: np.random.Generator,
+                   dropout: float = 0.0) -> None:
+    """Bayesian RBF regression of z = u_max atanh(u / u_max) on the features Phi:
+        z = Phi w + N(0, sigma^2),   w ~ N(0, Sigma_w),
+        Sigma_w^-1 = I / s^2 + (p / (1 - p)) diag(Phi^T Phi) / sigma^2.
+    The second prior term is what MC-PILCO's dropout p on the activations costs in expected
+    squared error (dropout acts as an adaptive ridge penalty), so the posterior-mean weights are
+    the ones that still work once dropout is switched on. Centres, lengthscales, s and sigma
+    maximise the marginal likelihood (Woodbury form, B x B); w is the posterior mean.
     """
     dtype = torch.float64
     u_max = policy.u_max
@@ -83,21 +85,26 @@ def pretrain_bayes(policy: SquashedRBFPolicy, states: np.ndarray, targets: np.nd
     log_s = torch.tensor(math.log(float(z.std()) + 1e-3), dtype=dtype, requires_grad=True)
     log_sigma = torch.tensor(math.log(0.1 * float(z.std()) + 1e-3), dtype=dtype,
                              requires_grad=True)
-    S, B = len(z), work.num_basis
-    eye = torch.eye(B, dtype=dtype)
+    S = len(z)
+    drop_ratio = dropout / (1.0 - dropout)
 
-    def posterior(phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ratio = torch.exp(2 * (log_sigma - log_s))
-        L = torch.linalg.cholesky(phi.T @ phi + (ratio + _JITTER) * eye)
-        return L, torch.cholesky_solve((phi.T @ z).unsqueeze(1), L).squeeze(1)
+    def posterior(phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cholesky of the posterior precision (times sigma^2), the mean, the prior precision."""
+        sigma2 = torch.exp(2 * log_sigma)
+        gram = phi.T @ phi
+        prior_prec = torch.exp(-2 * log_s) + drop_ratio * torch.diagonal(gram) / sigma2  # (B,)
+        L = torch.linalg.cholesky(gram + torch.diag(sigma2 * prior_prec + _JITTER))
+        return L, torch.cholesky_solve((phi.T @ z).unsqueeze(1), L).squeeze(1), prior_prec
 
     def nlml() -> torch.Tensor:
         phi = work.activations(feats)
-        L, w = posterior(phi)
+        L, w, prior_prec = posterior(phi)
         sigma2 = torch.exp(2 * log_sigma)
         quad = (z @ z - z @ (phi @ w)) / sigma2
-        logdet = (2 * torch.log(torch.diagonal(L)).sum() + S * 2 * log_sigma
-                  + B * 2 * (log_s - log_sigma))
+        # log|Phi Sigma_w Phi^T + sigma^2 I| = log|A| - log|Sigma_w^-1| + S log sigma^2,
+        # A = Phi^T Phi / sigma^2 + Sigma_w^-1 = (L L^T) / sigma^2
+        logdet = (2 * torch.log(torch.diagonal(L)).sum() - L.shape[0] * 2 * log_sigma
+                  - torch.log(prior_prec).sum() + S * 2 * log_sigma)
         return 0.5 * (quad + logdet) / S
 
     params = [work.centres, work.log_lengthscales, log_s, log_sigma]
@@ -108,7 +115,7 @@ def pretrain_bayes(policy: SquashedRBFPolicy, states: np.ndarray, targets: np.nd
         loss.backward()
         opt.step()
     with torch.no_grad():
-        _, w = posterior(work.activations(feats))
+        _, w, _ = posterior(work.activations(feats))
         work.weights.copy_(w)
     policy.load_snapshot(work.parameters_snapshot())
 
@@ -143,7 +150,7 @@ def pretrain_policy(policy: SquashedRBFPolicy, plan: ILQRPlan, config: PretrainC
     started = time.perf_counter()
     states, targets = plan_training_pairs(plan, config, rng)
     if config.method == "bayes":
-        pretrain_bayes(policy, states, targets, config, rng)
+        pretrain_bayes(policy, states, targets, config, rng, dropout)
     elif config.method == "mse":
         pretrain_mse(policy, states, targets, config, rng, dropout)
     elif config.method != "none":
