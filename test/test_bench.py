@@ -9,10 +9,12 @@ from ebmcpilco_ros.cli import main
 TINY = ["--set", "optimizer.particles=16", "--set", "optimizer.max_steps_first=15",
         "--set", "optimizer.max_steps=15", "--set", "policy.num_basis=12",
         "--set", "pretrain.steps=10", "--set", "learner.max_trials=3",
-        "--set", "exploration.iterations=1", "--set", "model.fit_iterations=30"]
+        "--set", "exploration.iterations=1", "--set", "model.fit_iterations=30",
+        "--set", "ilqr.max_iterations=10", "--set", "ilqr.continuation_start=0",
+        "--set", "plant.trial_duration=1.0", "--set", "optimizer.horizon=20"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_bench_learn_writes_runs_summary_and_plot(tmp_path, capsys):
     out, png = tmp_path / "learn.json", tmp_path / "curves.png"
     assert main(["bench", "learn", "--algorithm", "eb", "mc", "--seeds", "1", "--ablation",

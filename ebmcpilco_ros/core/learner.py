@@ -243,6 +243,26 @@ class Learner:
             self.on_trial(summary, trial)
         return summary
 
+    def _round(self, request: OptimizationRequest, index: int, totals: dict[str, float]
+               ) -> tuple[ControllerUpdate, Trial, dict[str, Any]]:
+        """The round every phase makes: fit the model, get a controller, run it on the system."""
+        t0 = time.perf_counter()
+        model = self.models.fit()
+        t_model = time.perf_counter() - t0
+        update = self.optimizer.next_controller(model, request)
+        t1 = time.perf_counter()
+        trial = self.system.run(update.controller, kind=update.phase, index=index)
+        totals["system"] += time.perf_counter() - t1
+        totals["model"] += t_model
+        for k, v in update.wall_s.items():
+            totals[k] = totals.get(k, 0.0) + v
+        summary_kw = {"opt_steps": update.opt_steps,
+                      "model_points": tuple(gp.size for gp in model.gps),
+                      "wall_s": {"model": t_model, **update.wall_s},
+                      "predicted_cost": update.costs[-1] if update.costs else None,
+                      "info": dict(update.info)}
+        return update, trial, summary_kw
+
     def _explore(self, summaries: list[TrialSummary], totals: dict[str, float]) -> None:
         """GP-iLQR iterations: plan, execute with noise, refit; stop early once a rollout
         follows its plan to within exploration.match_tol (the model is good where it matters)."""
@@ -250,22 +270,12 @@ class Learner:
         for j in range(cfg.exploration.iterations):
             if len(summaries) >= cfg.learner.max_trials:
                 return
-            t0 = time.perf_counter()
-            model = self.models.fit()
-            t_model = time.perf_counter() - t0
-            update = self.optimizer.next_controller(model, OptimizationRequest("explore", j))
-            t1 = time.perf_counter()
-            trial = self.system.run(update.controller, kind="ilqr", index=len(summaries))
-            totals["system"] += time.perf_counter() - t1
-            totals["model"] += t_model
-            for k, v in update.wall_s.items():
-                totals[k] = totals.get(k, 0.0) + v
+            update, trial, summary_kw = self._round(OptimizationRequest("explore", j),
+                                                    len(summaries), totals)
             error = (plan_tracking_error(update.predicted_states, trial)
                      if update.predicted_states is not None else float("inf"))
-            summaries.append(self._record(trial, {
-                "model_points": tuple(gp.size for gp in model.gps),
-                "wall_s": {"model": t_model, **update.wall_s},
-                "info": {**update.info, "tracking_error": error}}))
+            summary_kw["info"]["tracking_error"] = error
+            summaries.append(self._record(trial, summary_kw))
             if cfg.exploration.match_tol > 0 and error < cfg.exploration.match_tol:
                 return
 
@@ -288,25 +298,11 @@ class Learner:
         while len(summaries) < cfg.max_trials:
             if cfg.stop_on_success and any(s.success and s.kind == "policy" for s in summaries):
                 break
-            t0 = time.perf_counter()
-            model = self.models.fit()
-            t_model = time.perf_counter() - t0
-            update = self.optimizer.next_controller(model, OptimizationRequest(
-                "policy", learning_trial,
-                pretrain=(cfg.algorithm == "eb" and learning_trial == 0)))
-            t1 = time.perf_counter()
-            trial = self.system.run(update.controller, kind=update.phase, index=len(summaries))
-            totals["system"] += time.perf_counter() - t1
-            totals["model"] += t_model
-            for k, v in update.wall_s.items():
-                totals[k] = totals.get(k, 0.0) + v
+            request = OptimizationRequest("policy", learning_trial,
+                                          pretrain=(cfg.algorithm == "eb" and learning_trial == 0))
+            update, trial, summary_kw = self._round(request, len(summaries), totals)
             opt_costs.append(update.costs)
-            summaries.append(self._record(trial, {
-                "opt_steps": update.opt_steps,
-                "model_points": tuple(gp.size for gp in model.gps),
-                "wall_s": {"model": t_model, **update.wall_s},
-                "predicted_cost": update.costs[-1] if update.costs else None,
-                "info": update.info}))
+            summaries.append(self._record(trial, summary_kw))
             learning_trial += 1
         totals["total"] = time.perf_counter() - started
         return LearningReport(algorithm=cfg.algorithm, seed=cfg.seed, trials=summaries,
