@@ -377,14 +377,34 @@ def _coerce(name: str, value: Any, f: dataclasses.Field) -> Any:
     return value
 
 
-def build_section(name: str, values: Mapping[str, Any]) -> Any:
-    cls = SECTIONS[name]
+def section_from_mapping(cls: type, values: Mapping[str, Any] | None) -> Any:
+    """Any Section dataclass from its mapping of parameters, validated; also what the hardware
+    and node layers use for their own sections of the same file."""
+    name = cls._section
+    values = values or {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{name}: must be a mapping of parameters")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"{name}.{unknown[0]}: unknown parameter (known: {', '.join(known)})")
-    kwargs = {k: _coerce(f"{name}.{k}", v, known[k]) for k, v in values.items()}
-    return cls(**kwargs)
+    return cls(**{k: _coerce(f"{name}.{k}", v, known[k]) for k, v in values.items()})
+
+
+def build_section(name: str, values: Mapping[str, Any]) -> Any:
+    return section_from_mapping(SECTIONS[name], values)
+
+
+def read_parameters(path: str | Path) -> Mapping[str, Any]:
+    """The sections of a YAML config file, unwrapped from the ROS parameter-file layout."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: must hold a mapping of sections")
+    return _ros_parameters(data)
 
 
 def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
@@ -418,12 +438,7 @@ def _ros_parameters(data: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def load_config(path: str | Path, **overrides: Mapping[str, Any]) -> ExperimentConfig:
     """Read a YAML config; `overrides` per section, e.g. learner={"seed": 2}."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    config = config_from_dict(data)
+    config = config_from_dict(read_parameters(path))
     return config.replace(**overrides) if overrides else config
 
 
