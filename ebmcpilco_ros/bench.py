@@ -73,8 +73,16 @@ def learn_variants(algorithms: Sequence[str], ablation: bool) -> list[tuple[str,
 
 
 def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[int],
-          ablation: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    runs = []
+          ablation: bool = False, log: Callable[[str], None] = print,
+          json_path: str | Path | None = None) -> dict[str, Any]:
+    """Every (seed, variant) run in turn; with json_path the results so far are rewritten after
+    each run, so an interrupted benchmark keeps every finished run."""
+    runs: list[dict[str, Any]] = []
+
+    def result() -> dict[str, Any]:
+        return {"runs": runs, "summary": summarize(runs), "config": config.to_dict(),
+                "machine": machine_info(config.optimizer.threads or None)}
+
     for seed in seeds:
         for label, algorithm, overrides in learn_variants(algorithms, ablation):
             cfg = config.replace(learner={"algorithm": algorithm, "seed": seed}, **overrides)
@@ -94,8 +102,9 @@ def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[i
             log(f"{label} seed {seed}: solved={run['solved']} "
                 f"trials={run['trials_to_solve']} interaction={run['interaction_s']:.1f}s "
                 f"steps={run['opt_steps']} total={run['wall_s']['total']:.1f}s")
-    return {"runs": runs, "summary": summarize(runs), "config": config.to_dict(),
-            "machine": machine_info(config.optimizer.threads or None)}
+            if json_path:
+                write_json(json_path, result())
+    return result()
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
