@@ -185,7 +185,8 @@ class OptimizerConfig(Section):
                             "(variance over-estimated by <= tol*sigma_f^2; 0 = exact)")
     dtype: str = setting("float32", choices=("float32", "float64"),
                          doc="particle rollout precision (models are fitted in float64)")
-    threads: int = setting(0, 0, 1024, doc="torch CPU threads for optimisation (0 = leave)")
+    threads: int = setting(0, 0, 1024,
+                           doc="torch CPU threads for a learning run (0 = torch's default)")
     device: str = setting("cpu", doc="torch device for the rollout: cpu, cuda, cuda:1, ...")
 
     def check(self) -> None:
@@ -289,7 +290,7 @@ class PretrainConfig(Section):
                                     doc="states drawn around each plan step (feedback targets)")
     perturbation: tuple[float, ...] = setting(
         (0.05, 0.2, 0.1, 0.4), 0.0, None, doc="std of those draws in p, pdot, theta, thetadot")
-    steps: int = setting(1500, 1, 1000000, doc="Adam steps (mse) / L-BFGS iterations (bayes)")
+    steps: int = setting(500, 1, 1000000, doc="Adam steps of the fit (both methods)")
     lr: float = setting(0.01, 0.0, 1.0, lo_open=True, doc="Adam learning rate (mse)")
     squash_clip: float = setting(0.98, 0.0, 1.0, lo_open=True,
                                  doc="targets u/u_max clipped to this before atanh (bayes)")

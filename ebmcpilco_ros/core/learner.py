@@ -20,7 +20,7 @@ import torch
 
 from .config import ExperimentConfig
 from .cost import trajectory_cost
-from .mcpilco import OptimizationResult, optimize_policy, torch_dtype
+from .mcpilco import OptimizationResult, optimize_policy, torch_dtype, torch_threads
 from .model import SpeedIntegrationModel
 from .controllers import Controller, FeedbackPlanController, PolicyController, RandomController
 from .exploration import exploration_plan, plan_swing_up, plan_tracking_error
@@ -321,4 +321,7 @@ def run_in_process(config: ExperimentConfig,
     rng = np.random.default_rng([seed, 1])
     learner = Learner(config, system, LocalModelLearning(config),
                       LocalPolicyOptimization(config, rng, on_step), rng, on_trial)
-    return learner.run()
+    # One thread setting for the whole run (fit, iLQR, pretraining, optimisation): mixing
+    # settings oversubscribes the cores when runs share a machine.
+    with torch_threads(config.optimizer.threads):
+        return learner.run()
