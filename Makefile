@@ -20,8 +20,9 @@ $(STAMP): requirements.txt setup.py
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $@
 
+# Learns through the ROS 2 node graph (five processes over DDS); `ebmcpilco demo` is in-process.
 demo: $(STAMP)
-	$(BIN)/ebmcpilco demo
+	$(BIN)/ebmcpilco sim
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q test

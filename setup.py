@@ -25,6 +25,11 @@ setup(
     entry_points={
         "console_scripts": [
             "ebmcpilco = ebmcpilco_ros.cli:main",
+            "sim_plant = ebmcpilco_ros.nodes.sim_plant:main",
+            "policy_execution = ebmcpilco_ros.nodes.policy_execution:main",
+            "model_learning = ebmcpilco_ros.nodes.model_learning:main",
+            "policy_optimization = ebmcpilco_ros.nodes.policy_optimization:main",
+            "trial_manager = ebmcpilco_ros.nodes.trial_manager:main",
         ],
     },
 )

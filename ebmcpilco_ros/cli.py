@@ -1,8 +1,10 @@
 """`ebmcpilco`: demo, benchmarks and tools, without `ros2` (pip-installed ROS 2 wheels suffice).
 
     ebmcpilco demo                     learn the swing-up on the simulated cart-pole
+    ebmcpilco sim                      the same through the ROS 2 node graph (no ros2 launch)
     ebmcpilco bench learn ...          learning runs over seeds -> table + JSON
     ebmcpilco bench step ...           one policy-optimisation step at several GP sizes
+    ebmcpilco bench realtime ...       control-loop lateness and latency under optimiser load
     ebmcpilco emulator ...             firmware emulator on a pty (for the hardware node)
 """
 from __future__ import annotations
@@ -67,10 +69,10 @@ def cmd_bench_learn(args: argparse.Namespace) -> int:
     from . import bench
 
     cfg = _config(args)
-    result = bench.learn(cfg, args.algorithm, args.seeds, ablation=args.ablation)
+    result = bench.learn(cfg, args.algorithm, args.seeds, ablation=args.ablation,
+                         json_path=args.json)
     print(bench.learn_table(result))
     if args.json:
-        bench.write_json(args.json, result)
         print(f"wrote {args.json}")
     if args.plot:
         bench.plot_learning_curves(result, args.plot)
@@ -85,6 +87,34 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
     result = bench.step(cfg, args.points, repeats=args.repeats)
     if args.json:
         bench.write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from . import bringup
+
+    overrides = _overrides(args.set)
+    for section, key, value in (("learner", "seed", args.seed),
+                                ("learner", "algorithm", args.algorithm),
+                                ("optimizer", "device", args.device)):
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return bringup.run_sim(find_config(args.config), overrides, namespace=args.namespace,
+                           startup_timeout=args.startup_timeout, verbose=args.verbose)
+
+
+def cmd_bench_realtime(args: argparse.Namespace) -> int:
+    from . import realtime
+
+    result = realtime.bench(find_config(args.config), _overrides(args.set), trials=args.trials,
+                            load=not args.no_load, load_threads=args.load_threads,
+                            load_nice=args.load_nice)
+    print(realtime.summary_text(result))
+    if args.json:
+        from .bench import write_json
+
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -105,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=None)
     demo.set_defaults(func=cmd_demo)
 
+    sim = sub.add_parser("sim", help="learn through the ROS 2 node graph (separate processes)")
+    _add_config_args(sim)
+    sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument("--algorithm", choices=["mc", "eb"], default=None)
+    sim.add_argument("--device", default=None, help="optimizer.device: cpu, cuda, cuda:N")
+    sim.add_argument("--namespace", default="", help="ROS namespace of every node")
+    sim.add_argument("--startup-timeout", type=float, default=120.0,
+                     help="seconds for the graph to become ready (default 120)")
+    sim.add_argument("--verbose", action="store_true", help="also print each phase")
+    sim.set_defaults(func=cmd_sim)
+
     bench = sub.add_parser("bench", help="benchmarks (figures and JSON)")
     bsub = bench.add_subparsers(dest="bench", required=True)
     learn = bsub.add_parser("learn", help="learning runs over seeds")
@@ -122,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--repeats", type=int, default=20)
     step.add_argument("--json", default=None, help="write results to this JSON file")
     step.set_defaults(func=cmd_bench_step)
+    rt = bsub.add_parser("realtime", help="control-loop lateness and state-to-command latency "
+                                          "while the optimiser runs in another process")
+    _add_config_args(rt)
+    rt.add_argument("--trials", type=int, default=5, help="trials of plant.trial_duration")
+    rt.add_argument("--load-threads", type=int, default=0,
+                    help="torch threads of the optimiser load (0: torch's default)")
+    rt.add_argument("--load-nice", type=int, default=0,
+                    help="niceness of the optimiser load process (default 0)")
+    rt.add_argument("--no-load", action="store_true", help="measure without the optimiser")
+    rt.add_argument("--json", default=None, help="write results to this JSON file")
+    rt.set_defaults(func=cmd_bench_realtime)
 
     emu = sub.add_parser("emulator", help="cart-pole firmware emulator on a pty",
                          add_help=False)

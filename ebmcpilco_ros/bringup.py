@@ -1,0 +1,342 @@
+"""Bring the node graph up without `ros2 launch`: one process per node, from the same YAML.
+
+`Graph` starts `python -m ebmcpilco_ros.nodes.<name> --ros-args --params-file <yaml> -p ...` for
+each node (what launch/sim.launch.py does through `ros2 launch`) and always tears the processes
+down (SIGINT, then SIGTERM, then SIGKILL). `GraphClient` is an rclpy node in the calling process
+that calls the trial manager's services and follows ebmcpilco/status. `run_sim` is
+`ebmcpilco sim`: bring up, learn, print a line per trial, exit 0 when solved.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+from .core.config import ExperimentConfig, config_from_dict, read_parameters
+from .nodes import NODE_NAMES
+from .nodes.config import NODE_SECTIONS, build_node_section
+
+SIM_NODES = NODE_NAMES  # sim_plant, policy_execution, model_learning, policy_optimization,
+#                         trial_manager
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+
+
+def ros_value(value: Any) -> str:
+    """A `-p name:=value` value as ROS parses it (YAML), strings quoted where needed."""
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text[:-len("...")].strip() if text.endswith("...") else text
+
+
+def flatten(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """{section: {key: value}} -> {"section.key": value}."""
+    return {f"{section}.{key}": value for section, values in overrides.items()
+            for key, value in values.items()}
+
+
+def validate(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]]
+             ) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """The configuration every node will see, checked before anything starts (ConfigError)."""
+    sections = {k: dict(v or {}) for k, v in read_parameters(config_path).items()}
+    for section, values in overrides.items():
+        sections.setdefault(section, {}).update(values)
+    config = config_from_dict(sections)
+    parts = {name: build_node_section(name, sections.get(name)) for name in NODE_SECTIONS}
+    return config, parts
+
+
+def graph_environment(base: Mapping[str, str] | None = None, domain_id: int | None = None
+                      ) -> dict[str, str]:
+    """Environment of the node processes: local DDS discovery unless set, ament index found."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["EBMCPILCO_DIE_WITH_PARENT"] = "1"  # nodes end if this process is killed outright
+    if domain_id is not None:
+        env["ROS_DOMAIN_ID"] = str(domain_id)
+    return env
+
+
+class Graph:
+    """Node processes started like `ros2 launch` would; a context manager that always stops them."""
+
+    def __init__(self, config_path: str | Path, parameters: Mapping[str, Any] | None = None,
+                 nodes: Iterable[str] = SIM_NODES, namespace: str = "",
+                 env: Mapping[str, str] | None = None, log_dir: str | Path | None = None,
+                 node_parameters: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self.config_path = Path(config_path)
+        self.parameters = dict(parameters or {})
+        self.node_parameters = {k: dict(v) for k, v in (node_parameters or {}).items()}
+        self.nodes = list(nodes)
+        self.namespace = namespace
+        self.env = graph_environment(env)
+        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="ebmcpilco-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def command(self, name: str) -> list[str]:
+        cmd = [sys.executable, "-m", f"ebmcpilco_ros.nodes.{name}", "--ros-args",
+               "--params-file", str(self.config_path)]
+        if self.namespace:
+            cmd += ["-r", f"__ns:=/{self.namespace.strip('/')}"]
+        for key, value in {**self.parameters, **self.node_parameters.get(name, {})}.items():
+            cmd += ["-p", f"{key}:={ros_value(value)}"]
+        return cmd
+
+    def start(self, names: Iterable[str] | None = None) -> None:
+        for name in (list(names) if names is not None else self.nodes):
+            log = open(self.log_path(name), "ab")
+            try:
+                self.processes[name] = subprocess.Popen(
+                    self.command(name), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True)
+            finally:
+                log.close()
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def exited(self) -> dict[str, int]:
+        """Nodes whose process has ended, with the exit code."""
+        return {name: p.returncode for name, p in self.processes.items()
+                if p.poll() is not None}
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[name]
+        if process.poll() is None:
+            process.send_signal(sig)
+
+    def stop(self, grace: float = 5.0) -> dict[str, int]:
+        """SIGINT every node (they zero actuators on the way out), then SIGTERM, then SIGKILL."""
+        for sig in STOP_SIGNALS:
+            alive = [p for p in self.processes.values() if p.poll() is None]
+            if not alive:
+                break
+            for p in alive:
+                try:
+                    p.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace
+            for p in alive:
+                try:
+                    p.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        return {name: p.returncode for name, p in self.processes.items()}
+
+    def __enter__(self) -> "Graph":
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.stop()
+
+
+class GraphClient:
+    """An rclpy node in this process: the trial manager's services and its status topic."""
+
+    def __init__(self, namespace: str = "", name: str = "ebmcpilco_client",
+                 status_depth: int = 50) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from std_msgs.msg import String
+        from std_srvs.srv import Trigger
+
+        from .nodes.common import (ABORT_SERVICE, LEARN_SERVICE, RUN_TRIAL_SERVICE,
+                                   STATUS_TOPIC, latched_qos)
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, namespace=namespace or None, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.statuses: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.latest_status: dict[str, Any] | None = None
+        self._status_cond = threading.Condition()
+        self.node.create_subscription(String, STATUS_TOPIC, self._on_status,
+                                      latched_qos(status_depth))
+        self.clients = {name: self.node.create_client(Trigger, srv) for name, srv in
+                        (("learn", LEARN_SERVICE), ("run_trial", RUN_TRIAL_SERVICE),
+                         ("abort", ABORT_SERVICE))}
+        self._trigger = Trigger
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException, ShutdownException
+
+        try:
+            self.executor.spin()
+        except (ExternalShutdownException, ShutdownException):
+            pass
+
+    def _on_status(self, msg: Any) -> None:
+        try:
+            status = json.loads(msg.data)
+        except ValueError:
+            return
+        self.statuses.put(status)
+        with self._status_cond:
+            self.latest_status = status
+            self._status_cond.notify_all()
+
+    def wait_status(self, predicate: Callable[[dict[str, Any]], bool], timeout: float
+                    ) -> dict[str, Any] | None:
+        """The latest status once it satisfies `predicate`, or None after `timeout`."""
+        with self._status_cond:
+            ok = self._status_cond.wait_for(
+                lambda: self.latest_status is not None and predicate(self.latest_status),
+                timeout)
+            return self.latest_status if ok else None
+
+    def call(self, service: str, timeout: float = 10.0) -> tuple[bool, str]:
+        """Call learn / run_trial / abort: (success, message); (False, why) if unanswered."""
+        client = self.clients[service]
+        if not client.wait_for_service(timeout_sec=timeout):
+            return False, f"service {client.srv_name} not available within {timeout} s"
+        done = threading.Event()
+        future = client.call_async(self._trigger.Request())
+        future.add_done_callback(lambda _f: done.set())
+        if not done.wait(timeout) or future.result() is None:
+            return False, f"service {client.srv_name} did not answer within {timeout} s"
+        return bool(future.result().success), str(future.result().message)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+# -- ebmcpilco sim --------------------------------------------------------------------------------
+
+def _trial_line(trial: Mapping[str, Any]) -> str:
+    wall = trial.get("wall_s") or {}
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in wall.items())
+    extra = (f"  ({trial.get('opt_steps', 0)} optimisation steps; {timing})" if timing else "")
+    if not trial["success"]:
+        outcome = "not solved"
+    elif trial["kind"] == "policy":
+        outcome = "SWING-UP SOLVED"
+    else:
+        outcome = "swung up by the plan (a learned policy must do it)"
+    return f"trial {trial['index']}: {trial['kind']:7s} cost {trial['cost']:6.2f}  {outcome}{extra}"
+
+
+def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
+            namespace: str = "", startup_timeout: float = 120.0,
+            log: Callable[[str], None] = print, verbose: bool = False) -> int:
+    """`ebmcpilco sim`: 0 when the swing-up is solved, 1 when not, 2 on a config error."""
+    config, parts = validate(config_path, overrides)
+    nodes_cfg = parts["nodes"]
+    log_dir = (Path(nodes_cfg.run_directory or tempfile.gettempdir()) / "logs"
+               / time.strftime("%Y%m%d-%H%M%S"))
+    learner = config.learner
+    log(f"EB-MC-PILCO through the ROS 2 node graph: {learner.algorithm} on the simulated "
+        f"cart-pole, seed {learner.seed}, up to {learner.max_trials} trials of "
+        f"{config.plant.trial_duration:g} s (domain {os.environ.get('ROS_DOMAIN_ID', '0')}, "
+        f"node logs in {log_dir})")
+    graph = Graph(config_path, flatten(overrides), namespace=namespace, log_dir=log_dir)
+    client: GraphClient | None = None
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
+    try:
+        graph.start()
+        client = GraphClient(namespace=namespace, status_depth=nodes_cfg.status_depth)
+        ready = _wait(client, graph, lambda s: bool(s.get("ready")), startup_timeout,
+                      interrupted)
+        if ready is None:
+            waiting = (client.latest_status or {}).get("waiting_for", ["the trial manager"])
+            log(f"the node graph did not come up within {startup_timeout:g} s: waiting for "
+                + ", ".join(waiting))
+            return 1
+        ok, message = client.call("learn")
+        log(message)
+        if not ok:
+            return 1
+        return _follow(client, graph, log, verbose, interrupted)
+    except KeyboardInterrupt:
+        log("interrupted: aborting")
+        if client is not None:
+            client.call("abort", timeout=2.0)
+        return 130
+    except _NodeDied as exc:
+        log(str(exc))
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if client is not None:
+            client.close()
+        graph.stop()
+
+
+class _NodeDied(RuntimeError):
+    pass
+
+
+def _wait(client: GraphClient, graph: Graph, predicate: Callable[[dict[str, Any]], bool],
+          timeout: float, interrupted: threading.Event) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _check(graph, interrupted)
+        status = client.wait_status(predicate, timeout=min(0.5, deadline - time.monotonic()))
+        if status is not None:
+            return status
+    return None
+
+
+def _check(graph: Graph, interrupted: threading.Event) -> None:
+    if interrupted.is_set():
+        raise KeyboardInterrupt
+    dead = graph.exited()
+    if dead:
+        name, code = next(iter(dead.items()))
+        raise _NodeDied(f"node {name} exited with code {code}:\n{graph.log_tail(name)}")
+
+
+def _follow(client: GraphClient, graph: Graph, log: Callable[[str], None], verbose: bool,
+            interrupted: threading.Event) -> int:
+    """Print the run's progress from the status topic until it ends."""
+    run_id = (client.latest_status or {}).get("run_id")
+    while True:
+        _check(graph, interrupted)
+        try:
+            status = client.statuses.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if status.get("run_id") != run_id and status.get("event") != "started_learning":
+            continue
+        run_id = status.get("run_id")
+        event = status.get("event")
+        if event == "trial_done":
+            log(_trial_line(status["trial"]))
+        elif event == "phase" and verbose:
+            log(f"  {status.get('phase')}")
+        elif event == "run_done":
+            report = status["report"]
+            log(f"{'solved' if report['solved'] else 'NOT solved'} after "
+                f"{len(report['trials'])} trials, {report['interaction_s']:.1f} s of "
+                f"interaction, {report['wall_s']['total']:.0f} s total (run {run_id})")
+            return 0 if report["solved"] else 1
+        elif event in ("failed", "aborted"):
+            log(f"learning {event}: {status.get('reason', '')}")
+            return 1

@@ -1,0 +1,148 @@
+"""`model_learning`: keeps the dataset of trial records and fits the GP model on request.
+
+Trial records (core.trial.Trial.to_dict) arrive on ebmcpilco/trial_records, from the execution
+node and, when this node reports some missing, again from the trial manager; each is kept once,
+keyed `<run_id>/<index>`. A fit request names exactly the trials to fit on: missing ones are
+reported (event "missing"), otherwise the speed-integration model (core.model) is fitted in a
+worker thread and published latched on ebmcpilco/model with a version number.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Sequence
+
+from std_msgs.msg import String
+
+from ..core.model import SpeedIntegrationModel
+from ..core.trial import TRIAL_FORMAT, Trial
+from .common import (ANSWER_EVENTS, FIT_REQUEST_FORMAT, FIT_REQUEST_TOPIC, MODEL_EVENTS_TOPIC,
+                     MODEL_TOPIC, MODEL_UPDATE_FORMAT, TRIAL_RECORDS_TOPIC, Answers, Diagnostics,
+                     GraphNode, Heartbeat, decode, encode, event, latched_qos, reliable_qos,
+                     run_node, set_torch_threads)
+from .params import declare_config
+
+NAME = "model_learning"
+
+
+def trial_key(trial: Trial) -> str:
+    """A trial's identity across the graph: the run it belongs to and its index there."""
+    return f"{trial.meta.get('run_id', '')}/{trial.index}"
+
+
+class ModelLearningNode(GraphNode):
+    """The dataset and the GP fit; one fit at a time, never on the executor."""
+
+    def __init__(self) -> None:
+        super().__init__(NAME)
+        config, parts = declare_config(self, ["plant", "model", "optimizer"], ["nodes"])
+        set_torch_threads(config.optimizer.threads)
+        self.config = config
+        self.names = parts["nodes"]
+        self.lock = threading.Lock()
+        self.trials: dict[str, Trial] = {}
+        self.duplicates = 0
+        self.version = 0
+        self.busy: str | None = None
+        self.last_fit_s = 0.0
+        depth = self.names.record_depth
+        self.model_pub = self.create_publisher(String, MODEL_TOPIC, latched_qos())
+        self.events_pub = self.create_publisher(String, MODEL_EVENTS_TOPIC, reliable_qos(depth))
+        self.create_subscription(String, TRIAL_RECORDS_TOPIC, self._on_record,
+                                 reliable_qos(depth))
+        self.create_subscription(String, FIT_REQUEST_TOPIC, self._on_fit_request,
+                                 reliable_qos(depth))
+        self.answers = Answers(depth)
+        self.heartbeat = Heartbeat(self, NAME, self.names,
+                                   lambda: {"busy": self.busy, "trials": len(self.trials),
+                                            "model_version": self.version})
+        self.diagnostics = Diagnostics(self, self.names, self._report)
+
+    def _send_event(self, request_id: str, kind: str, **fields: Any) -> None:
+        payload = event(NAME, request_id, kind, **fields)
+        if kind in ANSWER_EVENTS:
+            self.answers.record(request_id, payload)
+        self.events_pub.publish(encode(payload))
+
+    def _on_record(self, msg: String) -> None:
+        try:
+            trial = Trial.from_dict(decode(msg, TRIAL_FORMAT))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.get_logger().warning(f"ignoring a malformed trial record: {exc}")
+            return
+        key = trial_key(trial)
+        with self.lock:
+            if key in self.trials:
+                self.duplicates += 1
+                return
+            self.trials[key] = trial
+        self.get_logger().info(f"trial {key} stored ({trial.steps} steps"
+                               f"{', failed: not used for fitting' if trial.failed else ''})")
+
+    def _on_fit_request(self, msg: String) -> None:
+        try:
+            req = decode(msg, FIT_REQUEST_FORMAT)
+            request_id, keys = str(req["request_id"]), [str(k) for k in req["trials"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            self.get_logger().warning(f"ignoring a malformed fit request: {exc}")
+            return
+        answered = self.answers.get(request_id)
+        if answered is not None:  # the same request again: the same answer
+            self.events_pub.publish(encode(answered))
+            return
+        with self.lock:
+            if self.busy is not None:
+                reason = f"busy fitting for request {self.busy}"
+            elif not keys:
+                reason = "the request names no trials"
+            else:
+                reason = None
+            missing = [k for k in keys if k not in self.trials]
+            if reason is None and not missing:
+                self.busy = request_id
+                trials = [self.trials[k] for k in keys]
+        if reason is not None:
+            self._send_event(request_id, "refused", reason=reason)
+        elif missing:
+            self._send_event(request_id, "missing", missing=missing)
+        else:
+            self._send_event(request_id, "accepted", trials=len(trials))
+            threading.Thread(target=self._fit, args=(request_id, req, keys, trials),
+                             name="fit", daemon=True).start()
+
+    def _fit(self, request_id: str, req: dict[str, Any], keys: list[str],
+             trials: list[Trial]) -> None:
+        try:
+            started = time.perf_counter()
+            version = self.version + 1
+            model = SpeedIntegrationModel.fit(trials, self.config.plant.control_period,
+                                              self.config.model, version=version)
+            self.last_fit_s = time.perf_counter() - started
+            self.version = version
+            self.model_pub.publish(encode({
+                "format": MODEL_UPDATE_FORMAT, "request_id": request_id,
+                "run_id": req.get("run_id", ""), "version": version, "trials": keys,
+                "points": [gp.size for gp in model.gps], "fit_s": self.last_fit_s,
+                "model": model.to_dict()}))
+            self.get_logger().info(f"model v{version} fitted on {len(keys)} trials in "
+                                   f"{self.last_fit_s:.1f} s")
+        except Exception as exc:  # noqa: BLE001 - reported to the requester
+            self._send_event(request_id, "failed", reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self.lock:
+                self.busy = None
+
+    def _report(self) -> tuple[str, str, dict[str, Any]]:
+        with self.lock:
+            stored, busy = len(self.trials), self.busy
+        return "ok", (f"fitting for {busy}" if busy else "idle"), {
+            "trials": stored, "duplicates_ignored": self.duplicates,
+            "model_version": self.version, "last_fit_s": round(self.last_fit_s, 3)}
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    return run_node(ModelLearningNode, args, name=NAME)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

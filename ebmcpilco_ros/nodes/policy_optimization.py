@@ -1,0 +1,221 @@
+"""`policy_optimization`: turns a model into the next controller, whatever phase is asked for.
+
+An optimisation request (ebmcpilco/policy_optimization/request) names the model (by the fit
+request that produced it; models arrive latched on ebmcpilco/model) and carries the Learner's
+OptimizationRequest (phase "policy" for MC-PILCO, "explore" for EB-MC-PILCO's GP-iLQR, ...). A
+worker thread runs core.learner.LocalPolicyOptimization.next_controller on it, so any phase the
+core knows works here unchanged, and publishes the controller latched on ebmcpilco/controller
+with the request id it answers. The torch device is optimizer.device (cpu, cuda, cuda:N).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from ..core.config import SECTIONS, ConfigError, ExperimentConfig
+from ..core.learner import LocalPolicyOptimization, OptimizationRequest
+from ..core.model import SpeedIntegrationModel
+from .common import (ANSWER_EVENTS, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT, MODEL_TOPIC,
+                     MODEL_UPDATE_FORMAT, OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
+                     OPTIMIZATION_REQUEST_FORMAT, OPTIMIZATION_REQUEST_TOPIC, Answers,
+                     Diagnostics, GraphNode, Heartbeat, decode, encode, event, latched_qos,
+                     reliable_qos, run_node, set_torch_threads)
+from .params import declare_config
+
+NAME = "policy_optimization"
+# Models kept for requests that arrive before or after theirs (the loop uses only the newest).
+MODEL_HISTORY = 4
+
+
+class Cancelled(RuntimeError):
+    """The trial manager cancelled the optimisation (abort)."""
+
+
+def check_device(config: ExperimentConfig) -> None:
+    """optimizer.device must exist on this machine, or the node refuses to start."""
+    device = config.optimizer.device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"optimizer.device = {device!r}: CUDA is not available here "
+                              f"(torch {torch.__version__})")
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"optimizer.device = {device!r}: only "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+
+
+class PolicyOptimizationNode(GraphNode):
+    """One optimisation at a time, in a worker thread; the policy persists within a run."""
+
+    def __init__(self) -> None:
+        super().__init__(NAME)
+        config, parts = declare_config(self, list(SECTIONS), ["nodes"])
+        check_device(config)
+        set_torch_threads(config.optimizer.threads)
+        self.config = config
+        self.names = parts["nodes"]
+        self.models: dict[str, dict[str, Any]] = {}  # fit request id -> model update payload
+        self.models_cond = threading.Condition()
+        self.lock = threading.Lock()
+        self.busy: str | None = None
+        self.cancel = threading.Event()
+        self.run_id: str | None = None
+        self.optimizer: LocalPolicyOptimization | None = None
+        self.version = 0
+        self.progress: dict[str, Any] = {}
+        self._last_progress = 0.0
+        depth = self.names.record_depth
+        self.controller_pub = self.create_publisher(String, CONTROLLER_TOPIC, latched_qos())
+        self.events_pub = self.create_publisher(String, OPTIMIZATION_EVENTS_TOPIC,
+                                                reliable_qos(depth))
+        self.create_subscription(String, MODEL_TOPIC, self._on_model, latched_qos())
+        self.create_subscription(String, OPTIMIZATION_REQUEST_TOPIC, self._on_request,
+                                 reliable_qos(depth))
+        self.create_service(Trigger, OPTIMIZATION_CANCEL_SERVICE, self._on_cancel)
+        self.answers = Answers(depth)
+        self.heartbeat = Heartbeat(self, NAME, self.names,
+                                   lambda: {"busy": self.busy,
+                                            "device": self.config.optimizer.device})
+        self.diagnostics = Diagnostics(self, self.names, self._report)
+        self.get_logger().info(f"optimising on {config.optimizer.device}")
+
+    def _send_event(self, request_id: str, kind: str, **fields: Any) -> None:
+        payload = event(NAME, request_id, kind, **fields)
+        if kind in ANSWER_EVENTS:
+            self.answers.record(request_id, payload)
+        self.events_pub.publish(encode(payload))
+
+    def _on_model(self, msg: String) -> None:
+        try:
+            update = decode(msg, MODEL_UPDATE_FORMAT)
+            key = str(update["request_id"])
+        except (ValueError, KeyError) as exc:
+            self.get_logger().warning(f"ignoring a malformed model update: {exc}")
+            return
+        with self.models_cond:
+            self.models[key] = update
+            while len(self.models) > MODEL_HISTORY:
+                self.models.pop(next(iter(self.models)))
+            self.models_cond.notify_all()
+
+    def _on_request(self, msg: String) -> None:
+        try:
+            req = decode(msg, OPTIMIZATION_REQUEST_FORMAT)
+        except ValueError as exc:
+            self.get_logger().warning(f"ignoring a malformed optimisation request: {exc}")
+            return
+        request_id = str(req.get("request_id", ""))
+        answered = self.answers.get(request_id)
+        if answered is not None:  # the same request again: the same answer
+            self.events_pub.publish(encode(answered))
+            return
+        try:
+            request = OptimizationRequest(**req["request"])
+            str(req["model_request_id"])
+        except (KeyError, TypeError) as exc:
+            self._send_event(request_id, "refused", reason=f"malformed request: {exc!r}")
+            return
+        with self.lock:
+            if self.busy is not None:
+                self._send_event(request_id, "refused",
+                                 reason=f"busy with optimisation request {self.busy}")
+                return
+            self.busy = request_id
+            self.cancel.clear()
+        self._send_event(request_id, "accepted", phase=request.phase)
+        threading.Thread(target=self._optimize, args=(request_id, req, request),
+                         name="optimize", daemon=True).start()
+
+    def _on_cancel(self, _request: Trigger.Request, response: Trigger.Response
+                   ) -> Trigger.Response:
+        busy = self.busy
+        self.cancel.set()
+        response.success = True
+        response.message = (f"cancelling optimisation request {busy}" if busy
+                            else "no optimisation running")
+        return response
+
+    def _wait_model(self, key: str) -> dict[str, Any]:
+        timeout = self.names.model_wait_timeout
+        with self.models_cond:
+            if not self.models_cond.wait_for(lambda: key in self.models or self.cancel.is_set(),
+                                             timeout):
+                raise TimeoutError(f"model of fit request {key} did not arrive within "
+                                   f"{timeout} s")
+            if self.cancel.is_set():
+                raise Cancelled("cancelled while waiting for the model")
+            return self.models[key]
+
+    def _optimizer_for(self, run_id: str, seed: int) -> LocalPolicyOptimization:
+        """A fresh optimiser (policy, plans, rng) per learning run; kept across its trials."""
+        if self.optimizer is None or run_id != self.run_id:
+            config = self.config.replace(learner={"seed": seed})
+            torch.manual_seed(seed)
+            self.optimizer = LocalPolicyOptimization(config, np.random.default_rng([seed, 1]),
+                                                     on_step=self._on_step)
+            self.run_id = run_id
+        return self.optimizer
+
+    def _on_step(self, step: int, grad: Any, monitor: Any) -> None:
+        if self.cancel.is_set():
+            raise Cancelled(f"cancelled at optimisation step {step}")
+        self.progress = {"step": step, "cost": float(grad.cost), "lr": monitor.lr,
+                         "dropout": monitor.dropout}
+        now = time.monotonic()
+        if now - self._last_progress >= self.names.progress_period and self.busy:
+            self._last_progress = now
+            self._send_event(self.busy, "progress", **self.progress)
+
+    def _optimize(self, request_id: str, req: dict[str, Any],
+                  request: OptimizationRequest) -> None:
+        try:
+            update_msg = self._wait_model(str(req["model_request_id"]))
+            model = SpeedIntegrationModel.from_dict(update_msg["model"])
+            seed = int(req.get("seed", self.config.learner.seed))
+            optimizer = self._optimizer_for(str(req.get("run_id", "")), seed)
+            started = time.perf_counter()
+            update = optimizer.next_controller(model, request)
+            self.version += 1
+            self.controller_pub.publish(encode({
+                "format": CONTROLLER_UPDATE_FORMAT, "request_id": request_id,
+                "run_id": req.get("run_id", ""), "version": self.version,
+                "model_version": model.version, "phase": update.phase,
+                "opt_steps": update.opt_steps, "wall_s": update.wall_s,
+                "node_wall_s": time.perf_counter() - started, "costs": update.costs,
+                "predicted_states": update.predicted_states, "info": update.info,
+                "controller": update.controller.to_dict()}))
+            self.get_logger().info(f"controller v{self.version} ({update.phase}, "
+                                   f"{update.opt_steps} steps) for request {request_id}")
+        except Cancelled as exc:
+            self._send_event(request_id, "failed", reason=str(exc), cancelled=True)
+        except Exception as exc:  # noqa: BLE001 - reported to the requester
+            self.get_logger().error(f"optimisation {request_id} failed: {exc!r}")
+            self._send_event(request_id, "failed", reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self.lock:
+                self.busy = None
+
+    def _report(self) -> tuple[str, str, dict[str, Any]]:
+        busy = self.busy
+        return "ok", (f"optimising for {busy}" if busy else "idle"), {
+            "device": self.config.optimizer.device, "controller_version": self.version,
+            **{f"last_{k}": v for k, v in self.progress.items()}}
+
+    def close(self) -> None:
+        self.cancel.set()
+        with self.models_cond:
+            self.models_cond.notify_all()
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    return run_node(PolicyOptimizationNode, args, name=NAME)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,208 @@
+"""The Learner's three protocols as requests to other nodes (the trial manager's side).
+
+    RemoteSystem        System.run           -> policy_execution (trial request, trial record)
+    RemoteModelLearning add_trial / fit      -> model_learning (fit request naming the trials,
+                                                resending any it reports missing; model update)
+    RemoteOptimization  next_controller      -> policy_optimization (request naming the model;
+                                                controller update)
+Each call publishes one JSON request, waits for the node to accept or refuse it, then for the
+result. Waits run in the trial manager's worker thread, never on the executor, and end early on
+abort (Aborted) or when the other node leaves the graph (RemoteError).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ..core.config import PlantConfig
+from ..core.controllers import Controller, controller_from_dict
+from ..core.learner import ControllerUpdate, OptimizationRequest
+from ..core.model import SpeedIntegrationModel
+from ..core.trial import Trial
+from .common import (ANSWER_EVENTS, FIT_REQUEST_FORMAT, OPTIMIZATION_REQUEST_FORMAT,
+                     TRIAL_REQUEST_FORMAT, Aborted, NoAnswer, PeerWatch, RemoteError, Replies,
+                     encode, new_id)
+from .config import NodesConfig
+from .model_learning import trial_key
+
+EXECUTION, MODEL_LEARNING, OPTIMIZATION = "policy_execution", "model_learning", \
+    "policy_optimization"
+
+
+def is_event(*kinds: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda item: item.get("type") == "event" and item.get("event") in kinds
+
+
+class Link:
+    """The trial manager's publishers, replies, abort flag and peers, as the protocols use them."""
+
+    def __init__(self, replies: Replies, cancel: threading.Event, names: NodesConfig,
+                 publishers: dict[str, Any], peers: dict[str, PeerWatch],
+                 on_phase: Callable[[str], None]) -> None:
+        self.replies = replies
+        self.cancel = cancel
+        self.names = names
+        self.publishers = publishers
+        self.peers = peers
+        self.on_phase = on_phase
+
+    def send(self, role: str, payload: dict[str, Any]) -> None:
+        """Publish once someone subscribes (a late-matched subscriber would miss the message)."""
+        peer = self.peers[role]
+        waited = 0.0
+        poll = min(0.05, self.names.request_timeout)
+        while not peer.present():
+            if self.cancel.wait(poll):
+                raise Aborted(f"aborted before reaching {role}")
+            waited += poll
+            if waited >= max(self.names.peer_grace, poll):
+                raise RemoteError(f"no {role} node: nobody subscribes to "
+                                  f"{self.publishers[role].topic_name}")
+        self.replies.expect(payload["request_id"])
+        self.publishers[role].publish(encode(payload))
+
+    def wait(self, role: str, request_id: str, accept: Callable[[dict[str, Any]], bool],
+             timeout: float, what: str) -> dict[str, Any]:
+        return self.replies.wait(request_id, accept, timeout, f"{what} from {role}",
+                                 cancel=self.cancel, alive=self.peers[role].gone)
+
+    def answer(self, role: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The node's answer (accepted, missing), or RemoteError with its reason. A request
+        unanswered for nodes.answer_timeout is sent again (it may have gone out before the
+        node's reader matched); the node answers a repeat with its first answer."""
+        request_id = payload["request_id"]
+        deadline = time.monotonic() + self.names.request_timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                item = self.wait(role, request_id, is_event(*ANSWER_EVENTS),
+                                 max(0.0, min(self.names.answer_timeout, left)), "an answer")
+                break
+            except NoAnswer:
+                if time.monotonic() >= deadline:
+                    raise NoAnswer(f"no answer from {role} within "
+                                   f"{self.names.request_timeout:g} s") from None
+                self.publishers[role].publish(encode(payload))
+        if item["event"] == "refused":
+            raise RemoteError(f"{role} refused: {item.get('reason', 'no reason given')}")
+        return item
+
+
+class RemoteSystem:
+    """Trials on the plant through the policy execution node."""
+
+    def __init__(self, link: Link, run_id: str, plant: PlantConfig) -> None:
+        self.link = link
+        self.run_id = run_id
+        self.plant = plant
+
+    def run(self, controller: Controller, kind: str, index: int) -> Trial:
+        link = self.link
+        request_id = new_id("trial")
+        link.on_phase(f"trial {index} ({kind})")
+        request = {"format": TRIAL_REQUEST_FORMAT, "request_id": request_id,
+                   "run_id": self.run_id, "index": index, "kind": kind,
+                   "controller": controller.to_dict()}
+        link.send(EXECUTION, request)
+        try:
+            link.answer(EXECUTION, request)
+            timeout = self.plant.trial_duration + link.names.trial_timeout_margin
+            item = link.wait(EXECUTION, request_id,
+                             lambda m: m.get("type") == "record" or (
+                                 is_event("failed", "aborted")(m) and not m.get("record")),
+                             timeout, "the trial record")
+        finally:
+            link.replies.forget(request_id)
+        if item["type"] != "record":
+            raise RemoteError(f"trial {index} failed: {item.get('reason', 'no reason given')}")
+        trial = Trial.from_dict(item["record"])
+        if link.cancel.is_set():
+            raise Aborted(f"aborted during trial {index}")
+        return trial
+
+
+class RemoteModelLearning:
+    """The dataset lives in the model learning node; this side remembers which trials belong to
+    the run (to name them in fit requests and resend any the node lacks)."""
+
+    def __init__(self, link: Link, run_id: str,
+                 publish_record: Callable[[Trial], None]) -> None:
+        self.link = link
+        self.run_id = run_id
+        self.publish_record = publish_record
+        self.trials: dict[str, Trial] = {}
+        self.fit_requests: dict[int, str] = {}  # model version -> fit request id
+
+    def add_trial(self, trial: Trial) -> None:
+        self.trials[trial_key(trial)] = trial
+
+    def fit(self) -> SpeedIntegrationModel:
+        link = self.link
+        keys = list(self.trials)
+        link.on_phase(f"fitting the model on {len(keys)} trials")
+        for _attempt in range(link.names.resend_attempts + 1):
+            request_id = new_id("fit")
+            request = {"format": FIT_REQUEST_FORMAT, "request_id": request_id,
+                       "run_id": self.run_id, "trials": keys}
+            link.send(MODEL_LEARNING, request)
+            try:
+                answer = link.answer(MODEL_LEARNING, request)
+                if answer["event"] == "missing":
+                    for key in answer.get("missing", []):
+                        if key in self.trials:
+                            self.publish_record(self.trials[key])
+                    continue
+                item = link.wait(MODEL_LEARNING, request_id,
+                                 lambda m: m.get("type") == "model" or is_event("failed")(m),
+                                 link.names.fit_timeout, "the model")
+            finally:
+                link.replies.forget(request_id)
+            if item["type"] != "model":
+                raise RemoteError(f"model fit failed: {item.get('reason', 'no reason given')}")
+            model = SpeedIntegrationModel.from_dict(item["model"])
+            self.fit_requests[model.version] = request_id
+            return model
+        raise RemoteError(f"model_learning still lacks trials after "
+                          f"{link.names.resend_attempts} resends")
+
+
+class RemoteOptimization:
+    """Controllers from the policy optimisation node, for whatever phase the Learner asks."""
+
+    def __init__(self, link: Link, run_id: str, seed: int, models: RemoteModelLearning) -> None:
+        self.link = link
+        self.run_id = run_id
+        self.seed = seed
+        self.models = models
+
+    def next_controller(self, model: SpeedIntegrationModel, request: OptimizationRequest
+                        ) -> ControllerUpdate:
+        link = self.link
+        request_id = new_id("opt")
+        link.on_phase(f"optimising ({request.phase}, iteration {request.iteration})")
+        payload = {"format": OPTIMIZATION_REQUEST_FORMAT, "request_id": request_id,
+                   "run_id": self.run_id, "seed": self.seed, "model_version": model.version,
+                   "model_request_id": self.models.fit_requests[model.version],
+                   "request": request.to_dict()}
+        link.send(OPTIMIZATION, payload)
+        try:
+            link.answer(OPTIMIZATION, payload)
+            item = link.wait(OPTIMIZATION, request_id,
+                             lambda m: m.get("type") == "controller" or is_event("failed")(m),
+                             link.names.optimization_timeout, "the controller")
+        finally:
+            link.replies.forget(request_id)
+        if item["type"] != "controller":
+            if item.get("cancelled") and link.cancel.is_set():
+                raise Aborted("aborted during optimisation")
+            raise RemoteError(f"optimisation failed: {item.get('reason', 'no reason given')}")
+        predicted = item.get("predicted_states")
+        return ControllerUpdate(
+            controller=controller_from_dict(item["controller"]), phase=item["phase"],
+            opt_steps=int(item.get("opt_steps", 0)), wall_s=dict(item.get("wall_s", {})),
+            costs=list(item.get("costs", [])),
+            predicted_states=None if predicted is None else np.asarray(predicted, dtype=float),
+            info=dict(item.get("info", {})))

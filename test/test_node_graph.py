@@ -1,0 +1,117 @@
+"""The node graph over real DDS: five node processes (as `ros2 launch` would start them), driven
+from a separate rclpy client through /ebmcpilco/run_trial and /ebmcpilco/learn."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ebmcpilco_ros.bringup import GraphClient
+from ebmcpilco_ros.core.config import load_config
+
+from graph_helpers import (CONFIG, REDUCED, STARTUP_TIMEOUT, Probe, describe_failure,
+                           isolated_domain, ros_environment, start_graph, wait_event)
+
+PLANT = load_config(CONFIG).plant
+LEARNING_TIMEOUT = 420.0  # 3 trials, 2 fits, 2 x 100 optimisation steps on a busy 2-core box
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("graph")
+    with ros_environment(isolated_domain(1)):
+        g = start_graph(tmp)
+        client = GraphClient()
+        probe = Probe(client)
+        try:
+            ready = client.wait_status(lambda s: bool(s.get("ready")), STARTUP_TIMEOUT)
+            assert ready is not None, describe_failure(g)
+            yield g, client, probe, tmp
+        finally:
+            client.close()
+            g.stop()
+
+
+@pytest.mark.timeout(180)
+def test_run_trial_records_a_trial_of_the_right_length_and_period(graph):
+    g, client, probe, _tmp = graph
+    ok, message = client.call("run_trial")
+    assert ok, message
+    assert probe.wait_for(lambda: any(r["meta"]["run_id"].startswith("manual")
+                                      for r in probe.records), 60), describe_failure(g)
+    record = next(r for r in probe.records if r["meta"]["run_id"].startswith("manual"))
+    assert record["format"] == "ebmcpilco.trial/1" and not record["failed"]
+    states, inputs, times = (np.array(record[k]) for k in ("states", "inputs", "times"))
+    assert states.shape == (PLANT.steps + 1, 4) and inputs.shape == (PLANT.steps,)
+    assert np.array(record["true_states"]).shape == states.shape
+    period = np.diff(times)
+    assert abs(period.mean() - PLANT.control_period) < 1e-3
+    assert np.all(np.abs(period - PLANT.control_period) < 0.02)  # a tick late on a busy box
+    assert np.all(np.abs(inputs) <= PLANT.u_max)
+    assert len(record["meta"]["timing"]["lateness_s"]) == PLANT.steps
+    done = wait_event(client, ("trial_done", "failed"), 30)
+    assert done is not None and done["event"] == "trial_done", done
+    assert done["trial"]["kind"] == "random" and not done["trial"]["failed"]
+
+
+@pytest.mark.timeout(LEARNING_TIMEOUT + 60)
+def test_learning_loop_through_the_graph_improves_the_cost(graph):
+    g, client, probe, tmp = graph
+    ok, message = client.call("learn")
+    assert ok, message
+    started = wait_event(client, ("started_learning",), 30)
+    assert started is not None
+    run_id = started["run_id"]
+    # Bad input while learning: refused at once, with the reason.
+    again, why = client.call("learn")
+    assert not again and "already learning" in why
+    trial, why = client.call("run_trial")
+    assert not trial and "already learning" in why
+
+    end = wait_event(client, ("run_done", "failed", "aborted"), LEARNING_TIMEOUT, run_id)
+    assert end is not None and end["event"] == "run_done", (end, describe_failure(g))
+    report = end["report"]
+    assert [t["kind"] for t in report["trials"]][0] == "random"
+    assert len(report["trials"]) == REDUCED["learner.max_trials"] or report["solved"]
+    # A model and a controller came over the graph for this run.
+    assert probe.wait_for(lambda: any(m["run_id"] == run_id for m in probe.models), 10)
+    models = [m for m in probe.models if m["run_id"] == run_id]
+    controllers = [c for c in probe.controllers if c["run_id"] == run_id]
+    assert models and models[-1]["model"]["format"] == "ebmcpilco.model/1"
+    assert controllers and controllers[-1]["controller"]["kind"] == "squashed_rbf"
+    # The optimiser lowered its predicted cost, and a learned policy beat random exploration.
+    for costs in report["opt_costs"]:
+        assert costs[-1] < costs[0]
+    random_cost = report["trials"][0]["cost"]
+    assert min(t["cost"] for t in report["trials"][1:]) < random_cost, report["cost_per_trial"]
+    # The run directory holds every trial, model and controller, and the log.
+    run_dir = tmp / "runs" / run_id
+    assert len(list((run_dir / "trials").glob("trial_*.json"))) == len(report["trials"])
+    assert len(list((run_dir / "models").glob("*.json"))) == len(report["trials"]) - 1
+    assert len(list((run_dir / "controllers").glob("*.json"))) == len(report["trials"]) - 1
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert sum(entry["event"] == "trial_done" for entry in log) == len(report["trials"])
+    assert json.loads((run_dir / "report.json").read_text())["trials_to_solve"] == \
+        report["trials_to_solve"]
+
+
+@pytest.mark.timeout(150)
+def test_without_state_trials_and_learning_are_refused_with_the_reason(tmp_path):
+    with ros_environment(isolated_domain(2)):
+        g = start_graph(tmp_path, nodes=("policy_execution", "trial_manager"))
+        client = GraphClient()
+        try:
+            status = client.wait_status(
+                lambda s: any("fresh state" in w for w in s.get("waiting_for", [])),
+                STARTUP_TIMEOUT)
+            assert status is not None, describe_failure(g)
+            ok, why = client.call("run_trial")
+            assert not ok and "fresh state on cartpole/joint_states" in why
+            ok, why = client.call("learn")
+            assert not ok and "not ready" in why and "model_learning" in why
+            ok, why = client.call("abort")
+            assert ok and "nothing running" in why
+        finally:
+            client.close()
+            g.stop()
