@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from ..core.config import ConfigError, Section, _coerce, _ros_parameters, setting
+from ..core.config import ConfigError, Section, read_parameters, section_from_mapping, setting
 
 SECTION = "hardware"
 MAX_BAUD = 12_000_000
@@ -104,26 +102,12 @@ class HardwareConfig(Section):
 
 def hardware_config_from_dict(values: Mapping[str, Any] | None) -> HardwareConfig:
     """The section from its mapping of parameters (YAML ints accepted for floats)."""
-    values = values or {}
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{SECTION}: must be a mapping of parameters")
-    known = {f.name: f for f in dataclasses.fields(HardwareConfig)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"{SECTION}.{unknown[0]}: unknown parameter (known: {', '.join(known)})")
-    return HardwareConfig(**{k: _coerce(f"{SECTION}.{k}", v, known[k]) for k, v in values.items()})
+    return section_from_mapping(HardwareConfig, values)
 
 
 def load_hardware_config(path: str | Path, **overrides: Any) -> HardwareConfig:
     """The `hardware` section of a YAML file (ROS parameter-file layout or a plain mapping)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: must hold a mapping")
-    section = _ros_parameters(data).get(SECTION) or {}
+    section = read_parameters(path).get(SECTION) or {}
     if not isinstance(section, Mapping):
         raise ConfigError(f"{SECTION}: must be a mapping of parameters")
     return hardware_config_from_dict({**section, **overrides})
