@@ -468,7 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     amp_fault=args.amp_fault)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        # Both set explicitly: a SIGINT disposition inherited as "ignored" (as children of some
+        # launchers get) would otherwise make Ctrl-C do nothing.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
     emulator = FirmwareEmulator(config, plant, faults, link=args.link, seed=args.seed)
     print(emulator.start(), flush=True)
     next_stall = args.stall_every or math.inf
