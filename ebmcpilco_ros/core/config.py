@@ -40,7 +40,8 @@ def setting(default: Any, lo: float | None = None, hi: float | None = None, *,
     return field(default=default, metadata=meta)
 
 
-def _range_text(meta: Mapping[str, Any]) -> str:
+def range_text(meta: Mapping[str, Any]) -> str:
+    """The allowed values of a setting in words, as errors and ROS descriptors state them."""
     if meta.get("choices"):
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     lo, hi = meta.get("lo"), meta.get("hi")
@@ -52,7 +53,7 @@ def _check_value(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     choices = meta.get("choices")
     if choices is not None:
         if value not in choices:
-            raise ConfigError(f"{name} = {value!r}: must be {_range_text(meta)}")
+            raise ConfigError(f"{name} = {value!r}: must be {range_text(meta)}")
         return
     values = value if isinstance(value, tuple) else (value,)
     for v in values:
@@ -63,7 +64,7 @@ def _check_value(name: str, value: Any, meta: Mapping[str, Any]) -> None:
                or (lo is not None and (v <= lo if meta.get("lo_open") else v < lo))
                or (hi is not None and v > hi))
         if bad:
-            raise ConfigError(f"{name} = {value!r}: must be {_range_text(meta)}")
+            raise ConfigError(f"{name} = {value!r}: must be {range_text(meta)}")
 
 
 class Section:

@@ -16,7 +16,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 ParameterType)
 from rclpy.node import Node
 
-from ..core.config import SECTIONS, ConfigError, ExperimentConfig, _range_text, config_from_dict
+from ..core.config import SECTIONS, ConfigError, ExperimentConfig, range_text, config_from_dict
 from .config import NODE_SECTIONS, build_node_section
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -54,7 +54,7 @@ def descriptor(name: str, f: dataclasses.Field) -> ParameterDescriptor:
     meta = f.metadata
     default = field_default(f)
     kind = _ros_type(default)
-    constraint = _range_text(meta)
+    constraint = range_text(meta)
     desc = ParameterDescriptor(name=name, type=kind, read_only=True,
                                description=str(meta.get("doc", "")),
                                additional_constraints=constraint)
