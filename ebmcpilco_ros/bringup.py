@@ -181,12 +181,9 @@ class GraphClient:
         self.thread.start()
 
     def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException, ShutdownException
+        from .nodes.common import spin_until_shutdown
 
-        try:
-            self.executor.spin()
-        except (ExternalShutdownException, ShutdownException):
-            pass
+        spin_until_shutdown(self.executor)
 
     def _on_status(self, msg: Any) -> None:
         try:

@@ -174,12 +174,9 @@ class _Requester:
         self.thread.start()
 
     def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException, ShutdownException
+        from .nodes.common import spin_until_shutdown
 
-        try:
-            self.executor.spin()
-        except (ExternalShutdownException, ShutdownException):
-            pass
+        spin_until_shutdown(self.executor)
 
     def _on_command(self, msg: Any, info: Any) -> None:
         """Arrival = the DDS reception time (as the plant takes it), on the monotonic clock."""

@@ -412,6 +412,14 @@ class GraphNode(Node):
         """Stop workers and leave actuators safe; the node can still publish here."""
 
 
+def spin_until_shutdown(executor: Executor) -> None:
+    """Spin in a helper thread until the context shuts down (a normal end, not an error)."""
+    try:
+        executor.spin()
+    except (ExternalShutdownException, ShutdownException):
+        pass
+
+
 def run_node(factory: Callable[[], GraphNode], args: Iterable[str] | None = None,
              executor: Executor | None = None, name: str = "node") -> int:
     """Process main of a node: config errors -> message and exit 2; SIGINT/SIGTERM -> close()
