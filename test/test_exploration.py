@@ -73,3 +73,40 @@ def test_pretrained_policy_reproduces_the_ilqr_controls(true_plan, method):
     assert err_after == pytest.approx(result.nominal_error, rel=1e-6)
     assert err_after < 0.5 < err_before
     assert result.rms_error < 1.5   # around the nominal too (the feedback funnel)
+
+
+def test_later_warm_start_keeps_whichever_policy_has_the_lower_model_cost(model):
+    """A candidate pretrained on a fresh plan replaces the policy only if J is lower."""
+    from ebmcpilco_ros.core.learner import LocalPolicyOptimization
+    from ebmcpilco_ros.core.mcpilco import model_cost
+
+    cfg = CFG.replace(optimizer={"particles": 50}, pretrain={"steps": 50})
+    opt = LocalPolicyOptimization(cfg, np.random.default_rng(0))
+    wall, info = {}, {}
+    opt._warm_start(model, 0, wall, info)   # first trial: always the pretrained policy
+    assert info["warm_start"] == "pretrained" and "warm_start_costs" not in info
+    pretrained = {k: v.clone() for k, v in opt.policy.state_dict().items()}
+
+    def cost(policy: SquashedRBFPolicy) -> float:
+        return model_cost(policy, model, cfg.optimizer, cfg.cost, cfg.plant.initial_state_std,
+                          np.random.default_rng(5))
+
+    # a policy that pushes the cart off the track at full force is worse than any plan
+    with torch.no_grad():
+        opt.policy.weights.fill_(100.0)
+    idle = cost(opt.policy)
+    wall, info = {}, {}
+    opt._warm_start(model, 1, wall, info)
+    before, after = info["warm_start_costs"]
+    assert before == pytest.approx(idle, rel=0.05) and after < before
+    assert info["warm_start"] == "pretrained" and wall["pretrain"] > 0
+    assert cost(opt.policy) < idle
+    # the same pretrained policy against a candidate from the same plan: the lower J wins
+    opt.policy.load_state_dict(pretrained)
+    wall, info = {}, {}
+    opt._warm_start(model, 2, wall, info)
+    before, after = info["warm_start_costs"]
+    kept = info["warm_start"] == "kept"
+    assert kept == (after >= before)
+    same = all(torch.equal(v, pretrained[k]) for k, v in opt.policy.state_dict().items())
+    assert same == kept

@@ -287,6 +287,9 @@ class PretrainConfig(Section):
     _section = "pretrain"
     method: str = setting("bayes", choices=("none", "mse", "bayes"),
                           doc="none, MSE fit, or Bayesian (marginal-likelihood) fit")
+    every_trial: bool = setting(
+        True, doc="before every policy trial, not only the first: re-plan on the current model, "
+                  "pretrain a candidate, keep it if its model cost beats the current policy's")
     samples_per_step: int = setting(8, 0, 10000,
                                     doc="states drawn around each plan step (feedback targets)")
     perturbation: tuple[float, ...] = setting(

@@ -11,6 +11,7 @@ trial -> dataset -> model -> controller -> trial.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol
@@ -20,7 +21,8 @@ import torch
 
 from .config import ExperimentConfig
 from .cost import trajectory_cost
-from .mcpilco import OptimizationResult, optimize_policy, torch_dtype, torch_threads
+from .mcpilco import (OptimizationResult, model_cost, optimize_policy, torch_dtype,
+                      torch_threads)
 from .model import SpeedIntegrationModel
 from .controllers import Controller, FeedbackPlanController, PolicyController, RandomController
 from .exploration import exploration_plan, plan_swing_up, plan_tracking_error
@@ -132,20 +134,41 @@ class LocalPolicyOptimization:
             info={"ilqr_cost": plan.cost, "ilqr_iterations": plan.iterations,
                   "noise_mean": float(np.mean(feedback.sigma))})
 
+    def _warm_start(self, model: SpeedIntegrationModel, iteration: int,
+                    wall: dict[str, float], info: dict[str, Any]) -> None:
+        """Pretrain a candidate on an iLQR plan through `model`; it replaces the current policy
+        on the first policy trial, later only if its model cost J is lower (common random
+        numbers), so a policy stuck in a poor optimum can restart from a fresh plan."""
+        started = time.perf_counter()
+        plan = plan_swing_up(model, self.config, self.last_plan)
+        self.last_plan = plan
+        wall["ilqr"] = time.perf_counter() - started
+        candidate = copy.deepcopy(self.policy)
+        result = pretrain_policy(candidate, plan, self.config.pretrain, self.rng,
+                                 dropout=self.config.optimizer.dropout)
+        wall["pretrain"] = result.wall_s
+        info.update({"pretrain_rms_error": result.rms_error,
+                     "pretrain_nominal_error": result.nominal_error})
+        keep = iteration == 0
+        if not keep:
+            started = time.perf_counter()
+            seed = int(self.rng.integers(2**62))
+            costs = [model_cost(p, model, self.config.optimizer, self.config.cost,
+                                self.config.plant.initial_state_std, np.random.default_rng(seed))
+                     for p in (self.policy, candidate)]
+            keep = costs[1] < costs[0]
+            wall["pretrain"] += time.perf_counter() - started
+            info.update({"warm_start_costs": costs})
+        info["warm_start"] = "pretrained" if keep else "kept"
+        if keep:
+            self.policy.load_state_dict(candidate.state_dict())
+
     def _policy(self, model: SpeedIntegrationModel, request: OptimizationRequest
                 ) -> ControllerUpdate:
         wall: dict[str, float] = {}
         info: dict[str, Any] = {}
         if request.pretrain and self.config.pretrain.method != "none":
-            started = time.perf_counter()
-            plan = plan_swing_up(model, self.config, self.last_plan)
-            self.last_plan = plan
-            wall["ilqr"] = time.perf_counter() - started
-            result = pretrain_policy(self.policy, plan, self.config.pretrain, self.rng,
-                                     dropout=self.config.optimizer.dropout)
-            wall["pretrain"] = result.wall_s
-            info.update({"pretrain_rms_error": result.rms_error,
-                         "pretrain_nominal_error": result.nominal_error})
+            self._warm_start(model, request.iteration, wall, info)
         opt = self.config.optimizer
         max_steps = opt.max_steps_first if request.iteration == 0 else opt.max_steps
         result_opt: OptimizationResult = optimize_policy(
@@ -299,7 +322,9 @@ class Learner:
             if cfg.stop_on_success and any(s.success and s.kind == "policy" for s in summaries):
                 break
             request = OptimizationRequest("policy", learning_trial,
-                                          pretrain=(cfg.algorithm == "eb" and learning_trial == 0))
+                                          pretrain=(cfg.algorithm == "eb" and (
+                                              learning_trial == 0
+                                              or self.config.pretrain.every_trial)))
             update, trial, summary_kw = self._round(request, len(summaries), totals)
             opt_costs.append(update.costs)
             summaries.append(self._record(trial, summary_kw))

@@ -130,6 +130,25 @@ def initial_particles(particles: int, std: float, rng: np.random.Generator,
     return torch.as_tensor(rng.normal(0.0, std, size=(particles, 4)), dtype=dtype, device=device)
 
 
+def model_cost(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
+               config: OptimizerConfig, cost: CostConfig, initial_state_std: float,
+               rng: np.random.Generator) -> float:
+    """The MC-PILCO objective J of `policy` on `model`, without dropout (one particle draw).
+
+    Used to compare candidate initial policies; pass generators in the same state to compare
+    on common random numbers.
+    """
+    dtype, device = torch_dtype(config.dtype), torch.device(config.device)
+    policy.to(dtype=dtype, device=device)
+    dynamics = ParticleDynamics.from_model(model, dtype=dtype, device=device,
+                                           rank_tol=config.variance_rank_tol)
+    with torch_threads(config.threads):
+        x0 = initial_particles(config.particles, initial_state_std, rng, dtype, device)
+        noise = RolloutNoise.draw(config.horizon, config.particles, policy.num_basis, 0.0, rng,
+                                  dtype, device)
+        return rollout_cost_and_gradient(policy, dynamics, x0, noise, config.horizon, cost).cost
+
+
 def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                     config: OptimizerConfig, cost: CostConfig, initial_state_std: float,
                     max_steps: int, rng: np.random.Generator,
