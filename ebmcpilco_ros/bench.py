@@ -5,8 +5,10 @@
 """
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -64,46 +66,75 @@ def _jsonable(obj: Any) -> Any:
 PRETRAIN_ABLATION = ("none", "mse", "bayes")
 
 
-def learn_variants(algorithms: Sequence[str], ablation: bool) -> list[tuple[str, str, dict]]:
-    """(label, algorithm, config overrides) per variant; the ablation adds EB per pretraining."""
+def learn_variants(config: ExperimentConfig, algorithms: Sequence[str], ablation: bool
+                   ) -> list[tuple[str, str, dict]]:
+    """(label, algorithm, config overrides) per variant. The ablation adds EB once per
+    pretraining method; the configured method is the plain "eb" run when that is requested."""
     variants = [(a, a, {}) for a in algorithms]
     if ablation:
-        variants += [(f"eb-{m}", "eb", {"pretrain": {"method": m}}) for m in PRETRAIN_ABLATION]
+        variants += [(f"eb-{m}", "eb", {"pretrain": {"method": m}}) for m in PRETRAIN_ABLATION
+                     if not ("eb" in algorithms and m == config.pretrain.method)]
     return variants
+
+
+def _learn_run(cfg: ExperimentConfig, label: str) -> dict[str, Any]:
+    """One benchmark run (module level: it also runs in worker processes)."""
+    seed = cfg.learner.seed
+
+    def on_trial(s: TrialSummary, _trial: Any) -> None:
+        print(f"  [{label} seed {seed}] trial {s.index} {s.kind:7s} "
+              f"{'SOLVED' if s.success else 'failed':6s} cost {s.cost:6.2f} "
+              f"steps {s.opt_steps:5d} "
+              + " ".join(f"{k} {v:.1f}s" for k, v in s.wall_s.items()), flush=True)
+    report: LearningReport = run_in_process(cfg, on_trial=on_trial)
+    run = report.to_dict()
+    run["variant"] = label
+    run["pretrain"] = cfg.pretrain.method if cfg.learner.algorithm == "eb" else None
+    run["opt_costs"] = report.opt_costs
+    return run
 
 
 def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[int],
           ablation: bool = False, log: Callable[[str], None] = print,
-          json_path: str | Path | None = None) -> dict[str, Any]:
-    """Every (seed, variant) run in turn; with json_path the results so far are rewritten after
+          json_path: str | Path | None = None, jobs: int = 1) -> dict[str, Any]:
+    """Every (seed, variant) run, `jobs` at a time in separate processes (each with
+    optimizer.threads torch threads); with json_path the results so far are rewritten after
     each run, so an interrupted benchmark keeps every finished run."""
+    variants = learn_variants(config, algorithms, ablation)
+    order = {(seed, label): i for i, (seed, (label, _, _)) in
+             enumerate((s, v) for s in seeds for v in variants)}
+    # the requested algorithms on every seed first, the ablation after: a benchmark cut short
+    # still has the main comparison
+    main, extra = variants[:len(algorithms)], variants[len(algorithms):]
+    work = [(config.replace(learner={"algorithm": algorithm, "seed": seed}, **overrides), label)
+            for group in (main, extra) for seed in seeds
+            for label, algorithm, overrides in group]
     runs: list[dict[str, Any]] = []
 
     def result() -> dict[str, Any]:
+        runs.sort(key=lambda r: order[(r["seed"], r["variant"])])
+        machine = machine_info(config.optimizer.threads or None)
+        machine["parallel_runs"] = jobs
         return {"runs": runs, "summary": summarize(runs), "config": config.to_dict(),
-                "machine": machine_info(config.optimizer.threads or None)}
+                "machine": machine}
 
-    for seed in seeds:
-        for label, algorithm, overrides in learn_variants(algorithms, ablation):
-            cfg = config.replace(learner={"algorithm": algorithm, "seed": seed}, **overrides)
+    def finished(run: dict[str, Any]) -> None:
+        runs.append(run)
+        log(f"{run['variant']} seed {run['seed']}: solved={run['solved']} "
+            f"trials={run['trials_to_solve']} interaction={run['interaction_s']:.1f}s "
+            f"steps={run['opt_steps']} total={run['wall_s']['total']:.1f}s")
+        if json_path:
+            write_json(json_path, result())
 
-            def on_trial(s: TrialSummary, _trial: Any, label: str = label,
-                         seed: int = seed) -> None:
-                log(f"  [{label} seed {seed}] trial {s.index} {s.kind:7s} "
-                    f"{'SOLVED' if s.success else 'failed':6s} cost {s.cost:6.2f} "
-                    f"steps {s.opt_steps:5d} "
-                    + " ".join(f"{k} {v:.1f}s" for k, v in s.wall_s.items()))
-            report: LearningReport = run_in_process(cfg, on_trial=on_trial)
-            run = report.to_dict()
-            run["variant"] = label
-            run["pretrain"] = cfg.pretrain.method if algorithm == "eb" else None
-            run["opt_costs"] = report.opt_costs
-            runs.append(run)
-            log(f"{label} seed {seed}: solved={run['solved']} "
-                f"trials={run['trials_to_solve']} interaction={run['interaction_s']:.1f}s "
-                f"steps={run['opt_steps']} total={run['wall_s']['total']:.1f}s")
-            if json_path:
-                write_json(json_path, result())
+    if jobs <= 1:
+        for cfg, label in work:
+            finished(_learn_run(cfg, label))
+        return result()
+    context = multiprocessing.get_context("spawn")   # no forked torch thread pools
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        pending = [pool.submit(_learn_run, cfg, label) for cfg, label in work]
+        for future in concurrent.futures.as_completed(pending):
+            finished(future.result())
     return result()
 
 

@@ -30,6 +30,13 @@ def _overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _config(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(find_config(args.config), **_overrides(args.set))
 
@@ -70,7 +77,7 @@ def cmd_bench_learn(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     result = bench.learn(cfg, args.algorithm, args.seeds, ablation=args.ablation,
-                         json_path=args.json)
+                         json_path=args.json, jobs=args.jobs)
     print(bench.learn_table(result))
     if args.json:
         print(f"wrote {args.json}")
@@ -155,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--ablation", action="store_true",
                        help="also run EB-MC-PILCO with each pretraining: none, mse, bayes")
     learn.add_argument("--json", default=None, help="write results to this JSON file")
+    learn.add_argument("--jobs", type=_positive_int, default=1,
+                       help="runs at a time in separate processes (each with "
+                            "optimizer.threads torch threads; 2 on a 2-core machine)")
     learn.add_argument("--plot", default=None, help="write cost-per-step curves to this PNG")
     learn.set_defaults(func=cmd_bench_learn)
     step = bsub.add_parser("step", help="time one policy-optimisation step")
