@@ -17,7 +17,8 @@ CONFIG = find_config("paper_cartpole")
 # Settings that keep a learning run to a minute or two on 2 busy cores.
 # One torch thread: two OpenMP threads on two cores shared with the plant and execution nodes
 # (and other work) wait on each other at every barrier and run many times slower.
-REDUCED = {"optimizer.threads": 1, "optimizer.particles": 50, "optimizer.max_steps": 100,
+REDUCED = {"learner.algorithm": "mc",
+           "optimizer.threads": 1, "optimizer.particles": 50, "optimizer.max_steps": 100,
            "optimizer.max_steps_first": 100, "policy.num_basis": 50, "learner.max_trials": 3,
            "model.fit_iterations": 100, "nodes.request_timeout": 30.0,
            # Another engineer's benchmarks share these 2 cores: allow a longer DDS stall inside

@@ -96,6 +96,41 @@ def test_learning_loop_through_the_graph_improves_the_cost(graph):
         report["trials_to_solve"]
 
 
+@pytest.mark.timeout(STARTUP_TIMEOUT + LEARNING_TIMEOUT + 60)
+def test_eb_explores_with_ilqr_plans_then_pretrains_through_the_graph(tmp_path):
+    """EB-MC-PILCO over DDS: the GP-iLQR exploration rollout runs a feedback plan sent by the
+    optimisation node, and the policy trial starts from a pretrained policy."""
+    eb = {"learner.algorithm": "eb", "exploration.iterations": 1, "pretrain.steps": 100}
+    with ros_environment(isolated_domain(2)):
+        g = start_graph(tmp_path, eb)
+        client = GraphClient()
+        probe = Probe(client)
+        try:
+            ready = client.wait_status(lambda s: bool(s.get("ready")), STARTUP_TIMEOUT)
+            assert ready is not None, describe_failure(g)
+            ok, message = client.call("learn")
+            assert ok, message
+            end = wait_event(client, ("run_done", "failed", "aborted"), LEARNING_TIMEOUT)
+            assert end is not None and end["event"] == "run_done", (end, describe_failure(g))
+            trials = end["report"]["trials"]
+            assert [t["kind"] for t in trials] == ["random", "ilqr", "policy"]
+            ilqr_trial, policy_trial = trials[1], trials[2]
+            assert "tracking_error" in ilqr_trial["info"] and "ilqr" in ilqr_trial["wall_s"]
+            assert ilqr_trial["opt_steps"] == 0
+            assert {"ilqr", "pretrain", "policy"} <= set(policy_trial["wall_s"])
+            assert policy_trial["info"]["warm_start"] == "pretrained"
+            assert policy_trial["opt_steps"] > 0
+            assert probe.wait_for(lambda: len(probe.controllers) >= 2, 10)
+            kinds = [c["controller"]["kind"] for c in probe.controllers]
+            assert kinds[-2:] == ["feedback_plan", "squashed_rbf"], kinds
+            # the executed iLQR rollout stayed within the input limit
+            plan_record = next(r for r in probe.records if r["kind"] == "ilqr")
+            assert np.all(np.abs(plan_record["inputs"]) <= PLANT.u_max)
+        finally:
+            client.close()
+            g.stop()
+
+
 @pytest.mark.timeout(150)
 def test_without_state_trials_and_learning_are_refused_with_the_reason(tmp_path):
     with ros_environment(isolated_domain(2)):
