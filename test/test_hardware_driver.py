@@ -319,6 +319,32 @@ def test_rig_watchdog_zeroes_a_stale_force_and_estop_latches(emulator):
         assert emulator.wait_until(lambda s: s.command > 0, WAIT)
 
 
+def test_homing_centres_the_cart_and_an_estop_interrupts_it(emulator):
+    cfg = hardware(emulator)
+    emulator.set_state([0.2, 0.0, 0.0, 0.0])
+    with Rig(cfg) as rig:
+        refused = rig.home()
+        assert not refused.homed and "disabled" in refused.reason
+        assert rig.enable()
+        outcome = rig.home()
+        assert outcome.homed, outcome.reason
+        assert abs(emulator.snapshot().x[0]) <= cfg.home_tolerance + 0.005
+        assert rig.status().requested_force == 0.0 and not rig.status().homing
+        # An e-stop mid-homing ends it at once, not homed, with the motor at zero.
+        emulator.set_state([-0.2, 0.0, 0.0, 0.0])
+        count, _m = rig.wait_measurement(0, WAIT)
+        while _m.x[0] > -0.1:
+            count, _m = rig.wait_measurement(count, WAIT)
+        outcomes = []
+        homing = threading.Thread(target=lambda: outcomes.append(rig.home()))
+        homing.start()
+        assert emulator.wait_until(lambda s: s.command > 0, WAIT)   # pushing back to the centre
+        rig.estop()
+        homing.join(WAIT)
+        assert outcomes and not outcomes[0].homed and "e-stop" in outcomes[0].reason
+        assert emulator.wait_until(lambda s: s.command == 0, WAIT)
+
+
 def test_cli_prints_the_device_and_stops_on_ctrl_c():
     proc = subprocess.Popen([sys.executable, "-m", "ebmcpilco_ros.hardware.emulator",
                              "--rate", "200", "--corrupt", "0.001"],

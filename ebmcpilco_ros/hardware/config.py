@@ -78,6 +78,25 @@ class HardwareConfig(Section):
                                              "difference [s]; 0 = raw difference")
     velocity_max_gap: float = setting(0.2, 0.0, 10.0, lo_open=True,
                                       doc="samples further apart restart the estimator [s]")
+    # Homing: the reset re-centres the cart with a PD law run at the state rate.
+    home_on_reset: bool = setting(True, doc="the reset service drives the cart back to p = 0")
+    home_gain: float = setting(20.0, 0.0, None, lo_open=True,
+                               doc="homing stiffness: force per metre off centre [N/m]")
+    home_damping: float = setting(8.0, 0.0, None, doc="homing damping [N s/m]")
+    home_force_limit: float = setting(4.0, 0.0, None, lo_open=True,
+                                      doc="largest |force| while homing [N]")
+    home_tolerance: float = setting(0.01, 0.0, None, lo_open=True,
+                                    doc="homed once |p| is within this [m] ...")
+    home_speed_tolerance: float = setting(0.05, 0.0, None, lo_open=True,
+                                          doc="... and |pdot| below this [m/s]")
+    home_timeout: float = setting(4.0, 0.0, 600.0, lo_open=True,
+                                  doc="a reset that has not homed by then fails [s]; keep it "
+                                      "below execution.reset_timeout")
+    # The hardware_interface node.
+    autostart: bool = setting(True,
+                              doc="the node configures (opens the port) and activates (enables "
+                                  "the amplifier) by itself, retrying until it can; false: it "
+                                  "waits for lifecycle change_state requests")
 
     def check(self) -> None:
         for name in ("cart_sign", "pole_sign", "motor_sign"):

@@ -8,6 +8,11 @@ an active limit switch. The plant is the core cart-pole (`core.cartpole.step`) w
 motor, hard end stops and quantised encoders. Faults are injected on request: corrupted bytes
 (both directions), dropped frames, stalls and disconnects (the pty closes and a new one opens later;
 a stable symlink, like a udev name, follows it).
+
+Probe mode (`probe=True`, for the round-trip benchmark) disconnects the motor from the plant and
+makes every STATE name itself: the cart encoder reads 0 and the pole encoder the tick number. A
+host that answers STATE `k` with the motor command `probe_code(k)` lets the emulator time each
+round trip from the STATE leaving to the matching COMMAND arriving (`round_trips`).
 """
 from __future__ import annotations
 
@@ -42,6 +47,15 @@ MAX_CATCHUP_TICKS = 20            # further behind than this: skip ahead (counte
 COMMAND_LOG_LENGTH = 100000       # applied commands kept for inspection
 US_PER_S = 1_000_000
 BYTE_VALUES = 256
+PROBE_COUNT_MODULUS = 1 << 31     # the pole counts (i32) carry the tick in probe mode
+PROBE_CODES = 30000               # distinct motor values naming a STATE in probe mode (< 32767)
+ROUND_TRIP_LOG_LENGTH = 1000000   # round trips kept in probe mode
+
+
+def probe_code(tick: int) -> int:
+    """The motor command that answers STATE `tick` in probe mode (never 0, unique for
+    PROBE_CODES consecutive ticks)."""
+    return tick % PROBE_CODES + 1
 
 
 @dataclass(frozen=True)
@@ -112,7 +126,8 @@ class EmulatorStats:
     bytes_corrupted_tx: int = 0
     bytes_corrupted_rx: int = 0
     tx_overflows: int = 0         # frames lost because nobody was reading the pty
-    commands_applied: int = 0
+    commands_applied: int = 0     # valid COMMAND frames (every other received frame is rejected
+    #                               and counted in rx: crc_errors, malformed, oversized)
     watchdog_trips: int = 0
     overruns: int = 0             # ticks skipped because the thread fell behind real time
     disconnects: int = 0
@@ -137,14 +152,19 @@ class FirmwareEmulator:
 
     def __init__(self, config: EmulatorConfig | None = None, plant: PlantConfig | None = None,
                  faults: Faults | None = None, link: str | Path | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, probe: bool = False) -> None:
         self.config = config or EmulatorConfig()
+        self.probe = probe
         self.plant = plant or PlantConfig()
         self.faults = faults or Faults()
         self.link = Path(link) if link is not None else None
         self.stats = EmulatorStats()
         self.command_log: collections.deque[tuple[float, int, bool]] = collections.deque(
             maxlen=COMMAND_LOG_LENGTH)
+        # Probe mode: (tick, STATE written -> answering COMMAND read [s]) per answered STATE.
+        self.round_trips: collections.deque[tuple[int, float]] = collections.deque(
+            maxlen=ROUND_TRIP_LOG_LENGTH)
+        self._probe_sent: dict[int, tuple[int, float]] = {}   # code -> (tick, time written)
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Condition()
         self._stop = threading.Event()
@@ -326,8 +346,11 @@ class FirmwareEmulator:
         tau = self.config.motor_time_constant
         lag = 1.0 if tau == 0.0 else 1.0 - math.exp(-period / tau)
         self._force += lag * (target - self._force)
-        x = cartpole.step(self._x, self._force, self.plant, dt=period,
-                          substeps=self.config.integrator_substeps)
+        if self.probe:  # the motor drives nothing: the plant stays where it is
+            x = self._x
+        else:
+            x = cartpole.step(self._x, self._force, self.plant, dt=period,
+                              substeps=self.config.integrator_substeps)
         stop = self.config.track_half_length
         if abs(x[0]) >= stop:  # hard end stop: the cart stops dead
             x[0] = math.copysign(stop, x[0])
@@ -342,8 +365,12 @@ class FirmwareEmulator:
         self._status = int(status)
         if self._master is not None and now >= self._stalled_until:
             self._send(State(*self._encoders(), self._timestamp_us(), self._status, command))
+            if self.probe:
+                self._probe_sent[probe_code(self._tick)] = (self._tick, time.monotonic())
 
     def _encoders(self) -> tuple[int, int]:
+        if self.probe:  # the STATE names itself
+            return 0, self._tick % PROBE_COUNT_MODULUS
         cfg = self.config
         cart = int(round(self._x[0] * cfg.cart_counts_per_m)) * cfg.cart_sign
         turns = (self._x[2] - cfg.pole_zero_angle) / (2 * math.pi)
@@ -405,6 +432,10 @@ class FirmwareEmulator:
             self._last_command = now
             self.stats.commands_applied += 1
             self.command_log.append((now, message.motor, message.enable))
+            if self.probe:
+                sent = self._probe_sent.pop(message.motor, None)
+                if sent is not None:
+                    self.round_trips.append((sent[0], now - sent[1]))
         elif isinstance(message, Hello):
             # A new session: the motor is zeroed and disabled until the host commands it.
             lo, hi = WATCHDOG_MS_RANGE

@@ -6,13 +6,19 @@ limits against the newest state, and zero with the amplifier disabled while disa
 Re-sending at the state rate keeps the soft limits acting between control periods and keeps the
 MCU's watchdog fed only while this process is alive. A new serial session (reconnection) starts
 disabled: the caller must enable again, so motion never resumes on its own.
+
+Homing (what the hardware node's reset does) runs the PD law on the same path, at the state rate,
+so it needs no fast caller and stays under the soft limits and the e-stop.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
 
 from .config import HardwareConfig
 from .conversion import Measurement, apply_soft_limits, force_to_duty, measure
@@ -33,6 +39,16 @@ class RigStatus:
     requested_force: float
     commanded_force: float
     session: int
+    homing: bool
+
+
+@dataclass(frozen=True)
+class HomingOutcome:
+    """How a homing ended: at the centre and at rest, or why not; x is the last measured state."""
+
+    homed: bool
+    reason: str
+    x: np.ndarray | None
 
 
 class Rig:
@@ -55,6 +71,7 @@ class Rig:
         self._enabled = False
         self._estopped = False
         self._session = 0
+        self._homing = False
         self._last = (0.0, None, False)   # commanded force, limit reason, watchdog expired
         self.driver = SerialDriver(config, on_state=self._on_state, on_link=self._on_link)
 
@@ -96,6 +113,7 @@ class Rig:
     def disable(self) -> None:
         with self._lock:
             self._enabled = False
+            self._measured.notify_all()  # a homing in progress ends
         self._send()
 
     def estop(self) -> None:
@@ -103,7 +121,46 @@ class Rig:
         with self._lock:
             self._estopped = True
             self._enabled = False
+            self._measured.notify_all()
         self._send()
+
+    def home(self, timeout: float | None = None) -> HomingOutcome:
+        """Drive the cart to p = 0 and wait until it is there and at rest (home_* settings).
+
+        The PD force is computed for every STATE in place of the requested force (set_force is
+        ignored meanwhile), soft limits still apply, and the requested force is zero afterwards.
+        Ends early, not homed, on e-stop, disable or a lost link.
+        """
+        cfg = self.config
+        limit = cfg.home_timeout if timeout is None else timeout
+        with self._lock:
+            if self._estopped or not self._enabled:
+                return HomingOutcome(False, "e-stop latched" if self._estopped
+                                     else "the amplifier is disabled", self._x())
+            self._homing = True
+            start = self._count   # judged on states measured from now on
+        self._send()
+        try:
+            with self._measured:
+                self._measured.wait_for(lambda: (self._count > start and self._homed())
+                                        or self._estopped or not self._enabled, limit)
+                homed, x = self._count > start and self._homed(), self._x()
+                interrupted = ("e-stop" if self._estopped
+                               else "the amplifier was disabled or the link lost"
+                               if not self._enabled else "")
+        finally:
+            with self._lock:
+                self._homing = False
+                self._requested, self._requested_at = 0.0, None
+            self._send()
+        if homed:
+            return HomingOutcome(True, "homed", x)
+        if interrupted:
+            return HomingOutcome(False, f"homing interrupted: {interrupted}", x)
+        where = "no state" if x is None else f"p = {x[0]:.3f} m, pdot = {x[1]:.3f} m/s"
+        return HomingOutcome(False, f"not homed within {limit:g} s ({where}; hardware."
+                                    f"home_tolerance = {cfg.home_tolerance} m, "
+                                    f"home_speed_tolerance = {cfg.home_speed_tolerance} m/s)", x)
 
     def reset_estop(self) -> None:
         """Clear the latch; the rig stays disabled until enable()."""
@@ -132,7 +189,7 @@ class Rig:
             force, limit, expired = self._last
             bits = self._sample.state.status if self._sample is not None else 0
             return RigStatus(self.driver.connected, self._enabled, self._estopped, expired, limit,
-                             bits, self._requested, force, self._session)
+                             bits, self._requested, force, self._session, self._homing)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -140,8 +197,29 @@ class Rig:
         with self._lock:
             self._enabled = False  # a new or lost session never carries the enable over
             self._measurement = None
+            self._last = (0.0, None, False)
             if connected:
                 self._session += 1
+            self._measured.notify_all()
+
+    def _x(self) -> np.ndarray | None:
+        """The last measured state (lock held)."""
+        return None if self._measurement is None else self._measurement.x.copy()
+
+    def _homed(self) -> bool:
+        """At the centre and at rest (lock held)."""
+        m = self._measurement
+        return (m is not None and m.valid and abs(float(m.x[0])) <= self.config.home_tolerance
+                and abs(float(m.x[1])) <= self.config.home_speed_tolerance)
+
+    def _homing_force(self) -> float:
+        """The PD force towards p = 0 (lock held); zero until velocities are estimated."""
+        m = self._measurement
+        if m is None or not m.valid:
+            return 0.0
+        cfg = self.config
+        force = -cfg.home_gain * float(m.x[0]) - cfg.home_damping * float(m.x[1])
+        return math.copysign(min(abs(force), cfg.home_force_limit), force)
 
     def _on_state(self, sample: StateSample) -> None:
         with self._lock:
@@ -157,9 +235,12 @@ class Rig:
     def _command(self) -> tuple[float, bool]:
         """Force and enable flag to send now (lock held)."""
         active = self._enabled and not self._estopped
-        expired = (self._requested_at is None
-                   or self._clock() - self._requested_at > self.config.command_watchdog_timeout)
-        force = 0.0 if expired else self._requested
+        if self._homing:
+            force, expired = self._homing_force(), False
+        else:
+            expired = (self._requested_at is None or self._clock() - self._requested_at
+                       > self.config.command_watchdog_timeout)
+            force = 0.0 if expired else self._requested
         limit = None
         if self._measurement is not None:
             x = self._measurement.x
