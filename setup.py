@@ -30,6 +30,7 @@ setup(
             "model_learning = ebmcpilco_ros.nodes.model_learning:main",
             "policy_optimization = ebmcpilco_ros.nodes.policy_optimization:main",
             "trial_manager = ebmcpilco_ros.nodes.trial_manager:main",
+            "hardware_interface = ebmcpilco_ros.nodes.hardware_interface:main",
         ],
     },
 )

@@ -1,6 +1,6 @@
 """Launch files, read statically (`launch` is not installed with the pip wheels): they name only
-executables this package installs (or the hardware node of a later issue), parameter files
-that exist, and launch arguments they declare."""
+executables this package installs, parameter files that exist, and launch arguments they
+declare."""
 from __future__ import annotations
 
 import ast
@@ -12,9 +12,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 LAUNCH_FILES = sorted(LAUNCH.glob("*.launch.py"))
-# The rig's hardware node arrives in a later issue; until then it is the only name allowed
-# that setup.py does not install.
-FUTURE_EXECUTABLES = {"hardware_interface"}
 
 
 def console_scripts() -> set[str]:
@@ -97,7 +94,7 @@ def test_launch_file_names_only_what_exists(path):
     scripts = console_scripts()
     executables = executables_of(tree)
     assert executables, "no Node(executable=...) found"
-    unknown = executables - scripts - FUTURE_EXECUTABLES
+    unknown = executables - scripts
     assert not unknown, f"{path.name} names executables setup.py does not install: {unknown}"
     # Parameter files: every config/*.yaml it mentions exists.
     for yaml_name in re.findall(r'"([\w.-]+\.yaml)"', source):

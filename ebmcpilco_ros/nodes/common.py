@@ -421,12 +421,15 @@ def spin_until_shutdown(executor: Executor) -> None:
 
 
 def run_node(factory: Callable[[], GraphNode], args: Iterable[str] | None = None,
-             executor: Executor | None = None, name: str = "node") -> int:
+             executor: Executor | None = None, name: str = "node",
+             make_executor: Callable[[], Executor] = SingleThreadedExecutor) -> int:
     """Process main of a node: config errors -> message and exit 2; SIGINT/SIGTERM -> close()
     (while the node can still publish, e.g. a zero command) -> exit 0.
 
     The executor spins in a background thread; the main thread only waits for a signal, so a
-    signal is handled at once whatever the callbacks are doing.
+    signal is handled at once whatever the callbacks are doing. `make_executor` builds it after
+    rclpy.init (a node whose services block, like the rig's homing reset, wants a
+    MultiThreadedExecutor).
     """
     rclpy.init(args=list(args) if args is not None else None,
                signal_handler_options=SignalHandlerOptions.NO)
@@ -444,7 +447,7 @@ def run_node(factory: Callable[[], GraphNode], args: Iterable[str] | None = None
         print(f"{name}: configuration error: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
         return 2
-    executor = executor or SingleThreadedExecutor()
+    executor = executor or make_executor()
     executor.add_node(node)
 
     def spin() -> None:

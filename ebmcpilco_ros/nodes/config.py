@@ -9,6 +9,9 @@ the nodes turn the same ranges into ROS parameter descriptors):
     execution   the policy execution node: freshness of state, plant reset, scheduling
     nodes       shared by every node: topic, service and joint names, queue depths, timeouts
                 between nodes, the trial manager's run directory
+
+The hardware interface node also reads the `hardware` section, defined and validated with the rig
+layer (hardware/config.py).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Any, Mapping
 
 from ..core.config import (ConfigError, PlantConfig, Section, read_parameters,
                            section_from_mapping, setting)
+from ..hardware.config import HardwareConfig
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,9 @@ class NodesConfig(Section):
     command_topic: str = setting("cartpole/effort_command",
                                  doc="force command (Float64MultiArray, one element, N)")
     reset_service: str = setting("cartpole/reset", doc="plant reset (std_srvs/Trigger)")
+    estop_service: str = setting("cartpole/estop",
+                                 doc="rig emergency stop (std_srvs/Trigger): zero, disable, "
+                                     "latched until the reset service")
     record_depth: int = setting(50, 1, 10000,
                                 doc="queue depth of reliable request, event and record topics")
     status_depth: int = setting(10, 1, 1000,
@@ -144,6 +151,7 @@ NODE_SECTIONS: dict[str, type] = {
     "sim_plant": SimPlantConfig,
     "execution": ExecutionConfig,
     "nodes": NodesConfig,
+    "hardware": HardwareConfig,
 }
 
 
@@ -160,6 +168,15 @@ def load_node_sections(path: str | Path) -> dict[str, Any]:
 
 def check_sim_plant(plant: PlantConfig, sim: SimPlantConfig) -> None:
     """Cross-section rule: the watchdog must not cut in between two regular commands."""
-    if sim.command_watchdog_timeout <= plant.control_period:
-        raise ConfigError(f"sim_plant.command_watchdog_timeout = {sim.command_watchdog_timeout}: "
+    _check_watchdog("sim_plant", sim.command_watchdog_timeout, plant)
+
+
+def check_hardware(plant: PlantConfig, hardware: HardwareConfig) -> None:
+    """The same rule for the rig's host-side command watchdog."""
+    _check_watchdog("hardware", hardware.command_watchdog_timeout, plant)
+
+
+def _check_watchdog(section: str, timeout: float, plant: PlantConfig) -> None:
+    if timeout <= plant.control_period:
+        raise ConfigError(f"{section}.command_watchdog_timeout = {timeout}: "
                           f"must be > plant.control_period = {plant.control_period}")
