@@ -45,6 +45,11 @@ class HardwareConfig(Section):
                                                doc="first wait before reopening a lost port [s]")
     reconnect_backoff_max: float = setting(2.0, 0.0, 600.0, lo_open=True,
                                            doc="the wait doubles per failure up to this [s]")
+    realtime_priority: int = setting(0, 0, 99,
+                                     doc="SCHED_FIFO priority of the serial I/O thread (and of "
+                                         "the hardware node's command thread and DDS receive "
+                                         "threads); 0 = normal scheduling (needs CAP_SYS_NICE "
+                                         "or an rtprio limit)")
     # Calibration: counts -> SI, force -> motor command.
     metres_per_cart_count: float = setting(5e-5, 0.0, None, lo_open=True,
                                            doc="cart travel per encoder count [m]")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -78,6 +79,19 @@ class DriverStats:
     @property
     def drops(self) -> int:
         return self.decoder.drops
+
+
+def set_thread_priority(priority: int, what: str) -> bool:
+    """SCHED_FIFO for the calling thread (Linux applies it per thread); 0 leaves it alone.
+    Without the privilege it warns and carries on with normal scheduling."""
+    if priority <= 0:
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return True
+    except (OSError, AttributeError) as exc:
+        log.warning("no SCHED_FIFO %d for %s: %s", priority, what, exc)
+        return False
 
 
 def _sum(a: DecoderStats, b: DecoderStats) -> DecoderStats:
@@ -239,6 +253,7 @@ class SerialDriver:
     # -- the I/O thread --------------------------------------------------------------------
 
     def _run(self) -> None:
+        set_thread_priority(self.config.realtime_priority, "the serial I/O thread")
         backoff = self.config.reconnect_backoff_initial
         ever_connected = False
         while not self._stop.is_set():

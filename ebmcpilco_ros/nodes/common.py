@@ -314,6 +314,56 @@ class SampleReader:
                 out.append((msg, int(info["received_timestamp"]) or time.time_ns()))
 
 
+LISTENER_ERROR_PAUSE = 0.1  # [s] after a SampleListener error: a persistent one is no flood
+
+
+class SampleListener:
+    """Each message of a topic handed to `on_message` as it arrives, on a dedicated thread.
+
+    For a path that must not wait for an executor: a rig's commands would otherwise queue behind
+    other callbacks and wait for a normal-priority executor thread, which on a busy 2-core
+    machine costs milliseconds to tens of milliseconds. The thread blocks in an rcl wait set on
+    the subscription of a never-spun helper node (sampler_node) and can run SCHED_FIFO.
+    """
+
+    def __init__(self, node: Node, sampler: Node, msg_type: type, topic: str, depth: int,
+                 on_message: Callable[[Any, int], None], priority: int = 0,
+                 name: str = "listener") -> None:
+        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+        self.node = node
+        self.reader = SampleReader(sampler, msg_type, topic, depth)
+        self.on_message = on_message
+        self.priority = priority
+        self.name = name
+        self.stop = threading.Event()
+        self.wake = sampler.create_guard_condition(lambda: None)
+        self.wait_set = _rclpy.WaitSet(1, 1, 0, 0, 0, 0, sampler.context.handle)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        set_realtime_priority(self.node, self.priority, f"the {self.name} thread")
+        while not self.stop.is_set():
+            try:
+                self.wait_set.clear_entities()
+                self.wait_set.add_subscription(self.reader.sub.handle)
+                self.wait_set.add_guard_condition(self.wake.handle)
+                self.wait_set.wait(-1)
+                for msg, received in self.reader.take():
+                    self.on_message(msg, received)
+            except Exception as exc:  # noqa: BLE001 - keep listening; the context going down
+                if self.stop.is_set():  # or a bad message must not end the thread silently
+                    return
+                self.node.get_logger().error(f"{self.name}: {exc!r}")
+                self.stop.wait(LISTENER_ERROR_PAUSE)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.wake.trigger()
+        self.thread.join(timeout=1.0)
+
+
 def sampler_node(node: Node) -> Node:
     """A hidden helper node for SampleReaders: same namespace, no executor, no global remaps
     (so `__node:=` from a launch file does not give it the main node's name); topics are passed

@@ -12,8 +12,9 @@ With hardware.autostart (the default) it configures and activates itself at star
 hardware.reconnect_backoff_max until it can, so `ros2 launch` and `ebmcpilco rig` need no
 lifecycle manager. Joint states are published from the rig's measurement callback: one per MCU
 STATE, at the MCU's rate (the MCU is the clock; velocities come from its timestamps, the stamp is
-the host time the STATE arrived). Commands go to Rig.set_force; the rig re-sends the (watchdog-
-checked, soft-limited) command with every STATE. The reset service clears the e-stop latch,
+the host time the STATE arrived). Commands go to Rig.set_force as they arrive, from a thread of
+their own (common.SampleListener); the rig re-sends the (watchdog-checked, soft-limited) command
+with every STATE. The reset service clears the e-stop latch,
 enables the amplifier and homes the cart; the e-stop service zeroes and disables until the next
 reset. On shutdown, a signal or a failed executor, run_node calls close(): zero, disable, close.
 """
@@ -25,6 +26,7 @@ import time
 from typing import Any, Sequence
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
@@ -36,16 +38,18 @@ from ..hardware.conversion import Measurement, applied_force, calibration_mismat
 from ..hardware.driver import DriverError, StateSample
 from ..hardware.protocol import DeviceConfig, Status
 from ..hardware.rig import Rig
-from .common import Diagnostics, GraphNode, run_node, sensor_qos
+from .common import (Diagnostics, GraphNode, SampleListener, run_node, sampler_node,
+                     sensor_qos, set_dds_receive_priority)
 from .config import NodesConfig, check_hardware
 from .convert import state_message
 from .params import declare_config
 
 NAME = "hardware_interface"
-# Reset (homing blocks for up to hardware.home_timeout), e-stop, commands, and the rest
-# (lifecycle services, diagnostics, autostart) each get a thread: none waits behind another.
-EXECUTOR_THREADS = 4
+# Reset (homing blocks for up to hardware.home_timeout), e-stop, and the rest (lifecycle
+# services, diagnostics, autostart) each get a thread: none waits behind another.
+EXECUTOR_THREADS = 3
 NANOSECONDS = 1_000_000_000
+COMMAND_DEPTH = 10   # commands queued for the command thread (one per control period is usual)
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
@@ -69,13 +73,19 @@ class HardwareInterface(LifecycleNode, GraphNode):
         self.counts = {"states": 0, "commands": 0, "rejected": 0, "ignored": 0, "resets": 0,
                        "homing_failures": 0, "estops": 0}
         self.state_pub = self.create_publisher(JointState, self.names.state_topic, sensor_qos())
-        self.create_subscription(Float64MultiArray, self.names.command_topic, self._on_command,
-                                 sensor_qos(), callback_group=MutuallyExclusiveCallbackGroup())
+        # Commands go from DDS to the rig on a thread of their own (SCHED_FIFO with
+        # hardware.realtime_priority), never behind the executor's other callbacks.
+        self.sampler: Node = sampler_node(self)
+        self.commands = SampleListener(self, self.sampler, Float64MultiArray,
+                                       self.resolve_topic_name(self.names.command_topic),
+                                       COMMAND_DEPTH, self._on_command,
+                                       self.hw.realtime_priority, "command")
         self.create_service(Trigger, self.names.reset_service, self._on_reset,
                             callback_group=MutuallyExclusiveCallbackGroup())
         self.create_service(Trigger, self.names.estop_service, self._on_estop,
                             callback_group=MutuallyExclusiveCallbackGroup())
         self.diagnostics = Diagnostics(self, self.names, self._report)
+        set_dds_receive_priority(self, self.hw.realtime_priority)
         self.autostart_timer = None
         if self.hw.autostart:
             self._autostart()
@@ -165,7 +175,7 @@ class HardwareInterface(LifecycleNode, GraphNode):
         self.counts["states"] += 1
 
     # -- interfaces -----------------------------------------------------------------------------
-    def _on_command(self, msg: Float64MultiArray) -> None:
+    def _on_command(self, msg: Float64MultiArray, _received_ns: int) -> None:
         data = msg.data
         if len(data) != 1 or not math.isfinite(data[0]):
             self.counts["rejected"] += 1
@@ -269,7 +279,9 @@ class HardwareInterface(LifecycleNode, GraphNode):
     def close(self) -> None:
         if self.autostart_timer is not None:
             self.autostart_timer.cancel()
+        self.commands.close()
         self._close_rig()
+        self.sampler.destroy_node()
 
 
 def main(args: Sequence[str] | None = None) -> int:
