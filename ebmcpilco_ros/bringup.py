@@ -4,7 +4,9 @@
 each node (what launch/sim.launch.py does through `ros2 launch`) and always tears the processes
 down (SIGINT, then SIGTERM, then SIGKILL). `GraphClient` is an rclpy node in the calling process
 that calls the trial manager's services and follows ebmcpilco/status. `run_sim` is
-`ebmcpilco sim`: bring up, learn, print a line per trial, exit 0 when solved.
+`ebmcpilco sim`: bring up, learn, print a line per trial, exit 0 when solved. `run_rig` is
+`ebmcpilco rig`: the same with hardware_interface in place of sim_plant (what rig.launch.py
+starts), on a serial port or on a firmware emulator started here.
 """
 from __future__ import annotations
 
@@ -23,12 +25,14 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from .core.config import ExperimentConfig, config_from_dict, read_parameters
-from .nodes import NODE_NAMES
+from .nodes import NODE_NAMES, RIG_NODE_NAMES
 from .nodes.config import NODE_SECTIONS, build_node_section
 
 SIM_NODES = NODE_NAMES  # sim_plant, policy_execution, model_learning, policy_optimization,
 #                         trial_manager
+RIG_NODES = RIG_NODE_NAMES  # hardware_interface in place of sim_plant
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+EMULATOR_STOP_TIMEOUT = 10.0  # [s] for `ebmcpilco rig --emulator`'s emulator to exit on SIGINT
 
 
 def ros_value(value: Any) -> str:
@@ -241,18 +245,20 @@ def _trial_line(trial: Mapping[str, Any]) -> str:
 
 def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
             namespace: str = "", startup_timeout: float = 120.0,
-            log: Callable[[str], None] = print, verbose: bool = False) -> int:
+            log: Callable[[str], None] = print, verbose: bool = False,
+            nodes: Iterable[str] = SIM_NODES, plant: str = "the simulated cart-pole") -> int:
     """`ebmcpilco sim`: 0 when the swing-up is solved, 1 when not, 2 on a config error."""
     config, parts = validate(config_path, overrides)
     nodes_cfg = parts["nodes"]
     log_dir = (Path(nodes_cfg.run_directory or tempfile.gettempdir()) / "logs"
                / time.strftime("%Y%m%d-%H%M%S"))
     learner = config.learner
-    log(f"EB-MC-PILCO through the ROS 2 node graph: {learner.algorithm} on the simulated "
-        f"cart-pole, seed {learner.seed}, up to {learner.max_trials} trials of "
+    log(f"EB-MC-PILCO through the ROS 2 node graph: {learner.algorithm} on {plant}, "
+        f"seed {learner.seed}, up to {learner.max_trials} trials of "
         f"{config.plant.trial_duration:g} s (domain {os.environ.get('ROS_DOMAIN_ID', '0')}, "
         f"node logs in {log_dir})")
-    graph = Graph(config_path, flatten(overrides), namespace=namespace, log_dir=log_dir)
+    graph = Graph(config_path, flatten(overrides), nodes=nodes, namespace=namespace,
+                  log_dir=log_dir)
     client: GraphClient | None = None
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
@@ -284,6 +290,53 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
         if client is not None:
             client.close()
         graph.stop()
+
+
+def run_rig(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
+            port: str | None = None, emulate: bool = False, startup_timeout: float = 120.0,
+            **kwargs: Any) -> int:
+    """`ebmcpilco rig`: learn on the rig at `port` (default hardware.port), or on the firmware
+    emulator (`emulate`: `ebmcpilco emulator` with the config's plant, a process of its own, as
+    an MCU would be) -- the emulator's defaults match config/rig_example.yaml's calibration."""
+    overrides = {section: dict(values) for section, values in overrides.items()}
+    if port:
+        overrides.setdefault("hardware", {})["port"] = port
+    _config, parts = validate(config_path, overrides)
+    emulator = None
+    if emulate:
+        emulator = subprocess.Popen([sys.executable, "-m", "ebmcpilco_ros.hardware.emulator",
+                                     "--config", str(config_path)],
+                                    stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        device = _first_line(emulator, startup_timeout)
+        if not device:
+            emulator.kill()
+            emulator.wait()
+            raise RuntimeError("the firmware emulator did not start")
+        overrides.setdefault("hardware", {})["port"] = device
+    port = overrides.get("hardware", {}).get("port", parts["hardware"].port)
+    where = f"the emulated rig on {port}" if emulator is not None else f"the rig on {port}"
+    try:
+        return run_sim(config_path, overrides, nodes=RIG_NODES, plant=where,
+                       startup_timeout=startup_timeout, **kwargs)
+    finally:
+        if emulator is not None:
+            emulator.send_signal(signal.SIGINT)
+            try:
+                emulator.wait(EMULATOR_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                emulator.kill()
+                emulator.wait()
+
+
+def _first_line(process: subprocess.Popen, timeout: float) -> str:
+    """The first line a child prints, or '' if none within `timeout`."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(process.stdout.readline()),  # type: ignore
+                     daemon=True).start()
+    try:
+        return lines.get(timeout=timeout).strip()
+    except queue.Empty:
+        return ""
 
 
 class _NodeDied(RuntimeError):

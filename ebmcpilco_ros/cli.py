@@ -2,9 +2,12 @@
 
     ebmcpilco demo                     learn the swing-up on the simulated cart-pole
     ebmcpilco sim                      the same through the ROS 2 node graph (no ros2 launch)
+    ebmcpilco rig --port DEV           the graph on a physical rig (--emulator: on the emulator)
     ebmcpilco bench learn ...          learning runs over seeds -> table + JSON
     ebmcpilco bench step ...           one policy-optimisation step at several GP sizes
     ebmcpilco bench realtime ...       control-loop lateness and latency under optimiser load
+    ebmcpilco bench link ...           serial link under byte corruption (emulator, no ROS)
+    ebmcpilco bench roundtrip ...      state frame -> JointState -> command frame latency
     ebmcpilco emulator ...             firmware emulator on a pty (for the hardware node)
 """
 from __future__ import annotations
@@ -111,6 +114,56 @@ def cmd_sim(args: argparse.Namespace) -> int:
                            startup_timeout=args.startup_timeout, verbose=args.verbose)
 
 
+def cmd_rig(args: argparse.Namespace) -> int:
+    from . import bringup
+
+    overrides = _overrides(args.set)
+    for section, key, value in (("learner", "seed", args.seed),
+                                ("learner", "algorithm", args.algorithm),
+                                ("optimizer", "device", args.device)):
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    if not args.port and not args.emulator:
+        print("ebmcpilco rig: give --port DEVICE (or --emulator)", file=sys.stderr)
+        return 2
+    return bringup.run_rig(find_config(args.config), overrides, port=args.port,
+                           emulate=args.emulator, namespace=args.namespace,
+                           startup_timeout=args.startup_timeout, verbose=args.verbose)
+
+
+def cmd_bench_link(args: argparse.Namespace) -> int:
+    from . import rigbench
+
+    if not 0.0 <= args.corrupt <= 1.0:
+        print("--corrupt must be in [0, 1]", file=sys.stderr)
+        return 2
+    print(f"streaming from the firmware emulator for {args.seconds:g} s with "
+          f"{args.corrupt * 100:g} % of bytes corrupted both ways", flush=True)
+    result = rigbench.link(args.seconds, args.corrupt, seed=args.seed,
+                           log=lambda line: print(line, flush=True))
+    print(rigbench.link_text(result))
+    if args.json:
+        from .bench import write_json
+
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0 if result["ok"] else 1
+
+
+def cmd_bench_roundtrip(args: argparse.Namespace) -> int:
+    from . import rigbench
+
+    result = rigbench.roundtrip(args.seconds, find_config(args.config),
+                                startup_timeout=args.startup_timeout)
+    print(rigbench.roundtrip_text(result))
+    if args.json:
+        from .bench import write_json
+
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_bench_realtime(args: argparse.Namespace) -> int:
     from . import realtime
 
@@ -153,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--verbose", action="store_true", help="also print each phase")
     sim.set_defaults(func=cmd_sim)
 
+    rig = sub.add_parser("rig", help="learn on a physical rig through the ROS 2 node graph "
+                                     "(hardware_interface in place of sim_plant)")
+    _add_config_args(rig)
+    rig.set_defaults(config="rig_example")
+    rig.add_argument("--port", default=None, help="serial device of the rig (hardware.port)")
+    rig.add_argument("--emulator", action="store_true",
+                     help="start a firmware emulator here (the config's plant) and use it")
+    rig.add_argument("--seed", type=int, default=None)
+    rig.add_argument("--algorithm", choices=["mc", "eb"], default=None)
+    rig.add_argument("--device", default=None, help="optimizer.device: cpu, cuda, cuda:N")
+    rig.add_argument("--namespace", default="", help="ROS namespace of every node")
+    rig.add_argument("--startup-timeout", type=float, default=120.0,
+                     help="seconds for the graph to become ready (default 120)")
+    rig.add_argument("--verbose", action="store_true", help="also print each phase")
+    rig.set_defaults(func=cmd_rig)
+
     bench = sub.add_parser("bench", help="benchmarks (figures and JSON)")
     bsub = bench.add_subparsers(dest="bench", required=True)
     learn = bsub.add_parser("learn", help="learning runs over seeds")
@@ -184,6 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--no-load", action="store_true", help="measure without the optimiser")
     rt.add_argument("--json", default=None, help="write results to this JSON file")
     rt.set_defaults(func=cmd_bench_realtime)
+    lk = bsub.add_parser("link", help="serial link through the driver and rig layer with "
+                                      "corrupted bytes, against the firmware emulator")
+    lk.add_argument("--seconds", type=float, default=60.0, help="streaming time (default 60)")
+    lk.add_argument("--corrupt", type=float, default=0.01,
+                    help="fraction of bytes corrupted, both directions (default 0.01)")
+    lk.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
+    lk.add_argument("--json", default=None, help="write results to this JSON file")
+    lk.set_defaults(func=cmd_bench_link)
+    rtt = bsub.add_parser("roundtrip", help="state frame -> JointState -> command frame through "
+                                            "the pty, hardware_interface and DDS")
+    rtt.add_argument("--config", default="rig_example",
+                     help="config name or YAML path (default: rig_example)")
+    rtt.add_argument("--seconds", type=float, default=10.0, help="measuring time (default 10)")
+    rtt.add_argument("--startup-timeout", type=float, default=120.0)
+    rtt.add_argument("--json", default=None, help="write results to this JSON file")
+    rtt.set_defaults(func=cmd_bench_roundtrip)
 
     emu = sub.add_parser("emulator", help="cart-pole firmware emulator on a pty",
                          add_help=False)
