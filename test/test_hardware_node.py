@@ -1,0 +1,478 @@
+"""The hardware interface node against the firmware emulator through a real pty, with the rig-side
+graph (hardware_interface, policy_execution, trial_manager) as separate processes over real DDS:
+a trial through /ebmcpilco/run_trial, the link cut and the execution node killed mid-trial, soft
+limits and the e-stop through ROS, the lifecycle, bad parameters, and short runs of the link and
+round-trip benchmarks. The emulator runs in the test process, so its snapshots are the truth."""
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from ebmcpilco_ros.bringup import Graph, GraphClient, graph_environment
+from ebmcpilco_ros.core.config import find_config, load_config
+from ebmcpilco_ros.hardware.config import load_hardware_config
+from ebmcpilco_ros.hardware.emulator import EmulatorConfig, FirmwareEmulator
+from ebmcpilco_ros.hardware.protocol import Status
+
+from graph_helpers import (STARTUP_TIMEOUT, Probe, describe_failure, isolated_domain,
+                           ros_environment, wait_event)
+
+RIG_CONFIG = find_config("rig_example")
+PLANT = load_config(RIG_CONFIG).plant
+HARDWARE = load_hardware_config(RIG_CONFIG)
+EMULATOR = EmulatorConfig()
+WATCHDOG_S = HARDWARE.command_watchdog_timeout
+RIG_NODES = ("hardware_interface", "policy_execution", "trial_manager")
+DIAGNOSTICS_PERIOD = 0.05
+# Another engineer's benchmarks share these 2 cores: generous bounds where a process may be
+# descheduled (the safety figures themselves are asserted on the emulator's own clock).
+SETTINGS = {"execution.state_timeout": 0.25, "execution.reset_timeout": 15.0,
+            "hardware.home_timeout": 10.0, "hardware.reconnect_backoff_max": 0.2,
+            "nodes.peer_grace": 1.0, "nodes.request_timeout": 30.0}
+SCHEDULING = 0.5        # a busy machine's wake-up and DDS delays on top of a timeout [s]
+ZERO_WINDOW_S = 0.5     # "stays zero": for this long on the emulated motor
+WAIT = 30.0
+
+
+# -- fixtures and helpers ---------------------------------------------------------------------
+
+class RigDiagnostics:
+    """The hardware node's /diagnostics values, as they arrive (monotonic time, values)."""
+
+    def __init__(self, client: GraphClient) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.cond = threading.Condition()
+        self.reports: list[tuple[float, str, dict[str, str]]] = []
+        client.node.create_subscription(DiagnosticArray, "/diagnostics", self._on, 50)
+
+    def _on(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.hardware_id == "hardware_interface":
+                with self.cond:
+                    self.reports.append((time.monotonic(), status.message,
+                                         {kv.key: kv.value for kv in status.values}))
+                    self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[dict[str, str]], bool], timeout: float,
+             after: float = -math.inf) -> tuple[float, dict[str, str]] | None:
+        """The first report after `after` whose values satisfy `predicate`."""
+        def found() -> tuple[float, dict[str, str]] | None:
+            return next(((t, v) for t, _m, v in self.reports if t > after and predicate(v)),
+                        None)
+        with self.cond:
+            self.cond.wait_for(lambda: found() is not None, timeout)
+            return found()
+
+
+class Rig:
+    """Everything a test needs: the emulator, the node processes, a client and probes."""
+
+    def __init__(self, tmp, domain_salt: int, settings: dict[str, Any] | None = None,
+                 nodes: tuple[str, ...] = RIG_NODES) -> None:
+        self.emulator = FirmwareEmulator(EMULATOR, PLANT, link=tmp / "ttyRIG", seed=1)
+        self.emulator.start()
+        self.graph = Graph(RIG_CONFIG, {**SETTINGS, "hardware.port": str(tmp / "ttyRIG"),
+                                        "nodes.run_directory": str(tmp / "runs"),
+                                        **(settings or {})},
+                           nodes=nodes, log_dir=tmp / "logs",
+                           node_parameters={"hardware_interface": {
+                               "nodes.diagnostics_period": DIAGNOSTICS_PERIOD}})
+        self.graph.start()
+        self.client = GraphClient()
+        self.probe = Probe(self.client)
+        self.diagnostics = RigDiagnostics(self.client)
+        from std_msgs.msg import Float64MultiArray
+        from std_srvs.srv import Trigger
+
+        from ebmcpilco_ros.nodes.common import sensor_qos
+
+        self.trigger = Trigger
+        self.services = {name: self.client.node.create_client(Trigger, f"cartpole/{name}")
+                         for name in ("reset", "estop")}
+        self.command_pub = self.client.node.create_publisher(
+            Float64MultiArray, "cartpole/effort_command", sensor_qos())
+        self.push_force: float | None = None
+        self.client.node.create_timer(PLANT.control_period, self._push)
+        from std_msgs.msg import String
+
+        from ebmcpilco_ros.nodes.common import heartbeat_topic, latched_qos
+
+        self.heartbeats: list[tuple[float, bool]] = []     # policy_execution: (time, fresh)
+        self.heartbeat_cond = threading.Condition()
+        self.client.node.create_subscription(String, heartbeat_topic("policy_execution"),
+                                             self._on_heartbeat, latched_qos())
+
+    def _on_heartbeat(self, msg: Any) -> None:
+        import json
+
+        with self.heartbeat_cond:
+            self.heartbeats.append((time.monotonic(), bool(json.loads(msg.data).get("fresh"))))
+            self.heartbeat_cond.notify_all()
+
+    def wait_fresh(self, after: float, timeout: float = STARTUP_TIMEOUT) -> bool:
+        """The execution node reported fresh state in a heartbeat sent after `after`."""
+        with self.heartbeat_cond:
+            return self.heartbeat_cond.wait_for(
+                lambda: any(t > after and fresh for t, fresh in self.heartbeats), timeout)
+
+    def _push(self) -> None:
+        """A stand-in policy: publishes push_force every control period while it is set."""
+        from std_msgs.msg import Float64MultiArray
+
+        if self.push_force is not None:
+            self.command_pub.publish(Float64MultiArray(data=[self.push_force]))
+
+    def call(self, name: str, timeout: float = WAIT) -> tuple[bool, str]:
+        client = self.services[name]
+        assert client.wait_for_service(timeout_sec=timeout), f"no {name} service"
+        done = threading.Event()
+        future = client.call_async(self.trigger.Request())
+        future.add_done_callback(lambda _f: done.set())
+        assert done.wait(timeout) and future.result() is not None, f"{name} did not answer"
+        return bool(future.result().success), str(future.result().message)
+
+    def failure(self) -> str:
+        return describe_failure(self.graph)
+
+    def close(self) -> None:
+        self.client.close()
+        self.graph.stop()
+        self.emulator.stop()
+
+
+def can_run_trial(status: dict[str, Any]) -> bool:
+    """Idle, and nothing run_trial needs is missing (the learning nodes are not started)."""
+    waiting = status.get("waiting_for", ["startup"])
+    return (status.get("state") == "idle" and "startup" not in waiting
+            and not any("state" in w or "policy_execution" in w for w in waiting))
+
+
+def start_trial(rig: Rig) -> float:
+    """Ask for a trial; return once the execution node commands a non-zero force and the
+    emulated motor applies one (after the reset's homing)."""
+    assert rig.client.wait_status(can_run_trial, STARTUP_TIMEOUT), rig.failure()
+    while not rig.client.statuses.empty():     # what follows is about this trial only
+        rig.client.statuses.get_nowait()
+    since = time.monotonic()
+    for _attempt in range(3):
+        # The status may predate a state outage that the manager is only now hearing about:
+        # a refusal for want of fresh state is retried after the next fresh heartbeat.
+        ok, message = rig.client.call("run_trial")
+        if ok or "fresh state" not in message:
+            break
+        assert rig.wait_fresh(time.monotonic()), rig.failure()
+    assert ok, message
+    assert rig.probe.wait_for(lambda: any(t > since and f != 0.0 for t, f in rig.probe.commands),
+                              WAIT), rig.failure()
+    assert rig.emulator.wait_until(lambda s: s.command != 0, WAIT)
+    return since
+
+
+def motor_zero_since(emulator: FirmwareEmulator, timeout: float) -> float | None:
+    """Wait until the emulated motor has been at zero for ZERO_WINDOW_S; when it went to zero."""
+    last_driven = [time.monotonic()]
+    went_zero: list[float] = []
+
+    def settled(snapshot: Any) -> bool:
+        now = time.monotonic()
+        if snapshot.command != 0:
+            last_driven[0] = now
+            went_zero.clear()
+            return False
+        if not went_zero:
+            went_zero.append(now)
+        return now - last_driven[0] >= ZERO_WINDOW_S
+    return went_zero[0] if emulator.wait_until(settled, timeout) else None
+
+
+def first_zero_command_after(emulator: FirmwareEmulator, after: float) -> float | None:
+    """When the emulator first applied a zero (or disabling) COMMAND after `after`."""
+    return next((t for t, motor, enable in list(emulator.command_log)
+                 if t > after and (motor == 0 or not enable)), None)
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rig")
+    with ros_environment(isolated_domain(5)):
+        r = Rig(tmp, 5)
+        try:
+            assert r.client.wait_status(can_run_trial, STARTUP_TIMEOUT), r.failure()
+            yield r
+        finally:
+            r.close()
+
+
+# -- the graph on the emulated rig ------------------------------------------------------------
+
+@pytest.mark.timeout(240)
+def test_run_trial_on_the_rig_records_a_trial_like_the_simulated_plant(rig):
+    since = start_trial(rig)
+    probe = rig.probe
+    assert probe.wait_for(lambda: bool(probe.records), 60), rig.failure()
+    record = probe.records[-1]
+    assert record["format"] == "ebmcpilco.trial/1" and not record["failed"], record["meta"]
+    assert record["meta"]["outcome"] == "finished"
+    states, inputs, times = (np.array(record[k]) for k in ("states", "inputs", "times"))
+    assert states.shape == (PLANT.steps + 1, 4) and inputs.shape == (PLANT.steps,)
+    assert "true_states" not in record               # a rig has no noise-free state
+    period = np.diff(times)
+    assert abs(period.mean() - PLANT.control_period) < 1e-3
+    assert np.all(np.abs(period - PLANT.control_period) < 0.02)  # a tick late on a busy box
+    assert np.all(np.abs(inputs) <= PLANT.u_max) and np.any(inputs != 0.0)
+    assert len(record["meta"]["timing"]["lateness_s"]) == PLANT.steps
+    # The states are the emulated plant's: the cart started at the centre (homed by the reset)
+    # and moved under the random forces; the pole started hanging down.
+    assert abs(states[0, 0]) <= HARDWARE.home_tolerance + 0.005
+    assert abs(states[0, 2]) < 0.5 and np.ptp(states[:, 0]) > 0.01
+    done = wait_event(rig.client, ("trial_done", "failed"), 30)
+    assert done is not None and done["event"] == "trial_done", done
+    assert done["trial"]["kind"] == "random" and not done["trial"]["failed"]
+    # Afterwards the execution node's zero and the watchdog leave the motor at zero.
+    assert motor_zero_since(rig.emulator, WAIT) is not None
+    values = rig.diagnostics.wait(lambda v: v.get("resets") not in (None, "0"), WAIT, since)
+    assert values is not None and values[1]["crc_errors"] == "0", values
+
+
+@pytest.mark.timeout(240)
+def test_link_cut_mid_trial_zeroes_both_sides_fails_the_trial_and_reconnects(rig):
+    emulator = rig.emulator
+    records = len(rig.probe.records)
+    start_trial(rig)
+    cut = time.monotonic()
+    assert emulator.disconnect(1.0)
+    # MCU side: its watchdog zeroes and disables the motor within its timeout of the last
+    # command (measured on the emulator's clock) ...
+    assert emulator.wait_until(lambda s: s.watchdog_trip_time is not None
+                               and s.watchdog_trip_time > cut, WAIT)
+    snap = emulator.snapshot()
+    assert snap.command == 0 and not snap.status & Status.ENABLED
+    assert snap.watchdog_trip_time - snap.last_command_time <= (
+        WATCHDOG_S + EMULATOR.period + 0.03)
+    # ... host side: the rig layer drops the enable and commands zero at once.
+    down = rig.diagnostics.wait(lambda v: v.get("connected") == "False", WAIT, cut)
+    assert down is not None, rig.failure()
+    assert down[1]["enabled"] == "False" and float(down[1]["commanded_force_N"]) == 0.0
+    assert down[0] - cut <= WATCHDOG_S + DIAGNOSTICS_PERIOD + SCHEDULING
+    # The trial ends as failed (no state), the execution node zeroes its command.
+    assert rig.probe.wait_for(lambda: len(rig.probe.records) > records, 60), rig.failure()
+    record = rig.probe.records[records]
+    assert record["failed"] and record["meta"]["outcome"] == "failed"
+    assert "state lost" in record["meta"]["reason"]
+    assert rig.probe.commands[-1][1] == 0.0
+    done = wait_event(rig.client, ("trial_done", "failed"), 30)
+    assert done is not None and (done["event"] == "failed" or done["trial"]["failed"]), done
+    # The port returns (a new pty behind the same link): the node reconnects, disabled, and the
+    # next trial's reset enables it again.
+    back = rig.diagnostics.wait(lambda v: v.get("connected") == "True"
+                                and int(v.get("reconnects", 0)) >= 1, WAIT, cut)
+    assert back is not None, rig.failure()
+    assert back[1]["enabled"] == "False" and int(back[1]["link_losses"]) >= 1
+    start_trial(rig)
+    assert rig.probe.wait_for(lambda: len(rig.probe.records) > records + 1, 60), rig.failure()
+    assert not rig.probe.records[-1]["failed"], rig.probe.records[-1]["meta"]
+
+
+@pytest.mark.timeout(240)
+def test_killing_the_execution_node_mid_trial_zeroes_the_emulated_motor(rig):
+    start_trial(rig)
+    rig.graph.kill("policy_execution", signal.SIGKILL)
+    killed = time.monotonic()
+    assert motor_zero_since(rig.emulator, WAIT) is not None
+    zero_at = first_zero_command_after(rig.emulator, killed)
+    assert zero_at is not None and zero_at - killed <= WATCHDOG_S + SCHEDULING, zero_at - killed
+    expired = rig.diagnostics.wait(lambda v: v.get("watchdog_expired") == "True", WAIT, killed)
+    assert expired is not None and float(expired[1]["commanded_force_N"]) == 0.0
+    end = wait_event(rig.client, ("failed", "trial_done", "aborted"), 60)
+    assert end is not None and end["event"] == "failed" and "policy_execution" in end["reason"]
+    rig.graph.processes["policy_execution"].wait(timeout=10)
+    rig.graph.start(["policy_execution"])
+    assert rig.client.wait_status(can_run_trial, STARTUP_TIMEOUT), rig.failure()
+
+
+@pytest.mark.timeout(240)
+def test_soft_limits_hold_a_push_into_the_end_stop_and_the_estop_latches(rig):
+    emulator = rig.emulator
+    ok, message = rig.call("reset")
+    assert ok, message
+    edge = HARDWARE.cart_position_limit - HARDWARE.soft_limit_margin
+    reached = [0.0]
+    switches = [0]
+
+    def track(until_tick: int) -> Callable[[Any], bool]:
+        def predicate(s: Any) -> bool:
+            reached[0] = max(reached[0], float(s.x[0]))
+            switches[0] |= s.status & (Status.LIMIT_LEFT | Status.LIMIT_RIGHT)
+            return s.tick >= until_tick
+        return predicate
+    try:
+        rig.push_force = PLANT.u_max          # a policy that insists on the end stop
+        assert emulator.wait_until(lambda s: s.x[0] > edge, WAIT), rig.failure()
+        hold_ticks = int(1.5 / EMULATOR.period)
+        assert emulator.wait_until(track(emulator.snapshot().tick + hold_ticks), WAIT)
+        assert edge < reached[0] < HARDWARE.cart_position_limit + 0.05, reached
+        assert not switches[0]                 # the limit switches never closed
+        limited = rig.diagnostics.wait(lambda v: v.get("soft_limit") == "position", WAIT)
+        assert limited is not None
+
+        # E-stop: zero and disabled at once, and it stays so while the commands keep coming.
+        ok, message = rig.call("estop")
+        assert ok and "latched" in message
+        stopped = time.monotonic()
+        assert emulator.wait_until(lambda s: s.command == 0 and not s.status & Status.ENABLED,
+                                   WAIT)
+        assert time.monotonic() - stopped <= SCHEDULING    # applied before the answer came
+        driven = [False]
+
+        def watch(until_tick: int) -> Callable[[Any], bool]:
+            def predicate(s: Any) -> bool:
+                driven[0] |= s.command != 0 or bool(s.status & Status.ENABLED)
+                return s.tick >= until_tick
+            return predicate
+        assert emulator.wait_until(watch(emulator.snapshot().tick + hold_ticks), WAIT)
+        assert not driven[0]
+        latched = rig.diagnostics.wait(lambda v: v.get("estop_latched") == "True"
+                                       and int(v.get("ignored", 0)) > 0, WAIT, stopped)
+        assert latched is not None and latched[1]["enabled"] == "False"
+
+        # Reset clears the latch, homes the cart (ignoring the push meanwhile) and re-enables.
+        ok, message = rig.call("reset")
+        assert ok and "homed" in message, message
+        assert emulator.wait_until(lambda s: s.command > 0 and s.status & Status.ENABLED, WAIT)
+    finally:
+        rig.push_force = None
+    assert motor_zero_since(emulator, WAIT) is not None          # the watchdog, once it stops
+
+
+# -- the lifecycle, on its own emulator and domain --------------------------------------------
+
+@pytest.mark.timeout(180)
+def test_lifecycle_transitions_open_enable_disable_and_close(tmp_path):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from sensor_msgs.msg import JointState
+
+    from ebmcpilco_ros.nodes.common import sensor_qos
+
+    with ros_environment(isolated_domain(6)):
+        rig = Rig(tmp_path, 6, {"hardware.autostart": False}, nodes=("hardware_interface",))
+        states: list[float] = []
+        node = rig.client.node
+        node.create_subscription(JointState, "cartpole/joint_states",
+                                 lambda _m: states.append(time.monotonic()), sensor_qos())
+        change = node.create_client(ChangeState, "hardware_interface/change_state")
+        get = node.create_client(GetState, "hardware_interface/get_state")
+
+        def call(client: Any, request: Any) -> Any:
+            assert client.wait_for_service(timeout_sec=STARTUP_TIMEOUT), rig.failure()
+            done = threading.Event()
+            future = client.call_async(request)
+            future.add_done_callback(lambda _f: done.set())
+            assert done.wait(WAIT)
+            return future.result()
+
+        def transition(kind: int) -> bool:
+            return call(change, ChangeState.Request(transition=Transition(id=kind))).success
+
+        def label() -> str:
+            return call(get, GetState.Request()).current_state.label
+        emulator = rig.emulator
+        try:
+            assert label() == "unconfigured"              # no autostart: waits to be told
+            assert emulator.stats.commands_applied == 0   # the port is not even open
+            assert transition(Transition.TRANSITION_CONFIGURE) and label() == "inactive"
+            assert emulator.stats.commands_applied > 0    # handshaken, streaming, disabled
+            assert not emulator.snapshot().status & Status.ENABLED and not states
+            ok, message = rig.call("reset")
+            assert not ok and "inactive" in message
+            assert transition(Transition.TRANSITION_ACTIVATE) and label() == "active"
+            assert emulator.wait_until(lambda s: bool(s.status & Status.ENABLED), WAIT)
+            seen = len(states)
+            assert rig.diagnostics.wait(lambda v: v.get("lifecycle") == "active", WAIT)
+            assert len(states) > seen                     # joint states flow while active
+            assert transition(Transition.TRANSITION_DEACTIVATE) and label() == "inactive"
+            assert emulator.wait_until(lambda s: not s.status & Status.ENABLED, WAIT)
+            # An e-stop latches across the lifecycle: activation is refused until a reset.
+            assert rig.call("estop")[0]
+            assert not transition(Transition.TRANSITION_ACTIVATE) and label() == "inactive"
+            assert not rig.call("reset")[0]               # clears the latch; still inactive
+            assert transition(Transition.TRANSITION_ACTIVATE) and label() == "active"
+            assert transition(Transition.TRANSITION_DEACTIVATE)
+            assert transition(Transition.TRANSITION_CLEANUP) and label() == "unconfigured"
+            applied = emulator.stats.commands_applied
+            assert emulator.command_log[-1][1:] == (0, False)   # closed with zero, disabled
+            assert not emulator.wait_until(lambda s: emulator.stats.commands_applied > applied,
+                                           3 * WATCHDOG_S)
+        finally:
+            rig.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("parameter, value, message", [
+    ("hardware.baud", "5", "hardware.baud = 5: must be in [9600, 12000000]"),
+    ("hardware.command_watchdog_timeout", "0.04",
+     "hardware.command_watchdog_timeout = 0.04: must be > plant.control_period"),
+    ("hardware.soft_limit_margin", "0.5", "hardware.soft_limit_margin = 0.5: must be < "
+                                          "cart_position_limit"),
+])
+def test_an_invalid_hardware_parameter_is_refused_at_start(parameter, value, message):
+    env = graph_environment(domain_id=isolated_domain(7))
+    done = subprocess.run([sys.executable, "-m", "ebmcpilco_ros.nodes.hardware_interface",
+                           "--ros-args", "--params-file", str(RIG_CONFIG),
+                           "-p", f"{parameter}:={value}"],
+                          env=env, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 2, done.stderr
+    assert f"hardware_interface: configuration error: {message}" in done.stderr
+
+
+# -- the benchmarks, short --------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_link_benchmark_counts_every_bad_frame_and_applies_no_corrupted_command():
+    from ebmcpilco_ros.rigbench import link
+
+    result = link(seconds=3.0, corrupt=0.01, seed=2)
+    host, mcu = result["host"], result["mcu"]
+    assert result["crashed"] is False and host["link_losses"] == 0
+    assert result["injected"]["frames_corrupted_tx"] > 10
+    assert host["bad_frames"] > 0 and host["resyncs"] > 0
+    # Every corrupted STATE shows up as lost by sequence number (a corrupted delimiter can merge
+    # two frames into one bad one, so losses may exceed bad frames).
+    assert result["injected"]["frames_corrupted_tx"] <= host["drops"]
+    assert mcu["rejected_frames"] > 0 and mcu["commands_applied"] > 0
+    assert mcu["unexpected_commands_applied"] == 0 and result["ok"]
+
+
+@pytest.mark.timeout(180)
+def test_round_trip_benchmark_matches_answers_to_states(tmp_path):
+    from ebmcpilco_ros.rigbench import roundtrip
+
+    with ros_environment(isolated_domain(8)):
+        result = roundtrip(seconds=2.0, log_dir=tmp_path, startup_timeout=STARTUP_TIMEOUT)
+    assert result["samples"] > 100, result
+    ms = result["round_trip_ms"]
+    assert 0.0 < ms["p50"] <= ms["p99"] <= ms["max"]
+
+
+@pytest.mark.timeout(60)
+def test_bench_link_command_writes_its_figures(tmp_path, capsys):
+    import json
+
+    from ebmcpilco_ros.cli import main
+
+    out = tmp_path / "link.json"
+    assert main(["bench", "link", "--seconds", "1", "--corrupt", "0.01", "--json",
+                 str(out)]) == 0
+    assert "no corrupted command applied" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["ok"] and result["host"]["frames"] > 0 and "load_average" in result["machine"]
+    assert main(["bench", "link", "--corrupt", "2"]) == 2
