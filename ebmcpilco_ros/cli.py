@@ -44,9 +44,9 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(find_config(args.config), **_overrides(args.set))
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="paper_cartpole",
-                   help="config name in config/ or a YAML path (default: paper_cartpole)")
+def _add_config_args(p: argparse.ArgumentParser, default: str = "paper_cartpole") -> None:
+    p.add_argument("--config", default=default,
+                   help=f"config name in config/ or a YAML path (default: {default})")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set optimizer.threads=2 (repeatable)")
 
@@ -153,7 +153,7 @@ def cmd_bench_link(args: argparse.Namespace) -> int:
 def cmd_bench_roundtrip(args: argparse.Namespace) -> int:
     from . import rigbench
 
-    result = rigbench.roundtrip(args.seconds, find_config(args.config),
+    result = rigbench.roundtrip(args.seconds, find_config(args.config), _overrides(args.set),
                                 startup_timeout=args.startup_timeout)
     print(rigbench.roundtrip_text(result))
     if args.json:
@@ -208,8 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rig = sub.add_parser("rig", help="learn on a physical rig through the ROS 2 node graph "
                                      "(hardware_interface in place of sim_plant)")
-    _add_config_args(rig)
-    rig.set_defaults(config="rig_example")
+    _add_config_args(rig, "rig_example")
     rig.add_argument("--port", default=None, help="serial device of the rig (hardware.port)")
     rig.add_argument("--emulator", action="store_true",
                      help="start a firmware emulator here (the config's plant) and use it")
@@ -263,8 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     lk.set_defaults(func=cmd_bench_link)
     rtt = bsub.add_parser("roundtrip", help="state frame -> JointState -> command frame through "
                                             "the pty, hardware_interface and DDS")
-    rtt.add_argument("--config", default="rig_example",
-                     help="config name or YAML path (default: rig_example)")
+    _add_config_args(rtt, "rig_example")
     rtt.add_argument("--seconds", type=float, default=10.0, help="measuring time (default 10)")
     rtt.add_argument("--startup-timeout", type=float, default=120.0)
     rtt.add_argument("--json", default=None, help="write results to this JSON file")

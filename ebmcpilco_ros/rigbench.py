@@ -24,9 +24,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from .hardware.conversion import duty_to_force, force_to_duty, pole_counts
+from .hardware.conversion import duty_to_force, pole_counts
 from .hardware.driver import set_thread_priority
 from .hardware.emulator import (EmulatorConfig, FirmwareEmulator, matching_hardware_config,
                                 probe_code)
@@ -72,9 +72,10 @@ def link(seconds: float = 60.0, corrupt: float = 0.01, seed: int = 0,
     emulator.start()
     cfg = matching_hardware_config(emulator.config, emulator.device_path)
     forces = (LINK_FORCE, -LINK_FORCE)
-    # Everything the host may send: the two forces enabled, zero enabled (enable) or disabled.
-    sent_by_host = {(Command.from_duty(force_to_duty(f, cfg), True).motor, True) for f in forces}
-    sent_by_host |= {(0, True), (0, False)}
+    # Every (motor, enable) the host sends (the forces, zero, and whatever the soft limits make
+    # of them once lost commands let the cart drift to the margin): the reference the emulator's
+    # applied commands are checked against.
+    sent_by_host: set[tuple[int, bool]] = set()
     count = [0]
     unexpected: list[tuple[int, bool]] = []
     applied = [0]
@@ -89,10 +90,16 @@ def link(seconds: float = 60.0, corrupt: float = 0.01, seed: int = 0,
         while emulator.command_log:
             _t, motor, enable = emulator.command_log.popleft()
             applied[0] += 1
-            if (motor, enable) not in sent_by_host:
+            if (motor, bool(enable)) not in sent_by_host:
                 unexpected.append((motor, enable))
 
     rig = Rig(cfg, on_measurement=answer)
+    send = rig.driver.send_command
+
+    def recording(duty: float, enable: bool) -> bool:   # called under the rig's send lock
+        sent_by_host.add((Command.from_duty(duty, enable).motor, bool(enable)))
+        return send(duty, enable)
+    rig.driver.send_command = recording  # type: ignore[method-assign]
     try:
         rig.open()
         assert rig.enable(), "the emulator did not accept the enable"
@@ -144,6 +151,7 @@ def link(seconds: float = 60.0, corrupt: float = 0.01, seed: int = 0,
            "malformed": rx.malformed - mcu_before.malformed,
            "drops": rx.drops - mcu_before.drops,
            "commands_applied": applied[0],
+           "distinct_commands_sent": sorted(sent_by_host),
            "unexpected_commands_applied": len(unexpected),
            "unexpected_examples": unexpected[:10]}
     accounted = injected["frames_corrupted_tx"] <= host["drops"]
@@ -263,14 +271,16 @@ class _Responder:
 
 
 def roundtrip(seconds: float = 10.0, config_path: str | Path | None = None,
+              overrides: Mapping[str, Mapping[str, Any]] | None = None,
               log_dir: str | Path | None = None, startup_timeout: float = 120.0
               ) -> dict[str, Any]:
     """STATE frame -> JointState -> command -> COMMAND frame, timed by the emulator."""
-    from .bringup import Graph, validate
+    from .bringup import Graph, flatten, validate
     from .core.config import find_config
 
     config_path = Path(config_path) if config_path else find_config("rig_example")
-    _config, parts = validate(config_path, {})
+    overrides = overrides or {}
+    _config, parts = validate(config_path, overrides)
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     rt = parts["hardware"].realtime_priority
@@ -283,7 +293,7 @@ def roundtrip(seconds: float = 10.0, config_path: str | Path | None = None,
     try:
         port = lines.get(startup_timeout, "start")
         hardware = parts["hardware"].replace(port=port)
-        graph = Graph(config_path, {"hardware.port": port},
+        graph = Graph(config_path, {**flatten(overrides), "hardware.port": port},
                       nodes=("hardware_interface",),
                       log_dir=log_dir or tempfile.mkdtemp(prefix="ebmcpilco-roundtrip-"))
         graph.start()
@@ -314,6 +324,8 @@ def roundtrip(seconds: float = 10.0, config_path: str | Path | None = None,
             emulator.wait()
     trips = result["round_trips"]
     return {"seconds": seconds, "states": result["states"], "samples": len(trips),
+            "realtime_priority": {"hardware": rt,
+                                  "responder": parts["execution"].realtime_priority},
             "unanswered": result["states"] - len(trips),
             "round_trip_ms": percentiles(trips),
             "emulator_overruns": result["overruns"],
