@@ -7,6 +7,12 @@
 learning:=false starts only the rig side (hardware_interface, policy_execution, trial_manager),
 for model learning and optimisation on a workstation (learning.launch.py there, same
 namespace and ROS_DOMAIN_ID).
+
+hardware_interface is a lifecycle node that configures (opens the port, handshakes) and
+activates (enables the amplifier) by itself, retrying until it can: hardware.autostart, true in
+rig_example.yaml. With autostart false it waits for `ros2 lifecycle set /hardware_interface
+configure`, then `activate`. `ebmcpilco rig --port DEV` starts the same processes without
+ros2 launch.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
