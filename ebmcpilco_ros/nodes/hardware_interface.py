@@ -135,7 +135,7 @@ class HardwareInterface(LifecycleNode, GraphNode):
             self.last_error = f"cannot enable the amplifier: {why}"
             self.get_logger().error(f"activate failed: {self.last_error}")
             return FAILURE
-        self.active = True
+        self.active, self.last_error = True, ""
         self.get_logger().info("active: amplifier enabled")
         return SUCCESS
 
@@ -216,9 +216,12 @@ class HardwareInterface(LifecycleNode, GraphNode):
 
     def _reset(self, rig: Rig | None) -> tuple[bool, str]:
         state = self.lifecycle_state()
-        if rig is None or not self.active:
+        if rig is None:
+            return False, (f"e-stop latch cleared, but {NAME} is {state}: configure and activate "
+                           f"it" + (f" (last error: {self.last_error})" if self.last_error else ""))
+        if not self.active:
             return False, (f"e-stop latch cleared, but {NAME} is {state}: activate it to enable "
-                           f"the amplifier" + (f" ({self.last_error})" if self.last_error else ""))
+                           f"the amplifier")
         if not rig.enable():
             return False, f"cannot enable the amplifier: the MCU on {self.hw.port} is not connected"
         if not self.hw.home_on_reset:
