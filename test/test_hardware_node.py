@@ -366,9 +366,14 @@ def test_lifecycle_transitions_open_enable_disable_and_close(tmp_path):
     with ros_environment(isolated_domain(6)):
         rig = Rig(tmp_path, 6, {"hardware.autostart": False}, nodes=("hardware_interface",))
         states: list[float] = []
+        arrived = threading.Condition()
+
+        def on_state(_msg: Any) -> None:
+            with arrived:
+                states.append(time.monotonic())
+                arrived.notify_all()
         node = rig.client.node
-        node.create_subscription(JointState, "cartpole/joint_states",
-                                 lambda _m: states.append(time.monotonic()), sensor_qos())
+        node.create_subscription(JointState, "cartpole/joint_states", on_state, sensor_qos())
         change = node.create_client(ChangeState, "hardware_interface/change_state")
         get = node.create_client(GetState, "hardware_interface/get_state")
 
@@ -397,8 +402,8 @@ def test_lifecycle_transitions_open_enable_disable_and_close(tmp_path):
             assert transition(Transition.TRANSITION_ACTIVATE) and label() == "active"
             assert emulator.wait_until(lambda s: bool(s.status & Status.ENABLED), WAIT)
             seen = len(states)
-            assert rig.diagnostics.wait(lambda v: v.get("lifecycle") == "active", WAIT)
-            assert len(states) > seen                     # joint states flow while active
+            with arrived:                                  # joint states flow while active
+                assert arrived.wait_for(lambda: len(states) > seen + 10, WAIT)
             assert transition(Transition.TRANSITION_DEACTIVATE) and label() == "inactive"
             assert emulator.wait_until(lambda s: not s.status & Status.ENABLED, WAIT)
             # An e-stop latches across the lifecycle: activation is refused until a reset.
