@@ -41,7 +41,8 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": threads or torch.get_num_threads(),
-            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "load_average": os.getloadavg()}
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:

@@ -101,15 +101,21 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sim(args: argparse.Namespace) -> int:
-    from . import bringup
-
+def _graph_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """--set values, then the shortcuts --seed, --algorithm and --device of sim and rig."""
     overrides = _overrides(args.set)
     for section, key, value in (("learner", "seed", args.seed),
                                 ("learner", "algorithm", args.algorithm),
                                 ("optimizer", "device", args.device)):
         if value is not None:
             overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from . import bringup
+
+    overrides = _graph_overrides(args)
     return bringup.run_sim(find_config(args.config), overrides, namespace=args.namespace,
                            startup_timeout=args.startup_timeout, verbose=args.verbose)
 
@@ -117,12 +123,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_rig(args: argparse.Namespace) -> int:
     from . import bringup
 
-    overrides = _overrides(args.set)
-    for section, key, value in (("learner", "seed", args.seed),
-                                ("learner", "algorithm", args.algorithm),
-                                ("optimizer", "device", args.device)):
-        if value is not None:
-            overrides.setdefault(section, {})[key] = value
+    overrides = _graph_overrides(args)
     if not args.port and not args.emulator:
         print("ebmcpilco rig: give --port DEVICE (or --emulator)", file=sys.stderr)
         return 2

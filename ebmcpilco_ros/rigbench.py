@@ -49,18 +49,9 @@ def percentiles(values_s: list[float]) -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
-    import platform
+    from .bench import machine_info
 
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "load_average": os.getloadavg()}
+    return machine_info()
 
 
 # -- link -------------------------------------------------------------------------------------
