@@ -1,10 +1,15 @@
 """MC-PILCO optimisation: the monitor's schedule, and a short learning run that lowers the cost."""
 import numpy as np
 import pytest
+import torch
 
 from ebmcpilco_ros.core.config import ExperimentConfig, OptimizerConfig
 from ebmcpilco_ros.core.learner import run_in_process
-from ebmcpilco_ros.core.mcpilco import ConvergenceMonitor, Decision
+from ebmcpilco_ros.core.mcpilco import (ConvergenceMonitor, Decision, DivergenceGuard,
+                                        model_cost, optimize_policy)
+from ebmcpilco_ros.core.policy import SquashedRBFPolicy
+
+from helpers import fitted_model
 
 
 def _run_monitor(costs):
@@ -51,3 +56,58 @@ def test_short_learning_run_lowers_the_cost():
     assert min(costs[1:]) < 0.8 * costs[0]  # learned rollouts beat random exploration
     assert report.wall_s["policy"] > 0 and report.wall_s["model"] > 0
     assert all(t.opt_steps == 250 or t.kind == "random" for t in report.trials)
+
+
+def test_divergence_guard_keeps_the_best_window_and_fires_on_a_runaway():
+    guard = DivergenceGuard(ratio=1.5, window=10)
+    w = torch.zeros(1)
+    costs = list(np.linspace(30, 10, 100)) + [12.0] * 30 + [40.0] * 30
+    fired = None
+    for k, c in enumerate(costs):
+        w.fill_(k)
+        if guard.update(k, c, {"w": w}):
+            fired = k
+            break
+    # the best 10-step mean (10.9) ends where the descent ends (step 99); the plateau at 12
+    # does not fire, the jump to 40 lifts the mean to 17.6 > 1.5 x 10.9 after 2 of its steps
+    assert guard.best_step == 99 and float(guard.best_state["w"]) == 99.0
+    assert fired == 131
+    assert not DivergenceGuard(ratio=0.0, window=10).update(0, 1e9, {"w": w})
+
+
+@pytest.mark.timeout(300)
+def test_a_policy_stuck_at_saturation_is_restored_and_the_run_stops():
+    """After step 120, hold the policy at +u_max everywhere (how the seed-3 benchmark run got
+    stuck: cost flat at 53.7): the guard stops within its window and hands back the
+    parameters from before, not the ruined ones."""
+    # on this 2-trial model the best reachable J is ~40 and the saturated one 56 (J <= 60):
+    # a ratio of 1.3 (default 1.5) is what this model can show
+    cfg = ExperimentConfig().replace(optimizer={"particles": 50, "divergence_ratio": 1.3,
+                                                "threads": 1})
+    model = fitted_model(count=2, seed=0)
+    policy = SquashedRBFPolicy(cfg.policy, cfg.plant.u_max,
+                               generator=torch.Generator().manual_seed(0))
+
+    def saturate() -> None:
+        with torch.no_grad():
+            policy.weights.fill_(100.0)
+            policy.log_lengthscales.fill_(5.0)   # wide bases: u = u_max everywhere
+
+    def knock_out(step, _grad, _monitor):
+        if step >= 120:
+            saturate()
+
+    result = optimize_policy(policy, model, cfg.optimizer, cfg.cost,
+                             cfg.plant.initial_state_std, 400, np.random.default_rng(0),
+                             knock_out)
+    window = cfg.optimizer.divergence_window
+    assert result.diverged_at is not None and 120 < result.diverged_at <= 120 + window
+    assert result.restored_step is not None and result.restored_step <= 120
+    assert result.steps == result.diverged_at + 1 and result.stopped_early
+
+    def cost() -> float:
+        return model_cost(policy, model, cfg.optimizer, cfg.cost, cfg.plant.initial_state_std,
+                          np.random.default_rng(1))
+    restored = cost()
+    saturate()
+    assert restored < cost() - 5.0

@@ -181,6 +181,11 @@ class OptimizerConfig(Section):
     monitor_sigma_min: float = setting(0.01, 0.0, None, lo_open=True, doc="floor on sigma_s")
     monitor_window: int = setting(200, 1, 1000000, doc="monitor window n_s")
     monitor_min_step: int = setting(200, 0, 1000000, doc="no decision before this step")
+    divergence_ratio: float = setting(
+        1.5, 0.0, None, doc="stop and restore the best policy once the windowed mean cost "
+                            "exceeds this multiple of its best (0 = off)")
+    divergence_window: int = setting(50, 1, 1000000,
+                                     doc="steps in the windowed mean of the divergence guard")
     variance_rank_tol: float = setting(
         1e-3, 0.0, 1.0, doc="drop GP variance directions with eigenvalue <= tol*sigma_n^2 "
                             "(variance over-estimated by <= tol*sigma_f^2; 0 = exact)")
@@ -193,6 +198,8 @@ class OptimizerConfig(Section):
     def check(self) -> None:
         if self.lr_min > self.lr:
             self.fail("lr_min", f"must be <= optimizer.lr = {self.lr}")
+        if 0.0 < self.divergence_ratio <= 1.0:
+            self.fail("divergence_ratio", "must be 0 (off) or greater than 1")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             self.fail("device", "must be 'cpu' or 'cuda[:N]'")
 

@@ -92,6 +92,39 @@ class ConvergenceMonitor:
 
 
 @dataclass
+class DivergenceGuard:
+    """Keeps the parameters of the best cost window and says when the cost has run away.
+
+    Adam can jump out of a good basin after a long quiet stretch (a large gradient meets a small
+    second-moment estimate); the policy may then saturate, the cost goes flat at a bad value and
+    the monitor, seeing no trend, runs out its schedule there. This guard stops as soon as the
+    mean cost over the last `window` steps exceeds `ratio` x the best such mean, and hands back
+    the parameters from the end of the best window.
+    """
+
+    ratio: float
+    window: int
+    best_mean: float = math.inf
+    best_step: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    _recent: list[float] = field(default_factory=list)
+
+    def update(self, step: int, cost: float, parameters: dict[str, torch.Tensor]) -> bool:
+        """Feed J_k and the parameters that produced it; True: diverged, stop."""
+        self._recent.append(cost)
+        if len(self._recent) > self.window:
+            self._recent.pop(0)
+        if self.ratio <= 0 or len(self._recent) < self.window:
+            return False
+        mean = sum(self._recent) / self.window
+        if mean < self.best_mean:
+            self.best_mean, self.best_step = mean, step
+            self.best_state = {k: v.detach().clone() for k, v in parameters.items()}
+            return False
+        return mean > self.ratio * self.best_mean
+
+
+@dataclass
 class OptimizationResult:
     """What one trial's policy optimisation did."""
 
@@ -100,6 +133,8 @@ class OptimizationResult:
     stopped_early: bool
     wall_s: float
     schedule: list[dict] = field(default_factory=list)  # (step, lr, dropout) at each change
+    diverged_at: int | None = None      # the guard stopped here, and restored ...
+    restored_step: int | None = None    # ... the parameters of this step
 
     @property
     def final_cost(self) -> float:
@@ -164,6 +199,8 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
     dynamics = ParticleDynamics.from_model(model, dtype=dtype, device=device,
                                            rank_tol=config.variance_rank_tol)
     monitor = ConvergenceMonitor.from_config(config)
+    guard = DivergenceGuard(config.divergence_ratio, config.divergence_window)
+    diverged_at = None
     opt = torch.optim.Adam(policy.parameters(), lr=monitor.lr)
     params = (policy.weights, policy.centres, policy.log_lengthscales)
     costs: list[float] = []
@@ -187,11 +224,17 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                 raise OptimizationError(
                     f"{MAX_BAD_DRAWS} consecutive rollouts gave a non-finite cost or gradient "
                     f"at step {step}: the model or policy has diverged")
+            costs.append(grad.cost)
+            # the parameters that produced J_k, before Adam moves them
+            if guard.update(step, grad.cost, policy.state_dict()):
+                assert guard.best_state is not None
+                policy.load_state_dict(guard.best_state)
+                diverged_at, stopped_early = step, True
+                break
             for p, gp in zip(params, (grad.grad_weights, grad.grad_centres,
                                       grad.grad_log_lengthscales)):
                 p.grad = gp
             opt.step()
-            costs.append(grad.cost)
             decision = monitor.update(grad.cost)
             if on_step is not None:
                 on_step(step, grad, monitor)
@@ -203,4 +246,6 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                     group["lr"] = monitor.lr
                 schedule.append({"step": step + 1, "lr": monitor.lr, "dropout": monitor.dropout})
     return OptimizationResult(steps=len(costs), costs=costs, stopped_early=stopped_early,
-                              wall_s=time.perf_counter() - started, schedule=schedule)
+                              wall_s=time.perf_counter() - started, schedule=schedule,
+                              diverged_at=diverged_at,
+                              restored_step=guard.best_step if diverged_at is not None else None)
