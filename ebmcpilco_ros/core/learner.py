@@ -175,9 +175,8 @@ class LocalPolicyOptimization:
             self.policy, model, opt, self.config.cost, self.config.plant.initial_state_std,
             max_steps, self.rng, self.on_step)
         wall["policy"] = result_opt.wall_s
-        if result_opt.diverged_at is not None:
-            info.update({"diverged_at": result_opt.diverged_at,
-                         "restored_step": result_opt.restored_step})
+        if result_opt.restarts:
+            info["restarts"] = result_opt.restarts
         self.version += 1
         params = self.policy.parameters_snapshot(version=self.version)
         return ControllerUpdate(controller=PolicyController(params), phase="policy",

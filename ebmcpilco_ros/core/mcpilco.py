@@ -81,6 +81,10 @@ class ConvergenceMonitor:
         self.quiet_steps = self.quiet_steps + 1 if abs(self.r) < self.sigma else 0
         if self.step < self.min_step or self.quiet_steps < self.window:
             return Decision.CONTINUE
+        return self.reduce()
+
+    def reduce(self) -> Decision:
+        """The schedule's next stage (lr and dropout cut), or STOP after the last one."""
         if self.lr > self.lr_min:
             self.lr = max(0.5 * self.lr, self.lr_min)
             self.sigma = max(0.5 * self.sigma, self.sigma_min)
@@ -95,11 +99,11 @@ class ConvergenceMonitor:
 class DivergenceGuard:
     """Keeps the parameters of the best cost window and says when the cost has run away.
 
-    Adam can jump out of a good basin after a long quiet stretch (a large gradient meets a small
-    second-moment estimate); the policy may then saturate, the cost goes flat at a bad value and
-    the monitor, seeing no trend, runs out its schedule there. This guard stops as soon as the
-    mean cost over the last `window` steps exceeds `ratio` x the best such mean, and hands back
-    the parameters from the end of the best window.
+    Adam can jump out of a good basin (a large gradient meets a small second-moment estimate);
+    the policy may then saturate, the cost goes flat at a bad value and the monitor, seeing no
+    trend, runs out its schedule there. This guard fires as soon as the mean cost over the last
+    `window` steps exceeds `ratio` x the best such mean, and holds the parameters of the last
+    step of the best window for the optimiser to restore.
     """
 
     ratio: float
@@ -123,6 +127,10 @@ class DivergenceGuard:
             return False
         return mean > self.ratio * self.best_mean
 
+    def restart(self) -> None:
+        """After a restore: judge the continuation by its own window (the best is kept)."""
+        self._recent.clear()
+
 
 @dataclass
 class OptimizationResult:
@@ -133,8 +141,8 @@ class OptimizationResult:
     stopped_early: bool
     wall_s: float
     schedule: list[dict] = field(default_factory=list)  # (step, lr, dropout) at each change
-    diverged_at: int | None = None      # the guard stopped here, and restored ...
-    restored_step: int | None = None    # ... the parameters of this step
+    # divergence guard: at "step" the parameters of "restored_step" were restored
+    restarts: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def final_cost(self) -> float:
@@ -200,7 +208,7 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                                            rank_tol=config.variance_rank_tol)
     monitor = ConvergenceMonitor.from_config(config)
     guard = DivergenceGuard(config.divergence_ratio, config.divergence_window)
-    diverged_at = None
+    restarts: list[dict[str, int]] = []
     opt = torch.optim.Adam(policy.parameters(), lr=monitor.lr)
     params = (policy.weights, policy.centres, policy.log_lengthscales)
     costs: list[float] = []
@@ -227,10 +235,18 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
             costs.append(grad.cost)
             # the parameters that produced J_k, before Adam moves them
             if guard.update(step, grad.cost, policy.state_dict()):
+                # back to the best parameters, on to the schedule's next stage with a fresh
+                # Adam (its moment estimates belong to the run-away), or stop after the last
                 assert guard.best_state is not None
                 policy.load_state_dict(guard.best_state)
-                diverged_at, stopped_early = step, True
-                break
+                restarts.append({"step": step, "restored_step": guard.best_step})
+                guard.restart()
+                if monitor.reduce() is Decision.STOP:
+                    stopped_early = True
+                    break
+                opt = torch.optim.Adam(policy.parameters(), lr=monitor.lr)
+                schedule.append({"step": step + 1, "lr": monitor.lr, "dropout": monitor.dropout})
+                continue
             for p, gp in zip(params, (grad.grad_weights, grad.grad_centres,
                                       grad.grad_log_lengthscales)):
                 p.grad = gp
@@ -247,5 +263,4 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                 schedule.append({"step": step + 1, "lr": monitor.lr, "dropout": monitor.dropout})
     return OptimizationResult(steps=len(costs), costs=costs, stopped_early=stopped_early,
                               wall_s=time.perf_counter() - started, schedule=schedule,
-                              diverged_at=diverged_at,
-                              restored_step=guard.best_step if diverged_at is not None else None)
+                              restarts=restarts)
