@@ -139,6 +139,25 @@ def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[i
     return result()
 
 
+def merge_learn(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """Several `bench learn` JSONs as one (e.g. runs split across machines, or one algorithm
+    rerun after a change that cannot affect the other). A variant present in a later file
+    replaces all of that variant's runs from earlier files; each file's machine is kept."""
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    sources, data = [], {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        variants = list(dict.fromkeys(r["variant"] for r in data["runs"]))
+        for v in variants:
+            by_variant[v] = [r for r in data["runs"] if r["variant"] == v]
+        sources.append({"path": str(path), "variants": variants, "machine": data.get("machine")})
+    order = list(by_variant)
+    runs = sorted((r for rs in by_variant.values() for r in rs),
+                  key=lambda r: (r["seed"], order.index(r["variant"])))
+    return {"runs": runs, "summary": summarize(runs), "config": data.get("config"),
+            "machine": data.get("machine"), "sources": sources}
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for variant in dict.fromkeys(r["variant"] for r in runs):

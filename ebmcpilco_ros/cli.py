@@ -4,6 +4,7 @@
     ebmcpilco sim                      the same through the ROS 2 node graph (no ros2 launch)
     ebmcpilco rig --port DEV           the graph on a physical rig (--emulator: on the emulator)
     ebmcpilco bench learn ...          learning runs over seeds -> table + JSON
+    ebmcpilco bench merge A B --json C several learn JSONs as one (later files win per variant)
     ebmcpilco bench step ...           one policy-optimisation step at several GP sizes
     ebmcpilco bench realtime ...       control-loop lateness and latency under optimiser load
     ebmcpilco bench link ...           serial link under byte corruption (emulator, no ROS)
@@ -84,6 +85,19 @@ def cmd_bench_learn(args: argparse.Namespace) -> int:
     print(bench.learn_table(result))
     if args.json:
         print(f"wrote {args.json}")
+    if args.plot:
+        bench.plot_learning_curves(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_bench_merge(args: argparse.Namespace) -> int:
+    from . import bench
+
+    result = bench.merge_learn(args.inputs)
+    print(bench.learn_table(result))
+    bench.write_json(args.json, result)
+    print(f"wrote {args.json}")
     if args.plot:
         bench.plot_learning_curves(result, args.plot)
         print(f"wrote {args.plot}")
@@ -236,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "optimizer.threads torch threads; 2 on a 2-core machine)")
     learn.add_argument("--plot", default=None, help="write cost-per-step curves to this PNG")
     learn.set_defaults(func=cmd_bench_learn)
+    merge = bsub.add_parser("merge", help="several bench learn JSONs as one table + JSON")
+    merge.add_argument("inputs", nargs="+",
+                       help="bench learn JSONs; a variant in a later file replaces it")
+    merge.add_argument("--json", required=True, help="write the merged results here")
+    merge.add_argument("--plot", default=None, help="write cost-per-step curves to this PNG")
+    merge.set_defaults(func=cmd_bench_merge)
     step = bsub.add_parser("step", help="time one policy-optimisation step")
     _add_config_args(step)
     step.add_argument("--points", nargs="+", type=int, default=[60, 120, 170])

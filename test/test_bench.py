@@ -54,3 +54,29 @@ def test_bench_step_writes_results(tmp_path):
 def test_bad_override_is_reported_with_the_parameter(capsys):
     assert main(["bench", "step", "--set", "optimizer.horizon=0"]) == 2
     assert "optimizer.horizon = 0: must be in [1, 100000]" in capsys.readouterr().err
+
+
+def _run(variant, seed, solved, total):
+    return {"variant": variant, "algorithm": variant.split("-")[0], "seed": seed,
+            "solved": solved, "trials_to_solve": 5 if solved else None, "interaction_s": 15.0,
+            "opt_steps": 1000, "success_per_trial": [],
+            "wall_s": {"model": 1.0, "policy": 2.0, "total": total},
+            "opt_costs": [[30.0, 20.0, 10.0]]}
+
+
+def test_bench_merge_replaces_a_rerun_variant_whole(tmp_path, capsys):
+    first, second, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "merged.json"
+    first.write_text(json.dumps({"runs": [_run("eb", 1, False, 900.0), _run("mc", 1, True, 800.0),
+                                          _run("eb", 2, False, 900.0), _run("mc", 2, True, 600.0)],
+                                 "machine": {"cpu": "A"}}))
+    second.write_text(json.dumps({"runs": [_run("eb", 1, True, 300.0)],
+                                  "machine": {"cpu": "B"}}))
+    assert main(["bench", "merge", str(first), str(second), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    # eb from the second file only (its seed 2 from the first file is gone), mc from the first
+    assert [(r["variant"], r["seed"]) for r in data["runs"]] == [("eb", 1), ("mc", 1),
+                                                                  ("mc", 2)]
+    assert data["summary"]["eb"]["solved"] == 1 and data["summary"]["mc"]["seeds"] == 2
+    assert data["summary"]["eb_vs_mc"]["total_time_reduction"] == pytest.approx(1 - 300 / 700)
+    assert [s["machine"]["cpu"] for s in data["sources"]] == ["A", "B"]
+    assert "EB-MC-PILCO vs MC-PILCO" in capsys.readouterr().out
