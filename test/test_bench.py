@@ -74,8 +74,8 @@ def test_bench_merge_replaces_a_rerun_variant_whole(tmp_path, capsys):
     assert main(["bench", "merge", str(first), str(second), "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     # eb from the second file only (its seed 2 from the first file is gone), mc from the first
-    assert [(r["variant"], r["seed"]) for r in data["runs"]] == [("eb", 1), ("mc", 1),
-                                                                  ("mc", 2)]
+    pairs = [(r["variant"], r["seed"]) for r in data["runs"]]
+    assert pairs == [("eb", 1), ("mc", 1), ("mc", 2)]
     assert data["summary"]["eb"]["solved"] == 1 and data["summary"]["mc"]["seeds"] == 2
     assert data["summary"]["eb_vs_mc"]["total_time_reduction"] == pytest.approx(1 - 300 / 700)
     assert [s["machine"]["cpu"] for s in data["sources"]] == ["A", "B"]
