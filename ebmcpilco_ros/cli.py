@@ -41,6 +41,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _write_json(path: str | None, result: dict[str, Any]) -> None:
+    """A benchmark's figures to --json, if given."""
+    if path:
+        from .bench import write_json
+
+        write_json(path, result)
+        print(f"wrote {path}")
+
+
 def _config(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(find_config(args.config), **_overrides(args.set))
 
@@ -109,9 +118,7 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     result = bench.step(cfg, args.points, repeats=args.repeats)
-    if args.json:
-        bench.write_json(args.json, result)
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
     return 0
 
 
@@ -157,11 +164,7 @@ def cmd_bench_link(args: argparse.Namespace) -> int:
     result = rigbench.link(args.seconds, args.corrupt, seed=args.seed,
                            log=lambda line: print(line, flush=True))
     print(rigbench.link_text(result))
-    if args.json:
-        from .bench import write_json
-
-        write_json(args.json, result)
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
     return 0 if result["ok"] else 1
 
 
@@ -171,11 +174,7 @@ def cmd_bench_roundtrip(args: argparse.Namespace) -> int:
     result = rigbench.roundtrip(args.seconds, find_config(args.config), _overrides(args.set),
                                 startup_timeout=args.startup_timeout)
     print(rigbench.roundtrip_text(result))
-    if args.json:
-        from .bench import write_json
-
-        write_json(args.json, result)
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
     return 0
 
 
@@ -186,11 +185,7 @@ def cmd_bench_realtime(args: argparse.Namespace) -> int:
                             load=not args.no_load, load_threads=args.load_threads,
                             load_nice=args.load_nice)
     print(realtime.summary_text(result))
-    if args.json:
-        from .bench import write_json
-
-        write_json(args.json, result)
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
     return 0
 
 

@@ -81,16 +81,18 @@ class DriverStats:
         return self.decoder.drops
 
 
-def set_thread_priority(priority: int, what: str) -> bool:
+def set_thread_priority(priority: int, what: str,
+                        warn: Callable[[str], None] | None = None) -> bool:
     """SCHED_FIFO for the calling thread (Linux applies it per thread); 0 leaves it alone.
-    Without the privilege it warns and carries on with normal scheduling."""
+    Without the privilege (CAP_SYS_NICE or an rtprio limit) it warns (`warn`, else this
+    module's logger) and carries on with normal scheduling."""
     if priority <= 0:
         return False
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
         return True
     except (OSError, AttributeError) as exc:
-        log.warning("no SCHED_FIFO %d for %s: %s", priority, what, exc)
+        (warn or log.warning)(f"no SCHED_FIFO {priority} for {what}: {exc}")
         return False
 
 

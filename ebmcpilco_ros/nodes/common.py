@@ -28,6 +28,7 @@ from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import String
 
 from ..core.config import ConfigError
+from ..hardware.driver import set_thread_priority
 from .config import NodesConfig
 
 # -- topics and services (relative names: they resolve inside the node's namespace) -------------
@@ -383,16 +384,8 @@ def set_torch_threads(threads: int) -> None:
 
 
 def set_realtime_priority(node: Node, priority: int, what: str) -> bool:
-    """SCHED_FIFO for the calling thread (Linux applies it per thread); 0 leaves it alone.
-    Without the privilege (CAP_SYS_NICE or an rtprio limit) it warns and carries on."""
-    if priority <= 0:
-        return False
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return True
-    except (OSError, AttributeError) as exc:
-        node.get_logger().warning(f"no SCHED_FIFO {priority} for {what}: {exc}")
-        return False
+    """SCHED_FIFO for the calling thread, warning through the node's logger."""
+    return set_thread_priority(priority, what, node.get_logger().warning)
 
 
 # Fast DDS names its receive threads dds.shm.<port> (shared memory) and dds.udp.<port>.
