@@ -28,8 +28,10 @@ STARTUP_TIMEOUT = 120.0  # five Python processes importing torch on a loaded 2-c
 
 
 def isolated_domain(salt: int) -> int:
-    """A DDS domain for one test module (0-101 stay clear of Linux ephemeral ports)."""
-    return random.Random(os.getpid() * 1000 + salt).randint(1, 101)
+    """A DDS domain per salt (0-101 stay clear of Linux ephemeral ports): a per-process offset
+    keeps parallel test runs apart, and distinct salts below 101 never share a domain within a
+    process (a module's graph fixture and its tests' own graphs run at the same time)."""
+    return 1 + (random.Random(os.getpid()).randrange(101) + salt) % 101
 
 
 @contextmanager

@@ -101,7 +101,7 @@ def test_eb_explores_with_ilqr_plans_then_pretrains_through_the_graph(tmp_path):
     """EB-MC-PILCO over DDS: the GP-iLQR exploration rollout runs a feedback plan sent by the
     optimisation node, and the policy trial starts from a pretrained policy."""
     eb = {"learner.algorithm": "eb", "exploration.iterations": 1, "pretrain.steps": 100}
-    with ros_environment(isolated_domain(2)):
+    with ros_environment(isolated_domain(9)):
         g = start_graph(tmp_path, eb)
         client = GraphClient()
         probe = Probe(client)
