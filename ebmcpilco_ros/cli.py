@@ -122,6 +122,17 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_graph_args(p: argparse.ArgumentParser) -> None:
+    """What `sim` and `rig` share: shortcuts for the learning run and the bring-up's options."""
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--algorithm", choices=["mc", "eb"], default=None)
+    p.add_argument("--device", default=None, help="optimizer.device: cpu, cuda, cuda:N")
+    p.add_argument("--namespace", default="", help="ROS namespace of every node")
+    p.add_argument("--startup-timeout", type=float, default=120.0,
+                   help="seconds for the graph to become ready (default 120)")
+    p.add_argument("--verbose", action="store_true", help="also print each phase")
+
+
 def _graph_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """--set values, then the shortcuts --seed, --algorithm and --device of sim and rig."""
     overrides = _overrides(args.set)
@@ -207,13 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("sim", help="learn through the ROS 2 node graph (separate processes)")
     _add_config_args(sim)
-    sim.add_argument("--seed", type=int, default=None)
-    sim.add_argument("--algorithm", choices=["mc", "eb"], default=None)
-    sim.add_argument("--device", default=None, help="optimizer.device: cpu, cuda, cuda:N")
-    sim.add_argument("--namespace", default="", help="ROS namespace of every node")
-    sim.add_argument("--startup-timeout", type=float, default=120.0,
-                     help="seconds for the graph to become ready (default 120)")
-    sim.add_argument("--verbose", action="store_true", help="also print each phase")
+    _add_graph_args(sim)
     sim.set_defaults(func=cmd_sim)
 
     rig = sub.add_parser("rig", help="learn on a physical rig through the ROS 2 node graph "
@@ -222,13 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     rig.add_argument("--port", default=None, help="serial device of the rig (hardware.port)")
     rig.add_argument("--emulator", action="store_true",
                      help="start a firmware emulator here (the config's plant) and use it")
-    rig.add_argument("--seed", type=int, default=None)
-    rig.add_argument("--algorithm", choices=["mc", "eb"], default=None)
-    rig.add_argument("--device", default=None, help="optimizer.device: cpu, cuda, cuda:N")
-    rig.add_argument("--namespace", default="", help="ROS namespace of every node")
-    rig.add_argument("--startup-timeout", type=float, default=120.0,
-                     help="seconds for the graph to become ready (default 120)")
-    rig.add_argument("--verbose", action="store_true", help="also print each phase")
+    _add_graph_args(rig)
     rig.set_defaults(func=cmd_rig)
 
     bench = sub.add_parser("bench", help="benchmarks (figures and JSON)")
