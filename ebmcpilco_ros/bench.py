@@ -78,15 +78,20 @@ def learn_variants(config: ExperimentConfig, algorithms: Sequence[str], ablation
     return variants
 
 
-def _learn_run(cfg: ExperimentConfig, label: str) -> dict[str, Any]:
-    """One benchmark run (module level: it also runs in worker processes)."""
+def _print_flushed(line: str) -> None:
+    print(line, flush=True)
+
+
+def _learn_run(cfg: ExperimentConfig, label: str,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One benchmark run (module level: it also runs in worker processes, printing there)."""
     seed = cfg.learner.seed
 
     def on_trial(s: TrialSummary, _trial: Any) -> None:
-        print(f"  [{label} seed {seed}] trial {s.index} {s.kind:7s} "
-              f"{'SOLVED' if s.success else 'failed':6s} cost {s.cost:6.2f} "
-              f"steps {s.opt_steps:5d} "
-              + " ".join(f"{k} {v:.1f}s" for k, v in s.wall_s.items()), flush=True)
+        log(f"  [{label} seed {seed}] trial {s.index} {s.kind:7s} "
+            f"{'SOLVED' if s.success else 'failed':6s} cost {s.cost:6.2f} "
+            f"steps {s.opt_steps:5d} "
+            + " ".join(f"{k} {v:.1f}s" for k, v in s.wall_s.items()))
     report: LearningReport = run_in_process(cfg, on_trial=on_trial)
     run = report.to_dict()
     run["variant"] = label
@@ -129,11 +134,11 @@ def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[i
 
     if jobs <= 1:
         for cfg, label in work:
-            finished(_learn_run(cfg, label))
+            finished(_learn_run(cfg, label, log))
         return result()
     context = multiprocessing.get_context("spawn")   # no forked torch thread pools
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        pending = [pool.submit(_learn_run, cfg, label) for cfg, label in work]
+        pending = [pool.submit(_learn_run, cfg, label, _print_flushed) for cfg, label in work]
         for future in concurrent.futures.as_completed(pending):
             finished(future.result())
     return result()

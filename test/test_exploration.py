@@ -78,7 +78,7 @@ def test_pretrained_policy_reproduces_the_ilqr_controls(true_plan, method):
 def test_later_warm_start_keeps_whichever_policy_has_the_lower_model_cost(model):
     """A candidate pretrained on a fresh plan replaces the policy only if J is lower."""
     from ebmcpilco_ros.core.learner import LocalPolicyOptimization
-    from ebmcpilco_ros.core.mcpilco import model_cost
+    from ebmcpilco_ros.core.mcpilco import model_costs
 
     cfg = CFG.replace(optimizer={"particles": 50}, pretrain={"steps": 50})
     opt = LocalPolicyOptimization(cfg, np.random.default_rng(0))
@@ -88,8 +88,8 @@ def test_later_warm_start_keeps_whichever_policy_has_the_lower_model_cost(model)
     pretrained = {k: v.clone() for k, v in opt.policy.state_dict().items()}
 
     def cost(policy: SquashedRBFPolicy) -> float:
-        return model_cost(policy, model, cfg.optimizer, cfg.cost, cfg.plant.initial_state_std,
-                          np.random.default_rng(5))
+        return model_costs([policy], model, cfg.optimizer, cfg.cost,
+                           cfg.plant.initial_state_std, np.random.default_rng(5))[0]
 
     # a policy that pushes the cart off the track at full force is worse than any plan
     with torch.no_grad():

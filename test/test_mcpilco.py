@@ -6,7 +6,7 @@ import torch
 from ebmcpilco_ros.core.config import ExperimentConfig, OptimizerConfig
 from ebmcpilco_ros.core.learner import run_in_process
 from ebmcpilco_ros.core.mcpilco import (ConvergenceMonitor, Decision, DivergenceGuard,
-                                        model_cost, optimize_policy)
+                                        model_costs, optimize_policy)
 from ebmcpilco_ros.core.policy import SquashedRBFPolicy
 
 from helpers import fitted_model
@@ -111,8 +111,8 @@ def test_a_policy_stuck_at_saturation_is_restored_until_the_schedule_ends():
     assert result.stopped_early and result.steps == steps[-1] + 1
 
     def cost() -> float:
-        return model_cost(policy, model, cfg.optimizer, cfg.cost, cfg.plant.initial_state_std,
-                          np.random.default_rng(1))
+        return model_costs([policy], model, cfg.optimizer, cfg.cost,
+                           cfg.plant.initial_state_std, np.random.default_rng(1))[0]
     restored = cost()
     saturate()
     assert restored < cost() - 5.0

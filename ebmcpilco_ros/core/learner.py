@@ -21,7 +21,7 @@ import torch
 
 from .config import ExperimentConfig
 from .cost import trajectory_cost
-from .mcpilco import (OptimizationResult, model_cost, optimize_policy, torch_dtype,
+from .mcpilco import (OptimizationResult, model_costs, optimize_policy, torch_dtype,
                       torch_threads)
 from .model import SpeedIntegrationModel
 from .controllers import Controller, FeedbackPlanController, PolicyController, RandomController
@@ -152,10 +152,9 @@ class LocalPolicyOptimization:
         keep = iteration == 0
         if not keep:
             started = time.perf_counter()
-            seed = int(self.rng.integers(2**62))
-            costs = [model_cost(p, model, self.config.optimizer, self.config.cost,
-                                self.config.plant.initial_state_std, np.random.default_rng(seed))
-                     for p in (self.policy, candidate)]
+            costs = model_costs((self.policy, candidate), model, self.config.optimizer,
+                                self.config.cost, self.config.plant.initial_state_std,
+                                np.random.default_rng(int(self.rng.integers(2**62))))
             keep = costs[1] < costs[0]
             wall["pretrain"] += time.perf_counter() - started
             info.update({"warm_start_costs": costs})

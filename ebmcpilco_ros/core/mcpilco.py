@@ -12,11 +12,12 @@ Past `min_step`, if |r| < sigma_s for the last n_s steps, the optimisation has s
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 import math
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -111,13 +112,14 @@ class DivergenceGuard:
     best_mean: float = math.inf
     best_step: int = -1
     best_state: dict[str, torch.Tensor] | None = None
-    _recent: list[float] = field(default_factory=list)
+    _recent: deque[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._recent = deque(maxlen=self.window)
 
     def update(self, step: int, cost: float, parameters: dict[str, torch.Tensor]) -> bool:
         """Feed J_k and the parameters that produced it; True: diverged, stop."""
         self._recent.append(cost)
-        if len(self._recent) > self.window:
-            self._recent.pop(0)
         if self.ratio <= 0 or len(self._recent) < self.window:
             return False
         mean = sum(self._recent) / self.window
@@ -173,23 +175,20 @@ def initial_particles(particles: int, std: float, rng: np.random.Generator,
     return torch.as_tensor(rng.normal(0.0, std, size=(particles, 4)), dtype=dtype, device=device)
 
 
-def model_cost(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
-               config: OptimizerConfig, cost: CostConfig, initial_state_std: float,
-               rng: np.random.Generator) -> float:
-    """The MC-PILCO objective J of `policy` on `model`, without dropout (one particle draw).
-
-    Used to compare candidate initial policies; pass generators in the same state to compare
-    on common random numbers.
-    """
+def model_costs(policies: Sequence[SquashedRBFPolicy], model: SpeedIntegrationModel,
+                config: OptimizerConfig, cost: CostConfig, initial_state_std: float,
+                rng: np.random.Generator) -> list[float]:
+    """The MC-PILCO objective J of each policy on `model`, without dropout, all on the same
+    particles and sampling noise (common random numbers: the comparison is not noise)."""
     dtype, device = torch_dtype(config.dtype), torch.device(config.device)
-    policy.to(dtype=dtype, device=device)
     dynamics = ParticleDynamics.from_model(model, dtype=dtype, device=device,
                                            rank_tol=config.variance_rank_tol)
     with torch_threads(config.threads):
         x0 = initial_particles(config.particles, initial_state_std, rng, dtype, device)
-        noise = RolloutNoise.draw(config.horizon, config.particles, policy.num_basis, 0.0, rng,
-                                  dtype, device)
-        return rollout_cost_and_gradient(policy, dynamics, x0, noise, config.horizon, cost).cost
+        noise = RolloutNoise.draw(config.horizon, config.particles, policies[0].num_basis, 0.0,
+                                  rng, dtype, device)
+        return [rollout_cost_and_gradient(p.to(dtype=dtype, device=device), dynamics, x0, noise,
+                                          config.horizon, cost).cost for p in policies]
 
 
 def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
