@@ -23,6 +23,7 @@ from .core.config import ExperimentConfig, ModelConfig
 from .core.gp import GPPosterior, fit_hyperparameters, select_subset
 from .core.learner import LearningReport, TrialSummary, run_in_process
 from .core.mcpilco import initial_particles, torch_dtype, torch_threads
+from .core.native_rollout import resolve_backend
 from .core.model import SpeedIntegrationModel, training_data
 from .core.policy import SquashedRBFPolicy
 from .core.rollout import ParticleDynamics, RolloutNoise, rollout_cost_and_gradient
@@ -306,6 +307,7 @@ def step(config: ExperimentConfig, points: Sequence[int], repeats: int = 20,
          warmup: int = 3, log: Callable[[str], None] = print) -> dict[str, Any]:
     opt = config.optimizer
     dtype, device = torch_dtype(opt.dtype), torch.device(opt.device)
+    backend = resolve_backend(opt.backend, dtype, device)
     results = []
     with torch_threads(opt.threads):
         for n in points:
@@ -323,7 +325,8 @@ def step(config: ExperimentConfig, points: Sequence[int], repeats: int = 20,
                                        dtype, device)
                 noise = RolloutNoise.draw(opt.horizon, opt.particles, policy.num_basis,
                                           opt.dropout, rng, dtype, device)
-                g = rollout_cost_and_gradient(policy, dyn, x0, noise, opt.horizon, config.cost)
+                g = rollout_cost_and_gradient(policy, dyn, x0, noise, opt.horizon, config.cost,
+                                              backend)
                 for p, gp in zip(params, (g.grad_weights, g.grad_centres,
                                           g.grad_log_lengthscales)):
                     p.grad = gp
@@ -352,5 +355,5 @@ def step(config: ExperimentConfig, points: Sequence[int], repeats: int = 20,
     return {"results": results,
             "settings": {"particles": opt.particles, "horizon": opt.horizon,
                          "basis": config.policy.num_basis, "dtype": opt.dtype,
-                         "device": opt.device, "dropout": opt.dropout},
+                         "device": opt.device, "dropout": opt.dropout, "backend": backend},
             "machine": machine_info(opt.threads or None)}

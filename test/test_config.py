@@ -24,6 +24,7 @@ def test_paper_config_loads_with_benchmark_values():
     ("optimizer", "particles", 0, "optimizer.particles"),
     ("optimizer", "dtype", "float16", "optimizer.dtype = 'float16': must be one of"),
     ("learner", "algorithm", "pilco", "learner.algorithm = 'pilco'"),
+    ("optimizer", "backend", "gpu", "optimizer.backend = 'gpu': must be one of"),
     ("plant", "friction", float("nan"), "plant.friction"),
 ])
 def test_bad_values_are_rejected_naming_the_parameter(section, name, value, fragment):
@@ -50,6 +51,10 @@ def test_cross_field_checks():
         config_from_dict({"plant": {"trial_duration": 0.01, "control_period": 0.05}})
     with pytest.raises(ConfigError, match="optimizer.device"):
         config_from_dict({"optimizer": {"device": "tpu"}})
+    with pytest.raises(ConfigError, match="optimizer.backend = 'native': 'native' runs float32"):
+        config_from_dict({"optimizer": {"backend": "native", "dtype": "float64"}})
+    with pytest.raises(ConfigError, match="optimizer.backend = 'native'"):
+        config_from_dict({"optimizer": {"backend": "native", "device": "cuda"}})
 
 
 def test_ros_parameter_file_layout_and_overrides():

@@ -194,6 +194,11 @@ class OptimizerConfig(Section):
     threads: int = setting(0, 0, 1024,
                            doc="torch CPU threads for a learning run (0 = torch's default)")
     device: str = setting("cpu", doc="torch device for the rollout: cpu, cuda, cuda:1, ...")
+    backend: str = setting(
+        "auto", choices=("auto", "native", "torch"),
+        doc="rollout gradient: native (compiled C kernel, float32 on the CPU, built at first "
+            "use with the system C compiler), torch, or auto (native where it applies and "
+            "builds, else torch)")
 
     def check(self) -> None:
         if self.lr_min > self.lr:
@@ -202,6 +207,9 @@ class OptimizerConfig(Section):
             self.fail("divergence_ratio", "must be 0 (off) or greater than 1")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             self.fail("device", "must be 'cpu' or 'cuda[:N]'")
+        if self.backend == "native" and (self.dtype != "float32" or self.device != "cpu"):
+            self.fail("backend", "'native' runs float32 on the cpu only: set optimizer.dtype "
+                                 "float32 and optimizer.device cpu, or backend auto/torch")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import torch
 from .config import CostConfig, OptimizerConfig
 from .model import SpeedIntegrationModel
 from .policy import SquashedRBFPolicy
+from .native_rollout import resolve_backend
 from .rollout import ParticleDynamics, RolloutGradient, RolloutNoise, rollout_cost_and_gradient
 
 MAX_BAD_DRAWS = 10  # consecutive non-finite rollouts before giving up
@@ -183,12 +184,13 @@ def model_costs(policies: Sequence[SquashedRBFPolicy], model: SpeedIntegrationMo
     dtype, device = torch_dtype(config.dtype), torch.device(config.device)
     dynamics = ParticleDynamics.from_model(model, dtype=dtype, device=device,
                                            rank_tol=config.variance_rank_tol)
+    backend = resolve_backend(config.backend, dtype, device)
     with torch_threads(config.threads):
         x0 = initial_particles(config.particles, initial_state_std, rng, dtype, device)
         noise = RolloutNoise.draw(config.horizon, config.particles, policies[0].num_basis, 0.0,
                                   rng, dtype, device)
         return [rollout_cost_and_gradient(p.to(dtype=dtype, device=device), dynamics, x0, noise,
-                                          config.horizon, cost).cost for p in policies]
+                                          config.horizon, cost, backend).cost for p in policies]
 
 
 def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
@@ -205,6 +207,7 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
     policy.to(dtype=dtype, device=device)
     dynamics = ParticleDynamics.from_model(model, dtype=dtype, device=device,
                                            rank_tol=config.variance_rank_tol)
+    backend = resolve_backend(config.backend, dtype, device)
     monitor = ConvergenceMonitor.from_config(config)
     guard = DivergenceGuard(config.divergence_ratio, config.divergence_window)
     restarts: list[dict[str, int]] = []
@@ -221,7 +224,8 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                 x0 = initial_particles(config.particles, initial_state_std, rng, dtype, device)
                 noise = RolloutNoise.draw(config.horizon, config.particles, policy.num_basis,
                                           monitor.dropout, rng, dtype, device)
-                g = rollout_cost_and_gradient(policy, dynamics, x0, noise, config.horizon, cost)
+                g = rollout_cost_and_gradient(policy, dynamics, x0, noise, config.horizon, cost,
+                                              backend)
                 if math.isfinite(g.cost) and all(
                         bool(torch.isfinite(t).all()) for t in
                         (g.grad_weights, g.grad_centres, g.grad_log_lengthscales)):

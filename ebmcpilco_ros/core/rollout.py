@@ -175,10 +175,82 @@ class RolloutGradient:
     final_states: Tensor   # (M, 4)
 
 
+@dataclass(frozen=True)
+class GradientOperands:
+    """Policy and GP operands of the hand-written gradient, laid out once per rollout.
+
+    Both implementations (torch below, the compiled kernel in native_rollout.py) take exactly
+    these, so they compute the same thing and are tested against each other.
+    """
+
+    il: Tensor          # (5,) policy inverse lengthscales
+    As: Tensor          # (B, 5) scaled centres
+    AsT_aug: Tensor     # (7, B) -|fs - As_b|^2 = [2 fs, -|fs|^2, 1] . [As_b, 1, -|As_b|^2]
+    w_eff: Tensor       # (B,) weights / (1 - p)
+    wAsT: Tensor        # (5, B) (w_eff As)^T
+    keep_scale: float
+    u_max: float
+    VA: Tensor          # (G, N, r+1) [V^T | alpha]
+
+    @classmethod
+    def build(cls, policy: SquashedRBFPolicy, dyn: ParticleDynamics,
+              keep_scale: float) -> "GradientOperands":
+        w = policy.weights.detach()
+        il = torch.exp(-policy.log_lengthscales.detach())
+        As = policy.centres.detach() * il
+        AsT_aug = torch.cat([As.T, torch.ones_like(As[:, :1]).T,
+                             -(As * As).sum(-1, keepdim=True).T], dim=0) * _LOG2E
+        w_eff = w * keep_scale
+        wAsT = (w_eff.unsqueeze(1) * As).T.contiguous()
+        VA = torch.cat([dyn.V.mT, dyn.alpha.unsqueeze(-1)], dim=-1)
+        return cls(il, As, AsT_aug.contiguous(), w_eff, wAsT, keep_scale, policy.u_max, VA)
+
+    def parameter_gradient(self, cost_per_step: Tensor, final_states: Tensor, V_sum: Tensor,
+                           g_log_f: Tensor) -> RolloutGradient:
+        """dJ/d(weights, centres, log lengthscales) from the sums the backward pass collects.
+
+        phi_b depends on As_b = A_b il; dL/dAs_b = 2 (R^T fs - As c)_b with
+        R = diag(g_s) phi diag(w_eff), c_b = w_eff_b (phi^T g_s)_b.
+        """
+        g_As = 2.0 * self.w_eff.unsqueeze(1) * (V_sum[1:].T - self.As * V_sum[0].unsqueeze(1))
+        g_log = -(g_log_f + (g_As * self.As).sum(0))    # d(x il)/dlog l = -(x il)
+        return RolloutGradient(cost=float(cost_per_step.sum()),
+                               grad_weights=V_sum[0] * self.keep_scale,
+                               grad_centres=g_As * self.il, grad_log_lengthscales=g_log,
+                               cost_per_step=cost_per_step, final_states=final_states)
+
+
+BACKENDS = ("auto", "native", "torch")
+
+
 def rollout_cost_and_gradient(policy: SquashedRBFPolicy, dyn: ParticleDynamics, x0: Tensor,
-                              noise: RolloutNoise, horizon: int,
-                              cost: CostConfig) -> RolloutGradient:
+                              noise: RolloutNoise, horizon: int, cost: CostConfig,
+                              backend: str = "torch") -> RolloutGradient:
     """`rollout_cost` and its gradient by hand-written backpropagation through time.
+
+    backend "native" runs the compiled float32 CPU kernel (native_rollout.py), "torch" the
+    tensor implementation below; "auto" the kernel where it applies and builds. The optimiser
+    resolves "auto" once (`native_rollout.resolve_backend`) rather than per step.
+    """
+    if backend == "auto":
+        from .native_rollout import resolve_backend
+        backend = resolve_backend("auto", x0.dtype, x0.device)
+    with torch.no_grad():
+        ops = GradientOperands.build(policy, dyn, noise.keep_scale)
+        if backend == "native":
+            from .native_rollout import native_kernel
+            sums = native_kernel().cost_and_gradient(ops, dyn, x0, noise, horizon, cost)
+        elif backend == "torch":
+            sums = _torch_cost_and_gradient(ops, dyn, x0, noise, horizon, cost)
+        else:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        return ops.parameter_gradient(*sums)
+
+
+def _torch_cost_and_gradient(ops: GradientOperands, dyn: ParticleDynamics, x0: Tensor,
+                             noise: RolloutNoise, horizon: int,
+                             cost: CostConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Cost per step, final states, and the backward pass's sums V_sum, g_log_f, in torch.
 
     Autograd would record ~100 small operations per time step; here the forward pass keeps what
     the backward pass needs, and the backward pass is arranged so that it never makes an
@@ -187,102 +259,86 @@ def rollout_cost_and_gradient(policy: SquashedRBFPolicy, dyn: ParticleDynamics, 
     faster on CPU). Exponents are assembled inside the matmuls (augmented operands), so no extra
     pass adds them. The equations are in docs/ALGORITHM.md; tests check them against autograd.
     """
-    with torch.no_grad():
-        M = x0.shape[0]
-        umax = policy.u_max
-        w = policy.weights.detach()
-        il = torch.exp(-policy.log_lengthscales.detach())          # (5,)
-        As = policy.centres.detach() * il                          # (B, 5) scaled centres
-        # -|fs - As_b|^2 = [2 fs, -|fs|^2, 1] . [As_b, 1, -|As_b|^2]
-        AsT_aug = torch.cat([As.T, torch.ones_like(As[:, :1]).T,
-                             -(As * As).sum(-1, keepdim=True).T], dim=0) * _LOG2E  # (7, B)
-        w_eff = w * noise.keep_scale
-        wAsT = (w_eff.unsqueeze(1) * As).T.contiguous()             # (5, B)
-        Z, V, alpha, sf2, inv_ls = dyn.Z, dyn.V, dyn.alpha, dyn.sf2, dyn.inv_ls
-        G = Z.shape[0]
-        r = V.shape[1]
-        ZT = Z.mT.contiguous()                                      # (G, D, N)
-        ZaT = (Z * alpha.unsqueeze(-1)).mT.contiguous()             # (G, D, N): (alpha_j Z_j)^T
-        # log2 k_j = [zs, -|zs|^2/2, 1] . ZT_aug_j  (centred inputs, see ParticleDynamics)
-        ZT_aug, centre = dyn.ZT_aug, dyn.centre
-        VA = torch.cat([V.mT, alpha.unsqueeze(-1)], dim=-1)         # (G, N, r+1)
-        ones = x0.new_ones(G, M, 1)
-        offsets = x0.new_tensor(_QUARTER_TURN)
-        FT, GmT = dyn.F.T.contiguous(), dyn.Gm.T.contiguous()
-        inv_lt, inv_lp = 1.0 / cost.length_theta, 1.0 / cost.length_p
-        keep = noise.keep
-        epsT = noise.eps.mT                                         # (H, G, M)
+    M = x0.shape[0]
+    umax = ops.u_max
+    il, AsT_aug, w_eff, wAsT = ops.il, ops.AsT_aug, ops.w_eff, ops.wAsT
+    Z, V, alpha, sf2, inv_ls = dyn.Z, dyn.V, dyn.alpha, dyn.sf2, dyn.inv_ls
+    G = Z.shape[0]
+    r = V.shape[1]
+    ZT = Z.mT.contiguous()                                      # (G, D, N)
+    ZaT = (Z * alpha.unsqueeze(-1)).mT.contiguous()             # (G, D, N): (alpha_j Z_j)^T
+    # log2 k_j = [zs, -|zs|^2/2, 1] . ZT_aug_j  (centred inputs, see ParticleDynamics)
+    ZT_aug, centre = dyn.ZT_aug, dyn.centre
+    VA = ops.VA
+    ones = x0.new_ones(G, M, 1)
+    offsets = x0.new_tensor(_QUARTER_TURN)
+    FT, GmT = dyn.F.T.contiguous(), dyn.Gm.T.contiguous()
+    inv_lt, inv_lp = 1.0 / cost.length_theta, 1.0 / cost.length_p
+    keep = noise.keep
+    epsT = noise.eps.mT                                         # (H, G, M)
 
-        tape = []
-        x = x0
-        xs_all = []
-        for t in range(horizon):
-            sincos = torch.sin(x[:, 2:3] + offsets)                 # (M, 2)
-            f = torch.cat([x[:, 0:2], x[:, 3:4], sincos], dim=1)    # (M, 5)
-            fs = f * il
-            fs_aug = torch.cat([2.0 * fs, -(fs * fs).sum(1, keepdim=True), ones[0]], dim=1)
-            # clamped: far-away centres would push float32 exp into its slow denormal range
-            phi = (fs_aug @ AsT_aug).clamp_(min=-_MAX_EXPONENT2).exp2_()   # (M, B)
-            if keep is not None:
-                phi.mul_(keep[t])
-            s = torch.mv(phi, w_eff)
-            tau = torch.tanh(s / umax)                              # (M,)
-            z = torch.cat([f, (tau * umax).unsqueeze(1)], dim=1)    # (M, 6)
-            zs = torch.addcmul(-centre, z, inv_ls)                  # (G, M, 6)
-            zs_aug = torch.cat([zs, -0.5 * (zs * zs).sum(-1, keepdim=True), ones], dim=-1)
-            k = torch.bmm(zs_aug, ZT_aug).clamp_(min=-_MAX_EXPONENT2).exp2_()   # (G, M, N)
-            P = torch.bmm(k, VA)                                    # (G, M, r+1)
-            v = P[..., :r]
-            vv = (v * v).sum(-1)                                    # k^T K^-1 k (G, M)
-            mean = P[..., r]
-            std = (sf2 - vv).clamp_min_(_MIN_VARIANCE).sqrt_()
-            delta = torch.addcmul(mean, std, epsT[t])               # (G, M)
-            x = torch.addmm(x @ dyn.F, delta.T, dyn.Gm)
-            xs_all.append(x)
-            tape.append((fs, phi, s, tau, zs, k, v, vv, mean, std, sincos))
+    tape = []
+    x = x0
+    xs_all = []
+    for t in range(horizon):
+        sincos = torch.sin(x[:, 2:3] + offsets)                 # (M, 2)
+        f = torch.cat([x[:, 0:2], x[:, 3:4], sincos], dim=1)    # (M, 5)
+        fs = f * il
+        fs_aug = torch.cat([2.0 * fs, -(fs * fs).sum(1, keepdim=True), ones[0]], dim=1)
+        # clamped: far-away centres would push float32 exp into its slow denormal range
+        phi = (fs_aug @ AsT_aug).clamp_(min=-_MAX_EXPONENT2).exp2_()   # (M, B)
+        if keep is not None:
+            phi.mul_(keep[t])
+        s = torch.mv(phi, w_eff)
+        tau = torch.tanh(s / umax)                              # (M,)
+        z = torch.cat([f, (tau * umax).unsqueeze(1)], dim=1)    # (M, 6)
+        zs = torch.addcmul(-centre, z, inv_ls)                  # (G, M, 6)
+        zs_aug = torch.cat([zs, -0.5 * (zs * zs).sum(-1, keepdim=True), ones], dim=-1)
+        k = torch.bmm(zs_aug, ZT_aug).clamp_(min=-_MAX_EXPONENT2).exp2_()   # (G, M, N)
+        P = torch.bmm(k, VA)                                    # (G, M, r+1)
+        v = P[..., :r]
+        vv = (v * v).sum(-1)                                    # k^T K^-1 k (G, M)
+        mean = P[..., r]
+        std = (sf2 - vv).clamp_min_(_MIN_VARIANCE).sqrt_()
+        delta = torch.addcmul(mean, std, epsT[t])               # (G, M)
+        x = torch.addmm(x @ dyn.F, delta.T, dyn.Gm)
+        xs_all.append(x)
+        tape.append((fs, phi, s, tau, zs, k, v, vv, mean, std, sincos))
 
-        X = torch.stack(xs_all)                                     # (H, M, 4)
-        e_th = (X[..., 2].abs() - math.pi) * inv_lt
-        e_p = X[..., 0] * inv_lp
-        g = torch.exp(-e_th * e_th - e_p * e_p)                     # 1 - c
-        cost_per_step = 1.0 - g.mean(1)
-        gc = torch.zeros_like(X)                                    # dJ/dx_t from c(x_t)
-        gc[..., 0] = g * e_p * (2.0 * inv_lp / M)
-        gc[..., 2] = g * e_th * torch.sign(X[..., 2]) * (2.0 * inv_lt / M)
+    X = torch.stack(xs_all)                                     # (H, M, 4)
+    e_th = (X[..., 2].abs() - math.pi) * inv_lt
+    e_p = X[..., 0] * inv_lp
+    g = torch.exp(-e_th * e_th - e_p * e_p)                     # 1 - c
+    cost_per_step = 1.0 - g.mean(1)
+    gc = torch.zeros_like(X)                                    # dJ/dx_t from c(x_t)
+    gc[..., 0] = g * e_p * (2.0 * inv_lp / M)
+    gc[..., 2] = g * e_th * torch.sign(X[..., 2]) * (2.0 * inv_lt / M)
 
-        V_sum = x0.new_zeros(6, w.shape[0])   # sum_t [g_s ; g_s * fs]^T phi
-        g_log_f = torch.zeros_like(il)        # sum_t sum_m g_fs * fs
-        gx = torch.zeros_like(x0)
-        for t in range(horizon - 1, -1, -1):
-            fs, phi, s, tau, zs, k, v, vv, mean, std, sincos = tape[t]
-            gx = gx + gc[t]                                         # dJ/dx_{t+1}
-            g_mean = (gx @ GmT).T                                   # dJ/dDelta (G, M)
-            # var = sf2 - |v|^2, std = sqrt(var): c = -2 dL/dvar = -g_std / std
-            c = -g_mean * epsT[t] / std * (std > _MIN_STD)
-            # dL/dk_j = g_mean alpha_j - 2 dL/dvar q_j with q = V^T v (= K^-1 k), so
-            # dL/dzs = sum_j (dL/dk_j) k_j (Z_j - zs)
-            qk = torch.bmm(v, V).mul_(k)                            # (G, M, N)
-            WZ = (torch.bmm(ZaT, k.mT) * g_mean.unsqueeze(1)
-                  + torch.bmm(ZT, qk.mT) * c.unsqueeze(1)).mT        # (G, M, D)
-            W_sum = g_mean * mean + c * vv
-            g_z = ((WZ - zs * W_sum.unsqueeze(-1)) * inv_ls).sum(0)  # (M, 6)
-            g_s = g_z[:, 5] * (1.0 - tau * tau)                     # (M,)
-            G6 = torch.cat([g_s.unsqueeze(0), (fs * g_s.unsqueeze(1)).T], dim=0)  # (6, M)
-            V_sum += G6 @ phi
-            U = (wAsT @ phi.T).T                                    # (M, 5): phi (w_eff As)
-            g_fs = 2.0 * (U * g_s.unsqueeze(1) - fs * (g_s * s).unsqueeze(1))
-            g_log_f += (g_fs * fs).sum(0)
-            g_f = g_z[:, :5] + g_fs * il
-            # features -> state: f = [p, pdot, thetadot, sin theta, cos theta]
-            g_theta = g_f[:, 3] * sincos[:, 1] - g_f[:, 4] * sincos[:, 0]
-            g_feat_x = torch.stack([g_f[:, 0], g_f[:, 1], g_theta, g_f[:, 2]], dim=1)
-            gx = gx @ FT + g_feat_x                                 # dJ/dx_t
-        # parameters: phi_b depends on As_b = A_b il; dL/dAs_b = 2 (R^T fs - As c)_b with
-        # R = diag(g_s) phi diag(w_eff), c_b = w_eff_b (phi^T g_s)_b
-        g_As = 2.0 * w_eff.unsqueeze(1) * (V_sum[1:].T - As * V_sum[0].unsqueeze(1))
-        g_w = V_sum[0] * noise.keep_scale
-        g_A = g_As * il
-        g_log = -(g_log_f + (g_As * As).sum(0))                     # d(x il)/dlog l = -(x il)
-        return RolloutGradient(cost=float(cost_per_step.sum()), grad_weights=g_w,
-                               grad_centres=g_A, grad_log_lengthscales=g_log,
-                               cost_per_step=cost_per_step, final_states=x)
+    V_sum = x0.new_zeros(6, w_eff.shape[0])   # sum_t [g_s ; g_s * fs]^T phi
+    g_log_f = torch.zeros_like(il)            # sum_t sum_m g_fs * fs
+    gx = torch.zeros_like(x0)
+    for t in range(horizon - 1, -1, -1):
+        fs, phi, s, tau, zs, k, v, vv, mean, std, sincos = tape[t]
+        gx = gx + gc[t]                                         # dJ/dx_{t+1}
+        g_mean = (gx @ GmT).T                                   # dJ/dDelta (G, M)
+        # var = sf2 - |v|^2, std = sqrt(var): c = -2 dL/dvar = -g_std / std
+        c = -g_mean * epsT[t] / std * (std > _MIN_STD)
+        # dL/dk_j = g_mean alpha_j - 2 dL/dvar q_j with q = V^T v (= K^-1 k), so
+        # dL/dzs = sum_j (dL/dk_j) k_j (Z_j - zs)
+        qk = torch.bmm(v, V).mul_(k)                            # (G, M, N)
+        WZ = (torch.bmm(ZaT, k.mT) * g_mean.unsqueeze(1)
+              + torch.bmm(ZT, qk.mT) * c.unsqueeze(1)).mT        # (G, M, D)
+        W_sum = g_mean * mean + c * vv
+        g_z = ((WZ - zs * W_sum.unsqueeze(-1)) * inv_ls).sum(0)  # (M, 6)
+        g_s = g_z[:, 5] * (1.0 - tau * tau)                     # (M,)
+        G6 = torch.cat([g_s.unsqueeze(0), (fs * g_s.unsqueeze(1)).T], dim=0)  # (6, M)
+        V_sum += G6 @ phi
+        U = (wAsT @ phi.T).T                                    # (M, 5): phi (w_eff As)
+        g_fs = 2.0 * (U * g_s.unsqueeze(1) - fs * (g_s * s).unsqueeze(1))
+        g_log_f += (g_fs * fs).sum(0)
+        g_f = g_z[:, :5] + g_fs * il
+        # features -> state: f = [p, pdot, thetadot, sin theta, cos theta]
+        g_theta = g_f[:, 3] * sincos[:, 1] - g_f[:, 4] * sincos[:, 0]
+        g_feat_x = torch.stack([g_f[:, 0], g_f[:, 1], g_theta, g_f[:, 2]], dim=1)
+        gx = gx @ FT + g_feat_x                                 # dJ/dx_t
+    return cost_per_step, x, V_sum, g_log_f

@@ -20,6 +20,8 @@ from std_srvs.srv import Trigger
 
 from ..core.config import SECTIONS, ConfigError, ExperimentConfig
 from ..core.learner import LocalPolicyOptimization, OptimizationRequest
+from ..core.mcpilco import torch_dtype
+from ..core.native_rollout import NativeKernelUnavailable, resolve_backend, unavailable_reason
 from ..core.model import SpeedIntegrationModel
 from .common import (ANSWER_EVENTS, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT, MODEL_TOPIC,
                      MODEL_UPDATE_FORMAT, OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
@@ -50,6 +52,15 @@ def check_device(config: ExperimentConfig) -> None:
                               f"{torch.cuda.device_count()} CUDA device(s)")
 
 
+def check_backend(config: ExperimentConfig) -> str:
+    """Resolve optimizer.backend at start-up, building the native kernel now, not mid-trial."""
+    opt = config.optimizer
+    try:
+        return resolve_backend(opt.backend, torch_dtype(opt.dtype), opt.device)
+    except NativeKernelUnavailable as exc:
+        raise ConfigError(f"optimizer.backend = {opt.backend!r}: {exc}") from exc
+
+
 class PolicyOptimizationNode(GraphNode):
     """One optimisation at a time, in a worker thread; the policy persists within a run."""
 
@@ -57,6 +68,7 @@ class PolicyOptimizationNode(GraphNode):
         super().__init__(NAME)
         config, parts = declare_config(self, list(SECTIONS), ["nodes"])
         check_device(config)
+        self.backend = check_backend(config)
         set_torch_threads(config.optimizer.threads)
         self.config = config
         self.names = parts["nodes"]
@@ -81,9 +93,16 @@ class PolicyOptimizationNode(GraphNode):
         self.answers = Answers(depth)
         self.heartbeat = Heartbeat(self, NAME, self.names,
                                    lambda: {"busy": self.busy,
-                                            "device": self.config.optimizer.device})
+                                            "device": self.config.optimizer.device,
+                                            "backend": self.backend})
         self.diagnostics = Diagnostics(self, self.names, self._report)
-        self.get_logger().info(f"optimising on {config.optimizer.device}")
+        self.get_logger().info(f"optimising on {config.optimizer.device} with the "
+                               f"{self.backend} rollout")
+        opt = config.optimizer
+        if (self.backend, opt.backend, opt.dtype, opt.device) == ("torch", "auto", "float32",
+                                                                  "cpu"):
+            self.get_logger().warning(f"native rollout kernel unavailable, the torch rollout "
+                                      f"is 2-3x slower: {unavailable_reason()}")
 
     def _send_event(self, request_id: str, kind: str, **fields: Any) -> None:
         payload = event(NAME, request_id, kind, **fields)

@@ -1,0 +1,158 @@
+"""The compiled rollout kernel: same cost and gradient as autograd and the torch path, built
+once per source/compiler/CPU, and a clear fallback or error where it cannot be built."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from ebmcpilco_ros.core import native_rollout
+from ebmcpilco_ros.core.config import CostConfig, OptimizerConfig, PolicyConfig
+from ebmcpilco_ros.core.cost import saturating_cost
+from ebmcpilco_ros.core.mcpilco import optimize_policy
+from ebmcpilco_ros.core.native_rollout import NativeKernelUnavailable, resolve_backend
+from ebmcpilco_ros.core.policy import SquashedRBFPolicy
+from ebmcpilco_ros.core.rollout import (ParticleDynamics, RolloutNoise, rollout,
+                                        rollout_cost_and_gradient)
+
+from helpers import fitted_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fitted_model(count=2, seed=0)
+
+
+def _setup(model, dtype, particles, basis, horizon, dropout, seed, rank_tol=0.0, policy_seed=0):
+    rng = np.random.default_rng(seed)
+    policy = SquashedRBFPolicy(PolicyConfig(num_basis=basis, init_lengthscale=1.3), 10.0,
+                               generator=torch.Generator().manual_seed(policy_seed),
+                               dtype=torch.float64)
+    policy32 = SquashedRBFPolicy(PolicyConfig(num_basis=basis), 10.0, dtype=dtype)
+    policy32.load_snapshot(policy.parameters_snapshot())
+    noise = RolloutNoise.draw(horizon, particles, basis, dropout, rng, torch.float64)
+    x0 = torch.as_tensor(rng.normal(0, 0.3, (particles, 4)))
+    dyn = ParticleDynamics.from_model(model, dtype, rank_tol=rank_tol)
+    return policy, policy32, noise, x0, dyn
+
+
+def _cast(noise: RolloutNoise, dtype) -> RolloutNoise:
+    keep = None if noise.keep is None else noise.keep.to(dtype)
+    return RolloutNoise(noise.eps.to(dtype), keep, noise.keep_scale)
+
+
+# particle counts off the 16-lane and 32-particle block sizes, basis off the vector width
+@pytest.mark.parametrize("particles, basis, dropout", [(64, 30, 0.0), (37, 30, 0.25),
+                                                       (20, 7, 0.25)])
+def test_native_gradient_matches_float64_autograd(model, particles, basis, dropout):
+    """Over a short horizon (before float32 rounding is amplified by the dynamics) the kernel's
+    J and dJ/dparameters equal float64 autograd to float32 accuracy (the torch float32 path
+    is off by up to 1.1e-4 of the largest gradient entry here, the kernel by up to 2.8e-4)."""
+    horizon = 5
+    policy, policy32, noise, x0, dyn64 = _setup(model, torch.float32, particles, basis,
+                                                horizon, dropout, seed=3)
+    states, _ = rollout(policy, ParticleDynamics.from_model(model, torch.float64), x0, noise,
+                        horizon)
+    J = saturating_cost(states[1:], CostConfig()).mean(1).sum()
+    J.backward()
+    J = float(J.detach())
+    g = rollout_cost_and_gradient(policy32, dyn64, x0.float(), _cast(noise, torch.float32),
+                                  horizon, CostConfig(), backend="native")
+    assert g.cost == pytest.approx(J, rel=2e-5)
+    for auto, native in ((policy.weights.grad, g.grad_weights),
+                         (policy.centres.grad, g.grad_centres),
+                         (policy.log_lengthscales.grad, g.grad_log_lengthscales)):
+        assert float(auto.abs().max()) > 1e-6
+        err = float((native.double() - auto).abs().max() / auto.abs().max())
+        assert err < 5e-4, err
+
+
+def test_native_and_torch_paths_agree_on_the_benchmark_problem(model):
+    """400 particles, 60 steps, 200 centres, dropout, truncated variance: the kernel and the
+    torch path differ by far less than the Monte Carlo error of J, in cost and gradient."""
+    costs, gaps = [], []
+    for seed in range(3):
+        _, policy32, noise, x0, dyn = _setup(model, torch.float32, 400, 200, 60, 0.25, seed,
+                                             rank_tol=1e-3)
+        noise, x0 = _cast(noise, torch.float32), x0.float() * 0.03
+        torch_g = rollout_cost_and_gradient(policy32, dyn, x0, noise, 60, CostConfig(),
+                                            backend="torch")
+        native_g = rollout_cost_and_gradient(policy32, dyn, x0, noise, 60, CostConfig(),
+                                             backend="native")
+        costs.append(torch_g.cost)
+        gaps.append(abs(native_g.cost - torch_g.cost))
+        for a, b in ((torch_g.grad_weights, native_g.grad_weights),
+                     (torch_g.grad_centres.flatten(), native_g.grad_centres.flatten()),
+                     (torch_g.grad_log_lengthscales, native_g.grad_log_lengthscales)):
+            cos = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0)
+            assert cos > 0.9999
+        torch.testing.assert_close(native_g.cost_per_step, torch_g.cost_per_step,
+                                   rtol=1e-3, atol=1e-4)
+    assert max(gaps) < 0.01 * np.std(costs)   # measured 2.5e-3 of the Monte Carlo error of J
+
+
+def test_optimisation_with_the_native_kernel_lowers_the_cost(model):
+    policy = SquashedRBFPolicy(PolicyConfig(num_basis=50), 10.0,
+                               generator=torch.Generator().manual_seed(0))
+    config = OptimizerConfig(particles=100, horizon=30, backend="native", monitor_min_step=1000)
+    result = optimize_policy(policy, model, config, CostConfig(), 0.01, 60,
+                             np.random.default_rng(0))
+    assert result.steps == 60
+    assert np.mean(result.costs[-10:]) < np.mean(result.costs[:10]) - 0.5
+
+
+def test_backend_resolution():
+    assert resolve_backend("auto", torch.float32, "cpu") == "native"
+    assert resolve_backend("auto", torch.float64, "cpu") == "torch"
+    assert resolve_backend("auto", torch.float32, "cuda") == "torch"
+    assert resolve_backend("torch", torch.float32, "cpu") == "torch"
+    assert resolve_backend("native", torch.float32, "cpu") == "native"
+    with pytest.raises(NativeKernelUnavailable, match="float32"):
+        resolve_backend("native", torch.float64, "cpu")
+    with pytest.raises(ValueError, match="optimizer.backend must be"):
+        resolve_backend("fast", torch.float32, "cpu")
+
+
+def test_kernel_refuses_tensors_of_another_dtype(model):
+    _, policy32, noise, x0, _ = _setup(model, torch.float32, 16, 10, 3, 0.0, 0)
+    dyn64 = ParticleDynamics.from_model(model, torch.float64)
+    with pytest.raises(NativeKernelUnavailable, match="float32 CPU tensors, got torch.float64"):
+        rollout_cost_and_gradient(policy32, dyn64, x0.float(), _cast(noise, torch.float32), 3,
+                                  CostConfig(), backend="native")
+
+
+def test_build_is_cached_per_source_and_compiler(tmp_path, monkeypatch):
+    monkeypatch.delenv("CC", raising=False)
+    first = native_rollout.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert native_rollout.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]   # no temporary left behind
+
+
+def test_without_a_compiler_auto_falls_back_and_native_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("EBMCPILCO_CACHE_DIR", str(tmp_path / "cache"))
+    native_rollout._load.cache_clear()
+    native_rollout._warn_fallback.cache_clear()
+    try:
+        with pytest.raises(NativeKernelUnavailable, match="no C compiler"):
+            native_rollout.build()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert resolve_backend("auto", torch.float32, "cpu") == "torch"
+        assert any("no C compiler" in str(w.message) for w in caught)
+        with pytest.raises(NativeKernelUnavailable, match="no C compiler"):
+            resolve_backend("native", torch.float32, "cpu")
+    finally:
+        native_rollout._load.cache_clear()
+
+
+def test_a_broken_compiler_reports_its_error(tmp_path, monkeypatch):
+    fake = tmp_path / "fakecc"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo fakecc 1.0 && exit 0\n"
+                    "echo 'fakecc: internal error' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    with pytest.raises(NativeKernelUnavailable, match="fakecc: internal error"):
+        native_rollout.build(tmp_path / "cache")
+    assert not list((tmp_path / "cache").iterdir())   # nothing half-built left
