@@ -51,8 +51,7 @@ class RolloutArgs(ctypes.Structure):
                 + [(n, ctypes.c_float) for n in ("umax", "inv_lt", "inv_lp", "max_exponent2",
                                                  "min_variance", "min_std")]
                 + [(n, _FLOAT_P) for n in (
-                    "x0", "il", "AsT_aug", "w_eff", "wAsT", "keep", "inv_ls", "centre",
-                    "ZT_aug", "VA", "V", "ZT", "alpha", "sf2", "F", "Gm", "eps", "workspace",
+                    "x0", "il", "AsT_aug", "w_eff", "wAsT", "keep", "inv_ls", "centre", "VA", "V", "ZT", "alpha", "sf2", "F", "Gm", "eps", "workspace",
                     "cost_per_step", "final_x", "V_sum", "g_log_f")]
                 + [("sgemm", ctypes.c_void_p)])
 
@@ -183,7 +182,7 @@ class NativeRolloutKernel:
         inputs = dict(
             x0=c(x0), il=c(ops.il), AsT_aug=c(ops.AsT_aug), w_eff=c(ops.w_eff),
             wAsT=c(ops.wAsT), keep=keep, inv_ls=c(dyn.inv_ls), centre=c(dyn.centre),
-            ZT_aug=c(dyn.ZT_aug), VA=c(ops.VA), V=c(dyn.V), ZT=c(dyn.Z.mT), alpha=c(dyn.alpha),
+            VA=c(ops.VA), V=c(dyn.V), ZT=c(dyn.Z.mT), alpha=c(dyn.alpha),
             sf2=c(dyn.sf2), F=c(dyn.F), Gm=c(dyn.Gm), eps=c(noise.eps))
         outputs = dict(cost_per_step=torch.empty(horizon), final_x=torch.empty(M, 4),
                        V_sum=torch.empty(6, B), g_log_f=torch.empty(5))

@@ -19,6 +19,7 @@
  * Compiled at first use by native_rollout.py with -O3 -march=native; no libm calls in the
  * vectorised loops (exp2 below is a polynomial), so they vectorise without -ffast-math.
  */
+#define _GNU_SOURCE   /* sincosf */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -41,7 +42,6 @@ typedef struct {
     const float *keep;     /* (H, M, B) 0/1 dropout masks, or NULL */
     const float *inv_ls;   /* (G, 6) GP inverse lengthscales */
     const float *centre;   /* (G, 6) */
-    const float *ZT_aug;   /* (G, 8, N) [Z^T; 1; log sf2 - |Z|^2/2] log2 e */
     const float *VA;       /* (G, N, R+1) [V^T | alpha] */
     const float *V;        /* (G, R, N) */
     const float *ZT;       /* (G, 6, N) */
@@ -95,7 +95,7 @@ static size_t layout(const rollout_args *a, buffers *b) {
     const size_t M = a->M, H = a->H, B = a->B, G = a->G, N = a->N, R1 = a->R + 1;
     const size_t sizes[] = {H * M * B, H * G * N * M, H * G * R1 * M, H * P_ROWS * M,
                             H * G * Q_ROWS * M, H * 2 * M,
-                            G * N * M, 4 * M, 8 * M, 4 * M, 6 * M, G * M, G * M, 6 * M,
+                            G * N * M, 4 * M, 6 * M, 4 * M, 6 * M, G * M, G * M, 6 * M,
                             5 * M, B};
     float **slots[] = {&b->phi, &b->k, &b->P, &b->tp, &b->tg, &b->gc, &b->Q, &b->x, &b->za,
                        &b->gx, &b->gz, &b->gmean, &b->cvar, &b->acc, &b->U, &b->ones};
@@ -196,7 +196,6 @@ int rollout_cost_and_gradient(const rollout_args *a) {
             s[m] = acc;
             tau[m] = tanhf(acc / a->umax);
         }
-        /* GP inputs zs = z / l - centre, kernel values k (N, M) = 2^(zs_aug . ZT_aug) */
         float *xn = w.gz;   /* next states (4, M); gz is free until the backward pass */
 #pragma omp simd
         for (int m = 0; m < M; ++m) {
@@ -209,32 +208,36 @@ int rollout_cost_and_gradient(const rollout_args *a) {
         for (int g = 0; g < G; ++g) {
             float *tgg = tg + (size_t)g * Q_ROWS * M;
             const float *il = a->inv_ls + 6 * g, *ce = a->centre + 6 * g;
-            float *za = w.za;   /* (8, M): [zs; -|zs|^2/2; 1] */
+            float *za = w.za;   /* (6, M): zs = z / l - centre */
 #pragma omp simd
             for (int m = 0; m < M; ++m) {
                 const float z[6] = {x[m], x[M + m], x[3 * M + m], sn[m], cs[m],
                                     tau[m] * a->umax};
-                float zz = 0.0f;
                 for (int d = 0; d < 6; ++d) {
                     const float v = z[d] * il[d] - ce[d];
                     za[d * M + m] = v;
                     tgg[(Q_ZS + d) * M + m] = v;
-                    zz += v * v;
                 }
-                za[6 * M + m] = -0.5f * zz;
             }
-            const float *Zt = a->ZT_aug + (size_t)g * 8 * N;
+            /* k (N, M) = sf2 exp(-|zs - Z_n|^2 / 2), from the differences: the augmented
+             * product zs.Z - |zs|^2/2 - |Z|^2/2 of the torch path costs as much here and
+             * loses float32 digits to cancellation (docs/ALGORITHM.md §7) */
+            const float *Z = a->ZT + (size_t)g * 6 * N;
+            const float log2_sf2 = log2f(a->sf2[g]), half_log2e = 0.5f * LOG2E;
             float *kg = k_t + (size_t)g * N * M;
             for (int n = 0; n < N; ++n) {
-                const float c0 = Zt[n], c1 = Zt[N + n], c2 = Zt[2 * N + n], c3 = Zt[3 * N + n],
-                            c4 = Zt[4 * N + n], c5 = Zt[5 * N + n], c6 = Zt[6 * N + n],
-                            c7 = Zt[7 * N + n];
+                const float c0 = Z[n], c1 = Z[N + n], c2 = Z[2 * N + n], c3 = Z[3 * N + n],
+                            c4 = Z[4 * N + n], c5 = Z[5 * N + n];
                 float *kr = kg + (size_t)n * M;
 #pragma omp simd
-                for (int m = 0; m < M; ++m)
-                    kr[m] = exp2_poly(za[m] * c0 + za[M + m] * c1 + za[2 * M + m] * c2
-                                      + za[3 * M + m] * c3 + za[4 * M + m] * c4
-                                      + za[5 * M + m] * c5 + za[6 * M + m] * c6 + c7, lo);
+                for (int m = 0; m < M; ++m) {
+                    const float d0 = za[m] - c0, d1 = za[M + m] - c1, d2 = za[2 * M + m] - c2,
+                                d3 = za[3 * M + m] - c3, d4 = za[4 * M + m] - c4,
+                                d5 = za[5 * M + m] - c5;
+                    kr[m] = exp2_poly(log2_sf2 - half_log2e * (d0 * d0 + d1 * d1 + d2 * d2
+                                                               + d3 * d3 + d4 * d4 + d5 * d5),
+                                      lo);
+                }
             }
             /* P (R+1, M) = ([V^T | alpha])^T k: column-major M x (R+1) = k (M x N) VA */
             float *Pg = P_t + (size_t)g * R1 * M;
