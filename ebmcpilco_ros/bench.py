@@ -289,6 +289,55 @@ def model_with_points(points: int, config: ExperimentConfig, seed: int = 0
     return SpeedIntegrationModel(gps=tuple(gps), dt=config.plant.control_period)  # type: ignore
 
 
+def accuracy(config: ExperimentConfig, points: int = 170, draws: int = 8,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The rollout cost J of each fast path against the exact float64 rollout, on common noise.
+
+    The approximations of ALGORITHM.md §7 (float32, variance rank truncation, the native
+    kernel's polynomial exp2) bias J slightly; this measures that bias per implementation and
+    the Monte Carlo std of J it should stay well below. No dropout, so only the rollout differs.
+    """
+    opt = config.optimizer
+    model = model_with_points(points, config)
+    exact_dyn = ParticleDynamics.from_model(model, torch.float64, rank_tol=0.0)
+    fast_dyn = ParticleDynamics.from_model(model, torch.float32, rank_tol=opt.variance_rank_tol)
+    policy64 = SquashedRBFPolicy(config.policy, config.plant.u_max, dtype=torch.float64,
+                                 generator=torch.Generator().manual_seed(points))
+    policy32 = SquashedRBFPolicy(config.policy, config.plant.u_max, dtype=torch.float32)
+    policy32.load_snapshot(policy64.parameters_snapshot())
+    paths = [("torch", "float64", 0.0, policy64, exact_dyn)]
+    paths += [(backend, "float32", opt.variance_rank_tol, policy32, fast_dyn)
+              for backend in ("torch", "native")
+              if backend == "torch" or resolve_backend("auto", torch.float32, "cpu") == "native"]
+    costs: dict[int, list[float]] = {i: [] for i in range(len(paths))}
+    with torch_threads(opt.threads):
+        for draw in range(draws):
+            rng = np.random.default_rng([points, draw])
+            x0 = initial_particles(opt.particles, config.plant.initial_state_std, rng,
+                                   torch.float64, "cpu")
+            noise = RolloutNoise.draw(opt.horizon, opt.particles, policy64.num_basis, 0.0, rng,
+                                      torch.float64)
+            for i, (backend, dtype, _, policy, dyn) in enumerate(paths):
+                t = torch_dtype(dtype)
+                n = RolloutNoise(noise.eps.to(t), None, 1.0)
+                costs[i].append(rollout_cost_and_gradient(policy, dyn, x0.to(t), n, opt.horizon,
+                                                          config.cost, backend).cost)
+    exact = np.array(costs[0])
+    results = []
+    for i, (backend, dtype, tol, _, dyn) in enumerate(paths):
+        err = np.array(costs[i]) - exact
+        row = {"backend": backend, "dtype": dtype, "variance_rank_tol": tol,
+               "rank": dyn.rank, "mean_cost": round(float(np.mean(costs[i])), 5),
+               "mean_error": round(float(err.mean()), 5), "sd_error": round(float(err.std()), 5)}
+        results.append(row)
+        log(f"{backend:6s} {dtype}  rank {row['rank']:3d}  J {row['mean_cost']:9.4f}  "
+            f"error vs exact {row['mean_error']:+.5f} (sd {row['sd_error']:.5f})")
+    mc_std = float(exact.std(ddof=1))
+    log(f"Monte Carlo std of J (exact, {draws} draws of {opt.particles} particles): {mc_std:.5f}")
+    return {"points": points, "draws": draws, "monte_carlo_std": round(mc_std, 5),
+            "results": results, "machine": machine_info(opt.threads or None)}
+
+
 def _rss_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):

@@ -6,6 +6,7 @@
     ebmcpilco bench learn ...          learning runs over seeds -> table + JSON
     ebmcpilco bench merge A B --json C several learn JSONs as one (later files win per variant)
     ebmcpilco bench step ...           one policy-optimisation step at several GP sizes
+    ebmcpilco bench accuracy ...       rollout cost of the fast paths against exact float64
     ebmcpilco bench realtime ...       control-loop lateness and latency under optimiser load
     ebmcpilco bench link ...           serial link under byte corruption (emulator, no ROS)
     ebmcpilco bench roundtrip ...      state frame -> JointState -> command frame latency
@@ -118,6 +119,14 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     result = bench.step(cfg, args.points, repeats=args.repeats)
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_bench_accuracy(args: argparse.Namespace) -> int:
+    from . import bench
+
+    result = bench.accuracy(_config(args), args.points, args.draws)
     _write_json(args.json, result)
     return 0
 
@@ -256,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--repeats", type=int, default=20)
     step.add_argument("--json", default=None, help="write results to this JSON file")
     step.set_defaults(func=cmd_bench_step)
+    acc = bsub.add_parser("accuracy", help="rollout cost of float32 / truncated / native paths "
+                                           "against the exact float64 rollout")
+    _add_config_args(acc)
+    acc.add_argument("--points", type=_positive_int, default=170)
+    acc.add_argument("--draws", type=_positive_int, default=8)
+    acc.add_argument("--json", default=None, help="write results to this JSON file")
+    acc.set_defaults(func=cmd_bench_accuracy)
     rt = bsub.add_parser("realtime", help="control-loop lateness and state-to-command latency "
                                           "while the optimiser runs in another process")
     _add_config_args(rt)

@@ -51,6 +51,20 @@ def test_bench_step_writes_results(tmp_path):
         assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and "peak_mb" in r
 
 
+@pytest.mark.timeout(300)
+def test_bench_accuracy_compares_each_fast_path_with_exact_float64(tmp_path):
+    out = tmp_path / "accuracy.json"
+    assert main(["bench", "accuracy", "--points", "30", "--draws", "3", "--json", str(out),
+                 "--set", "optimizer.particles=64", "--set", "optimizer.horizon=20"]) == 0
+    data = json.loads(out.read_text())
+    rows = {(r["backend"], r["dtype"]): r for r in data["results"]}
+    assert set(rows) == {("torch", "float64"), ("torch", "float32"), ("native", "float32")}
+    assert rows["torch", "float64"]["mean_error"] == 0 and data["monte_carlo_std"] > 0
+    for key in (("torch", "float32"), ("native", "float32")):
+        assert rows[key]["variance_rank_tol"] == 1e-3
+        assert abs(rows[key]["mean_error"]) < 0.5 * data["monte_carlo_std"]
+
+
 def test_bad_override_is_reported_with_the_parameter(capsys):
     assert main(["bench", "step", "--set", "optimizer.horizon=0"]) == 2
     assert "optimizer.horizon = 0: must be in [1, 100000]" in capsys.readouterr().err

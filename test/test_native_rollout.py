@@ -12,8 +12,8 @@ from ebmcpilco_ros.core.cost import saturating_cost
 from ebmcpilco_ros.core.mcpilco import optimize_policy
 from ebmcpilco_ros.core.native_rollout import NativeKernelUnavailable, resolve_backend
 from ebmcpilco_ros.core.policy import SquashedRBFPolicy
-from ebmcpilco_ros.core.rollout import (ParticleDynamics, RolloutNoise, rollout,
-                                        rollout_cost_and_gradient)
+from ebmcpilco_ros.core.rollout import (GradientOperands, ParticleDynamics, RolloutNoise,
+                                        rollout, rollout_cost_and_gradient)
 
 from helpers import fitted_model
 
@@ -92,6 +92,19 @@ def test_native_and_torch_float32_errors_are_below_monte_carlo_noise(model):
     mc_std = np.std(exact)
     for backend, errs in errors.items():
         assert np.all(np.abs(errs) < 0.5 * mc_std), (backend, errors, mc_std)
+
+
+def test_kernel_runs_on_scipy_blas_where_torch_exports_none(model):
+    """Torch builds without an exported sgemm_ (not x86 MKL) get scipy's: same results."""
+    _, policy32, noise, x0, dyn = _setup(model, torch.float32, 48, 20, 10, 0.25, 1)
+    noise, x0 = _cast(noise, torch.float32), x0.float()
+    ops = GradientOperands.build(policy32, dyn, noise.keep_scale)
+    mkl = native_rollout.native_kernel()
+    scipy_kernel = native_rollout.NativeRolloutKernel(mkl.library,
+                                                      native_rollout.scipy_sgemm_address())
+    for a, b in zip(mkl.cost_and_gradient(ops, dyn, x0, noise, 10, CostConfig()),
+                    scipy_kernel.cost_and_gradient(ops, dyn, x0, noise, 10, CostConfig())):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_optimisation_with_the_native_kernel_lowers_the_cost(model):

@@ -117,7 +117,8 @@ def build(directory: Path | None = None) -> Path:
 
 
 def _sgemm_address() -> int:
-    """sgemm_ from the BLAS torch links (MKL on x86 wheels), else scipy's."""
+    """sgemm_ from the BLAS torch links (MKL on x86 wheels: it follows torch's thread count),
+    else scipy's; 0 if neither has one."""
     lib_dir = Path(torch.__file__).parent / "lib"
     for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
         if (lib_dir / name).exists():
@@ -126,15 +127,20 @@ def _sgemm_address() -> int:
                                    ctypes.c_void_p).value or 0
             except (OSError, AttributeError):
                 break
+    return scipy_sgemm_address()
+
+
+def scipy_sgemm_address() -> int:
+    """sgemm from scipy.linalg.cython_blas (LP64, the Fortran calling convention)."""
     try:
         from scipy.linalg import cython_blas
     except ImportError:
         return 0
     capsule = cython_blas.__pyx_capi__["sgemm"]
-    get = ctypes.pythonapi.PyCapsule_GetPointer
-    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
     get_name = ctypes.pythonapi.PyCapsule_GetName
     get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
     return get(capsule, get_name(capsule)) or 0
 
 
