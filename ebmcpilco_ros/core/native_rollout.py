@@ -51,7 +51,8 @@ class RolloutArgs(ctypes.Structure):
                 + [(n, ctypes.c_float) for n in ("umax", "inv_lt", "inv_lp", "max_exponent2",
                                                  "min_variance", "min_std")]
                 + [(n, _FLOAT_P) for n in (
-                    "x0", "il", "AsT_aug", "w_eff", "wAsT", "keep", "inv_ls", "centre", "VA", "V", "ZT", "alpha", "sf2", "F", "Gm", "eps", "workspace",
+                    "x0", "il", "AsT_aug", "w_eff", "wAsT", "keep", "inv_ls", "centre", "VA",
+                    "V", "ZT", "alpha", "sf2", "F", "Gm", "eps", "workspace",
                     "cost_per_step", "final_x", "V_sum", "g_log_f")]
                 + [("sgemm", ctypes.c_void_p)])
 

@@ -1,7 +1,7 @@
 /* MC-PILCO rollout cost and policy gradient in one call: the float32 CPU kernel.
  *
  * The same computation as rollout.py's `_torch_cost_and_gradient` (its docstring and
- * docs/ALGORITHM.md, "Speed", give the equations), with the same operands, so that the two are
+ * docs/ALGORITHM.md §5-§6 give the equations), with the same operands, so that the two are
  * checked against each other and against autograd. What the kernel changes is only how the work
  * is scheduled: the per-particle arithmetic of a time step runs as one loop over particles
  * instead of ~80 tensor operations, and the passes over the (M, N) kernel values and the (M, B)
