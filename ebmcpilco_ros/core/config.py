@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # thetadot]; and its Hessian options.
 ERROR_DIM = 5
 HESSIANS = ("gauss_newton", "exact")
+ROLLOUT_BACKENDS = ("auto", "native", "torch")
 
 
 class ConfigError(ValueError):
@@ -195,7 +196,7 @@ class OptimizerConfig(Section):
                            doc="torch CPU threads for a learning run (0 = torch's default)")
     device: str = setting("cpu", doc="torch device for the rollout: cpu, cuda, cuda:1, ...")
     backend: str = setting(
-        "auto", choices=("auto", "native", "torch"),
+        "auto", choices=ROLLOUT_BACKENDS,
         doc="rollout gradient: native (compiled C kernel, float32 on the CPU, built at first "
             "use with the system C compiler), torch, or auto (native where it applies and "
             "builds, else torch)")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .config import CostConfig
+from .config import ROLLOUT_BACKENDS, CostConfig
 from .rollout import (_MAX_EXPONENT2, _MIN_STD, _MIN_VARIANCE, GradientOperands,
                       ParticleDynamics, RolloutNoise)
 
@@ -249,7 +249,7 @@ def resolve_backend(backend: str, dtype: torch.dtype, device: str | torch.device
         native_kernel()
         return "native"
     if backend != "auto":
-        raise ValueError(f"optimizer.backend must be auto, native or torch, got {backend!r}")
+        raise ValueError(f"optimizer.backend must be one of {ROLLOUT_BACKENDS}, got {backend!r}")
     if not fits:
         return "torch"
     kernel = _load()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import CostConfig
+from .config import ROLLOUT_BACKENDS, CostConfig
 from .cost import saturating_cost
 from .model import SpeedIntegrationModel
 from .policy import MAX_EXPONENT, SquashedRBFPolicy, state_features
@@ -220,9 +220,6 @@ class GradientOperands:
                                cost_per_step=cost_per_step, final_states=final_states)
 
 
-BACKENDS = ("auto", "native", "torch")
-
-
 def rollout_cost_and_gradient(policy: SquashedRBFPolicy, dyn: ParticleDynamics, x0: Tensor,
                               noise: RolloutNoise, horizon: int, cost: CostConfig,
                               backend: str = "torch") -> RolloutGradient:
@@ -243,7 +240,7 @@ def rollout_cost_and_gradient(policy: SquashedRBFPolicy, dyn: ParticleDynamics, 
         elif backend == "torch":
             sums = _torch_cost_and_gradient(ops, dyn, x0, noise, horizon, cost)
         else:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise ValueError(f"backend must be one of {ROLLOUT_BACKENDS}, got {backend!r}")
         return ops.parameter_gradient(*sums)
 
 
