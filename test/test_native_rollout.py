@@ -37,8 +37,7 @@ def _setup(model, dtype, particles, basis, horizon, dropout, seed, rank_tol=0.0,
 
 
 def _cast(noise: RolloutNoise, dtype) -> RolloutNoise:
-    keep = None if noise.keep is None else noise.keep.to(dtype)
-    return RolloutNoise(noise.eps.to(dtype), keep, noise.keep_scale)
+    return RolloutNoise(noise.eps.to(dtype), noise.keep, noise.keep_scale)
 
 
 # particle counts off the 16-lane and 32-particle block sizes, basis off the vector width

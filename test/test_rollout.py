@@ -81,7 +81,8 @@ def test_variance_factor_is_exact_at_zero_tolerance_and_conservative_when_trunca
 
 def test_dropout_masks_have_the_requested_rate():
     noise = RolloutNoise.draw(10, 100, 200, 0.25, np.random.default_rng(0), torch.float32)
-    assert abs(1 - float(noise.keep.mean()) - 0.25) < 0.01
+    assert noise.keep.dtype == torch.uint8 and set(noise.keep.unique().tolist()) == {0, 1}
+    assert abs(1 - float(noise.keep.float().mean()) - 0.25) < 0.01
     assert noise.keep_scale == pytest.approx(1 / 0.75)
     no_dropout = RolloutNoise.draw(10, 100, 200, 0.0, np.random.default_rng(0), torch.float32)
     assert no_dropout.keep is None

@@ -50,8 +50,10 @@ class RolloutArgs(ctypes.Structure):
     _fields_ = ([(n, ctypes.c_int) for n in ("M", "H", "B", "G", "N", "R")]
                 + [(n, ctypes.c_float) for n in ("umax", "inv_lt", "inv_lp", "max_exponent2",
                                                  "min_variance", "min_std")]
+                + [(n, _FLOAT_P) for n in ("x0", "il", "AsT_aug", "w_eff", "wAsT")]
+                + [("keep", ctypes.POINTER(ctypes.c_uint8))]
                 + [(n, _FLOAT_P) for n in (
-                    "x0", "il", "AsT_aug", "w_eff", "wAsT", "keep", "inv_ls", "centre", "VA",
+                    "inv_ls", "centre", "VA",
                     "V", "ZT", "alpha", "sf2", "F", "Gm", "eps", "workspace",
                     "cost_per_step", "final_x", "V_sum", "g_log_f")]
                 + [("sgemm", ctypes.c_void_p)])
@@ -185,10 +187,9 @@ class NativeRolloutKernel:
                     f"the native kernel takes float32 CPU tensors, got {t.dtype} on {t.device}")
             return t.detach().contiguous()
 
-        keep = None if noise.keep is None else c(noise.keep)
         inputs = dict(
             x0=c(x0), il=c(ops.il), AsT_aug=c(ops.AsT_aug), w_eff=c(ops.w_eff),
-            wAsT=c(ops.wAsT), keep=keep, inv_ls=c(dyn.inv_ls), centre=c(dyn.centre),
+            wAsT=c(ops.wAsT), inv_ls=c(dyn.inv_ls), centre=c(dyn.centre),
             VA=c(ops.VA), V=c(dyn.V), ZT=c(dyn.Z.mT), alpha=c(dyn.alpha),
             sf2=c(dyn.sf2), F=c(dyn.F), Gm=c(dyn.Gm), eps=c(noise.eps))
         outputs = dict(cost_per_step=torch.empty(horizon), final_x=torch.empty(M, 4),
@@ -200,6 +201,12 @@ class NativeRolloutKernel:
             sgemm=self._sgemm,
             **{k: _ptr(v) for k, v in inputs.items()},
             **{k: _ptr(v) for k, v in outputs.items()})
+        if noise.keep is not None:
+            if noise.keep.dtype != torch.uint8 or noise.keep.shape != (horizon, M, B):
+                raise ValueError(f"noise.keep must be uint8 ({horizon}, {M}, {B}), got "
+                                 f"{noise.keep.dtype} {tuple(noise.keep.shape)}")
+            keep = noise.keep.contiguous()
+            args.keep = ctypes.cast(keep.data_ptr(), ctypes.POINTER(ctypes.c_uint8))
         args.workspace = _ptr(self._workspace(self._lib.rollout_workspace_floats(args)))
         status = self._lib.rollout_cost_and_gradient(ctypes.byref(args))
         if status != 0:

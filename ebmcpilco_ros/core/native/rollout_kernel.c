@@ -39,7 +39,7 @@ typedef struct {
     const float *AsT_aug;  /* (7, B) [As^T; 1; -|As|^2] log2 e */
     const float *w_eff;    /* (B) weights / (1 - p) */
     const float *wAsT;     /* (5, B) (w_eff As)^T */
-    const float *keep;     /* (H, M, B) 0/1 dropout masks, or NULL */
+    const uint8_t *keep;   /* (H, M, B) 0/1 dropout masks, or NULL */
     const float *inv_ls;   /* (G, 6) GP inverse lengthscales */
     const float *centre;   /* (G, 6) */
     const float *VA;       /* (G, N, R+1) [V^T | alpha] */
@@ -178,7 +178,8 @@ int rollout_cost_and_gradient(const rollout_args *a) {
     const float lo = a->max_exponent2, one = 1.0f, zero = 0.0f;
     buffers w;
     layout(a, &w);
-    for (int b = 0; b < B; ++b) w.ones[b] = 1.0f;   /* the dropout mask without dropout */
+    uint8_t *ones = (uint8_t *)w.ones;   /* the dropout mask without dropout */
+    memset(ones, 1, (size_t)B);
     float *x = w.x;  /* states (4, M) */
     for (int m = 0; m < M; ++m)
         for (int j = 0; j < 4; ++j) x[j * M + m] = a->x0[4 * m + j];
@@ -190,7 +191,7 @@ int rollout_cost_and_gradient(const rollout_args *a) {
         float *P_t = w.P + (size_t)t * G * R1 * M;
         float *tp = w.tp + (size_t)t * P_ROWS * M;
         float *tg = w.tg + (size_t)t * G * Q_ROWS * M;
-        const float *keep_t = a->keep ? a->keep + (size_t)t * M * B : NULL;
+        const uint8_t *keep_t = a->keep ? a->keep + (size_t)t * M * B : NULL;
         const float *eps_t = a->eps + (size_t)t * M * G;
         float *fs[5] = {tp + P_FS * M, tp + (P_FS + 1) * M, tp + (P_FS + 2) * M,
                         tp + (P_FS + 3) * M, tp + (P_FS + 4) * M};
@@ -212,11 +213,11 @@ int rollout_cost_and_gradient(const rollout_args *a) {
                         f4 = fs[4][m];
             const float sq = -(f0 * f0 + f1 * f1 + f2 * f2 + f3 * f3 + f4 * f4);
             float *ph = phi_t + (size_t)m * B;
-            const float *kp = keep_t ? keep_t + (size_t)m * B : w.ones;
+            const uint8_t *kp = keep_t ? keep_t + (size_t)m * B : ones;
             float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
             for (int b = 0; b < B; ++b) {
-                const float v = kp[b] * exp2_poly(2.0f * (f0 * A[b] + f1 * A[B + b]
+                const float v = (float)kp[b] * exp2_poly(2.0f * (f0 * A[b] + f1 * A[B + b]
                                                           + f2 * A[2 * B + b] + f3 * A[3 * B + b]
                                                           + f4 * A[4 * B + b])
                                                   + sq * A[5 * B + b] + A[6 * B + b], lo);
