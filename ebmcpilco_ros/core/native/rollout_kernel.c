@@ -88,7 +88,7 @@ static inline float exp2_poly(float x, float lo) {
 
 typedef struct {   /* workspace carved into named arrays (sizes in layout()) */
     float *phi, *k, *P, *tp, *tg, *gc;               /* tape, one slice per step */
-    float *Q, *x, *za, *gx, *gz, *gmean, *cvar, *acc, *U, *ones;   /* scratch */
+    float *Q, *x, *za, *gx, *gz, *gmean, *cvar, *acc, *U, *mask;   /* scratch */
 } buffers;
 
 static size_t layout(const rollout_args *a, buffers *b) {
@@ -98,7 +98,7 @@ static size_t layout(const rollout_args *a, buffers *b) {
                             G * N * M, 4 * M, 6 * M, 4 * M, 6 * M, G * M, G * M, 6 * M,
                             5 * M, B};
     float **slots[] = {&b->phi, &b->k, &b->P, &b->tp, &b->tg, &b->gc, &b->Q, &b->x, &b->za,
-                       &b->gx, &b->gz, &b->gmean, &b->cvar, &b->acc, &b->U, &b->ones};
+                       &b->gx, &b->gz, &b->gmean, &b->cvar, &b->acc, &b->U, &b->mask};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
         if (b) *slots[i] = a->workspace + total;
@@ -178,8 +178,8 @@ int rollout_cost_and_gradient(const rollout_args *a) {
     const float lo = a->max_exponent2, one = 1.0f, zero = 0.0f;
     buffers w;
     layout(a, &w);
-    uint8_t *ones = (uint8_t *)w.ones;   /* the dropout mask without dropout */
-    memset(ones, 1, (size_t)B);
+    float *mask = w.mask;   /* one particle's dropout mask as floats (all ones without) */
+    for (int b = 0; b < B; ++b) mask[b] = 1.0f;
     float *x = w.x;  /* states (4, M) */
     for (int m = 0; m < M; ++m)
         for (int j = 0; j < 4; ++j) x[j * M + m] = a->x0[4 * m + j];
@@ -213,11 +213,15 @@ int rollout_cost_and_gradient(const rollout_args *a) {
                         f4 = fs[4][m];
             const float sq = -(f0 * f0 + f1 * f1 + f2 * f2 + f3 * f3 + f4 * f4);
             float *ph = phi_t + (size_t)m * B;
-            const uint8_t *kp = keep_t ? keep_t + (size_t)m * B : ones;
+            if (keep_t) {   /* widened apart: bytes in the exp2 loop make it spill */
+                const uint8_t *kp = keep_t + (size_t)m * B;
+#pragma omp simd
+                for (int b = 0; b < B; ++b) mask[b] = (float)kp[b];
+            }
             float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
             for (int b = 0; b < B; ++b) {
-                const float v = (float)kp[b] * exp2_poly(2.0f * (f0 * A[b] + f1 * A[B + b]
+                const float v = mask[b] * exp2_poly(2.0f * (f0 * A[b] + f1 * A[B + b]
                                                           + f2 * A[2 * B + b] + f3 * A[3 * B + b]
                                                           + f4 * A[4 * B + b])
                                                   + sq * A[5 * B + b] + A[6 * B + b], lo);
