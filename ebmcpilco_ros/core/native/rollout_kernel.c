@@ -213,7 +213,7 @@ int rollout_cost_and_gradient(const rollout_args *a) {
                         f4 = fs[4][m];
             const float sq = -(f0 * f0 + f1 * f1 + f2 * f2 + f3 * f3 + f4 * f4);
             float *ph = phi_t + (size_t)m * B;
-            if (keep_t) {   /* widened apart: bytes in the exp2 loop make it spill */
+            if (keep_t) {   /* widened apart: read in the exp2 loop, bytes slowed it */
                 const uint8_t *kp = keep_t + (size_t)m * B;
 #pragma omp simd
                 for (int b = 0; b < B; ++b) mask[b] = (float)kp[b];
