@@ -23,7 +23,7 @@ from .core.config import ExperimentConfig, ModelConfig
 from .core.gp import GPPosterior, fit_hyperparameters, select_subset
 from .core.learner import LearningReport, TrialSummary, run_in_process
 from .core.mcpilco import initial_particles, torch_dtype, torch_threads
-from .core.native_rollout import resolve_backend
+from .core.native_rollout import resolve_backend, unavailable_reason
 from .core.model import SpeedIntegrationModel, training_data
 from .core.policy import SquashedRBFPolicy
 from .core.rollout import ParticleDynamics, RolloutNoise, rollout_cost_and_gradient
@@ -308,7 +308,7 @@ def accuracy(config: ExperimentConfig, points: int = 170, draws: int = 8,
     paths = [("torch", "float64", 0.0, policy64, exact_dyn)]
     paths += [(backend, "float32", opt.variance_rank_tol, policy32, fast_dyn)
               for backend in ("torch", "native")
-              if backend == "torch" or resolve_backend("auto", torch.float32, "cpu") == "native"]
+              if backend == "torch" or unavailable_reason() is None]
     costs: dict[int, list[float]] = {i: [] for i in range(len(paths))}
     with torch_threads(opt.threads):
         for draw in range(draws):

@@ -48,14 +48,14 @@ def test_native_gradient_matches_float64_autograd(model, particles, basis, dropo
     J and dJ/dparameters equal float64 autograd to float32 accuracy (the torch float32 path
     is off by up to 1.1e-4 of the largest gradient entry here, the kernel by up to 2.8e-4)."""
     horizon = 5
-    policy, policy32, noise, x0, dyn64 = _setup(model, torch.float32, particles, basis,
+    policy, policy32, noise, x0, dyn32 = _setup(model, torch.float32, particles, basis,
                                                 horizon, dropout, seed=3)
     states, _ = rollout(policy, ParticleDynamics.from_model(model, torch.float64), x0, noise,
                         horizon)
     J = saturating_cost(states[1:], CostConfig()).mean(1).sum()
     J.backward()
     J = float(J.detach())
-    g = rollout_cost_and_gradient(policy32, dyn64, x0.float(), _cast(noise, torch.float32),
+    g = rollout_cost_and_gradient(policy32, dyn32, x0.float(), _cast(noise, torch.float32),
                                   horizon, CostConfig(), backend="native")
     assert g.cost == pytest.approx(J, rel=2e-5)
     for auto, native in ((policy.weights.grad, g.grad_weights),

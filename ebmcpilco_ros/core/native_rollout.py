@@ -240,6 +240,11 @@ def native_kernel() -> NativeRolloutKernel:
     return kernel
 
 
+def native_applies(dtype: torch.dtype, device: str | torch.device) -> bool:
+    """The kernel covers float32 rollouts on the CPU; everything else runs on torch."""
+    return dtype == torch.float32 and torch.device(device).type == "cpu"
+
+
 def resolve_backend(backend: str, dtype: torch.dtype, device: str | torch.device) -> str:
     """"native" or "torch" for optimizer.backend; building the kernel here if it is needed.
 
@@ -248,7 +253,7 @@ def resolve_backend(backend: str, dtype: torch.dtype, device: str | torch.device
     """
     if backend == "torch":
         return "torch"
-    fits = dtype == torch.float32 and torch.device(device).type == "cpu"
+    fits = native_applies(dtype, device)
     if backend == "native":
         if not fits:
             raise NativeKernelUnavailable(

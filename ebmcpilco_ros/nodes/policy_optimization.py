@@ -21,7 +21,8 @@ from std_srvs.srv import Trigger
 from ..core.config import SECTIONS, ConfigError, ExperimentConfig
 from ..core.learner import LocalPolicyOptimization, OptimizationRequest
 from ..core.mcpilco import torch_dtype
-from ..core.native_rollout import NativeKernelUnavailable, resolve_backend, unavailable_reason
+from ..core.native_rollout import (NativeKernelUnavailable, native_applies, resolve_backend,
+                                   unavailable_reason)
 from ..core.model import SpeedIntegrationModel
 from .common import (ANSWER_EVENTS, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT, MODEL_TOPIC,
                      MODEL_UPDATE_FORMAT, OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
@@ -99,8 +100,8 @@ class PolicyOptimizationNode(GraphNode):
         self.get_logger().info(f"optimising on {config.optimizer.device} with the "
                                f"{self.backend} rollout")
         opt = config.optimizer
-        if (self.backend, opt.backend, opt.dtype, opt.device) == ("torch", "auto", "float32",
-                                                                  "cpu"):
+        if (self.backend == "torch" and opt.backend == "auto"
+                and native_applies(torch_dtype(opt.dtype), opt.device)):
             self.get_logger().warning(f"native rollout kernel unavailable, the torch rollout "
                                       f"is 2-3x slower: {unavailable_reason()}")
 
