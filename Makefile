@@ -9,7 +9,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export AMENT_PREFIX_PATH := $(abspath $(VENV))$(if $(AMENT_PREFIX_PATH),:$(AMENT_PREFIX_PATH),)
 
-.PHONY: venv demo test bench-step bench-learn clean
+.PHONY: venv system demo test bench-step bench-learn clean
 
 venv: $(STAMP)
 
@@ -24,7 +24,12 @@ $(STAMP): requirements.txt setup.py
 demo: $(STAMP)
 	$(BIN)/ebmcpilco sim
 
-test: $(STAMP)
+# Debian packages for the firmware tests (AVR toolchain, simavr): installed when root or with
+# password-less sudo, else the one command to run is printed.
+system:
+	scripts/system-packages.sh
+
+test: $(STAMP) system
 	$(BIN)/python -m pytest -q test
 
 bench-step: $(STAMP)
@@ -34,4 +39,4 @@ bench-learn: $(STAMP)
 	$(BIN)/ebmcpilco bench learn --algorithm mc --seeds 1 2 3 4 5 --json results/bench_learn.json
 
 clean:
-	rm -rf $(VENV) build install log *.egg-info
+	rm -rf $(VENV) build install log *.egg-info firmware/build
