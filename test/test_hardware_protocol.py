@@ -7,8 +7,9 @@ import struct
 import pytest
 
 from ebmcpilco_ros.hardware import protocol as proto
-from ebmcpilco_ros.hardware.protocol import (Command, DeviceConfig, Frame, FrameDecoder,
-                                             Heartbeat, Hello, State, Status)
+from ebmcpilco_ros.hardware.protocol import (Command, Counters, DeviceConfig, Frame,
+                                             FrameDecoder, Heartbeat, Hello, ResetCause, State,
+                                             Status)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,7 +24,10 @@ EXAMPLES = [
     Hello(),
     DeviceConfig(1, 2, 3, cart_counts_per_m=20000, pole_counts_per_rev=4096, state_rate_hz=500,
                  watchdog_ms=65535),
+    DeviceConfig(1, 0, 0, 20000, 4096, 500, 100, reset_cause=int(ResetCause.WATCHDOG)),
     Heartbeat(token=0xDEADBEEF),
+    Counters(1, 2, 3, 4, 5, 6, 7, 65535),
+    Counters(),
 ]
 
 
@@ -67,8 +71,42 @@ def test_every_message_round_trips(message, seq):
 def test_payload_sizes_are_the_documented_ones():
     # docs/PROTOCOL.md tables: changing a size is a protocol version change.
     assert [State.FORMAT.size, Command.FORMAT.size, Hello.FORMAT.size, DeviceConfig.FORMAT.size,
-            Heartbeat.FORMAT.size] == [16, 4, 4, 16, 4]
+            Heartbeat.FORMAT.size, Counters.FORMAT.size] == [16, 4, 4, 16, 4, 16]
     assert proto.HEADER.size == 4 and proto.MAX_ENCODED == 23
+    assert [int(t) for t in proto.MsgType] == [1, 2, 3, 4, 5, 6]
+
+
+def test_contract_constants():
+    # The shared contract (firmware, harness and host implement the same numbers).
+    assert Status.FAULT_LATCHED == 0x20
+    assert [int(c) for c in (ResetCause.POWER_ON, ResetCause.EXTERNAL, ResetCause.BROWN_OUT,
+                             ResetCause.WATCHDOG)] == [0x01, 0x02, 0x04, 0x08]
+    assert [f.name for f in __import__("dataclasses").fields(Counters)] == [
+        "rx_crc_errors", "rx_malformed", "rx_oversized", "rx_drops", "tx_overflows",
+        "watchdog_trips", "cart_quadrature_errors", "pole_quadrature_errors"]
+    assert proto.reset_cause_text(0) == "not reported"
+    assert proto.reset_cause_text(0x01) == "power-on"
+    assert proto.reset_cause_text(0x02) == "external"
+    assert proto.reset_cause_text(0x04) == "brown-out"
+    assert proto.reset_cause_text(0x08) == "watchdog"
+    assert proto.reset_cause_text(0x03) == "power-on+external"
+    assert proto.reset_cause_text(0x10) == "0x10"
+
+
+def test_config_reset_cause_is_byte_3():
+    payload = proto.pack_message(DeviceConfig(1, 2, 3, 20000, 4096, 500, 100, reset_cause=0x04))
+    assert payload[3] == 0x04
+    # Old senders put 0 there: decodes as "not reported", and the default is 0.
+    legacy = DeviceConfig(1, 2, 3, 20000, 4096, 500, 100)
+    assert legacy.reset_cause == 0 and proto.pack_message(legacy)[3] == 0
+    assert proto.unpack_message(proto.MsgType.CONFIG, payload).reset_cause == 0x04
+
+
+def test_counters_refuse_values_beyond_u16():
+    with pytest.raises(ValueError):
+        proto.encode_frame(Counters(65536), 0)
+    with pytest.raises(ValueError):
+        proto.encode_frame(Counters(-1), 0)
 
 
 def test_known_frame_bytes():
@@ -260,7 +298,9 @@ def test_fuzzed_stream_never_raises_and_yields_only_valid_frames(seed):
     for frame in frames:  # and each of them passes the reference CRC as re-encoded
         assert reference_valid(proto.encode_frame(frame.message, frame.seq)[:-1])
     stats = decoder.stats
-    assert stats.frames + stats.bad_frames == sum(1 for p in pieces if p)
+    # An undelimited tail longer than any frame is already counted as oversized.
+    tail_oversized = len(data.split(b"\x00")[-1]) > proto.MAX_ENCODED
+    assert stats.frames + stats.bad_frames == sum(1 for p in pieces if p) + tail_oversized
     assert stats.bytes == len(data)
 
 

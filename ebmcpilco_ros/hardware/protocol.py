@@ -33,6 +33,7 @@ class MsgType(IntEnum):
     HELLO = 0x03
     CONFIG = 0x04
     HEARTBEAT = 0x05
+    COUNTERS = 0x06
 
 
 class Status(IntFlag):
@@ -43,6 +44,30 @@ class Status(IntFlag):
     AMP_FAULT = 0x04
     WATCHDOG = 0x08
     ENABLED = 0x10
+    FAULT_LATCHED = 0x20
+
+
+class ResetCause(IntFlag):
+    """CONFIG byte 3: why the MCU last started, in the AVR MCUSR bit layout (0 = not reported)."""
+
+    POWER_ON = 0x01
+    EXTERNAL = 0x02
+    BROWN_OUT = 0x04
+    WATCHDOG = 0x08
+
+
+RESET_CAUSE_WORDS = ((ResetCause.POWER_ON, "power-on"), (ResetCause.EXTERNAL, "external"),
+                     (ResetCause.BROWN_OUT, "brown-out"), (ResetCause.WATCHDOG, "watchdog"))
+
+
+def reset_cause_text(cause: int) -> str:
+    """Words for a CONFIG reset_cause: "power-on", "external", "brown-out", "watchdog" (joined
+    with '+' if several bits are set), "not reported" for 0; unknown bits are shown in hex."""
+    words = [word for flag, word in RESET_CAUSE_WORDS if cause & flag]
+    unknown = cause & ~sum(int(flag) for flag, _ in RESET_CAUSE_WORDS) & 0xFF
+    if unknown:
+        words.append(f"0x{unknown:02x}")
+    return "+".join(words) if words else "not reported"
 
 
 COMMAND_ENABLE = 0x01                   # COMMAND flags bit 0; other bits must be 0
@@ -124,6 +149,7 @@ class DeviceConfig:
     pole_counts_per_rev: int
     state_rate_hz: int
     watchdog_ms: int
+    reset_cause: int = 0    # byte 3: ResetCause bits (AVR MCUSR layout), 0 = not reported
 
     @property
     def firmware(self) -> str:
@@ -139,9 +165,28 @@ class Heartbeat:
     token: int
 
 
-Message = Union[State, Command, Hello, DeviceConfig, Heartbeat]
+@dataclass(frozen=True)
+class Counters:
+    """MCU -> host, right after each HEARTBEAT echo: the MCU's error counters since power-up,
+    each a u16 that saturates at 65535 (never wraps); a HELLO does not clear them."""
+
+    TYPE: ClassVar[MsgType] = MsgType.COUNTERS
+    FORMAT: ClassVar[struct.Struct] = struct.Struct("<8H")
+    rx_crc_errors: int = 0            # host frames whose CRC failed
+    rx_malformed: int = 0             # host frames with bad COBS, length, version, type, payload
+    rx_oversized: int = 0             # runs longer than MAX_ENCODED without a delimiter
+    rx_drops: int = 0                 # host frames missing by sequence number
+    tx_overflows: int = 0             # frames the MCU dropped because its transmit buffer was full
+    watchdog_trips: int = 0           # command watchdog trips
+    cart_quadrature_errors: int = 0   # impossible x4 transitions (both channels changed at once)
+    pole_quadrature_errors: int = 0
+
+
+COUNTER_SATURATION = 0xFFFF
+
+Message = Union[State, Command, Hello, DeviceConfig, Heartbeat, Counters]
 MESSAGE_TYPES: dict[int, type] = {cls.TYPE: cls for cls in (State, Command, Hello, DeviceConfig,
-                                                            Heartbeat)}
+                                                            Heartbeat, Counters)}
 MAX_PAYLOAD = max(cls.FORMAT.size for cls in MESSAGE_TYPES.values())
 MAX_BODY = HEADER.size + MAX_PAYLOAD + CRC.size
 MAX_ENCODED = MAX_BODY + MAX_BODY // (COBS_MAX_BLOCK - 1) + 1   # COBS worst case, no delimiter
@@ -221,7 +266,7 @@ def pack_message(message: Message) -> bytes:
     elif isinstance(message, Hello):
         fields = (message.watchdog_ms, 0)
     elif isinstance(message, DeviceConfig):
-        fields = (message.fw_major, message.fw_minor, message.fw_patch, 0,
+        fields = (message.fw_major, message.fw_minor, message.fw_patch, message.reset_cause,
                   message.cart_counts_per_m, message.pole_counts_per_rev,
                   message.state_rate_hz, message.watchdog_ms)
     else:
@@ -250,8 +295,8 @@ def unpack_message(kind: int, payload: bytes) -> Message:
     if cls is Hello:
         return Hello(values[0])
     if cls is DeviceConfig:
-        major, minor, patch, _reserved, cpm, cpr, rate, watchdog = values
-        return DeviceConfig(major, minor, patch, cpm, cpr, rate, watchdog)
+        major, minor, patch, reset_cause, cpm, cpr, rate, watchdog = values
+        return DeviceConfig(major, minor, patch, cpm, cpr, rate, watchdog, reset_cause)
     return cls(*values)
 
 
