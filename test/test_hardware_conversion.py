@@ -166,7 +166,7 @@ def test_measure_builds_the_learner_state():
 # -- soft limits ----------------------------------------------------------------------------
 
 LIM = CONFIG.replace(cart_position_limit=0.3, soft_limit_margin=0.1, cart_velocity_limit=1.5,
-                     soft_limit_brake_force=8.0)
+                     soft_limit_brake_force=8.0, soft_limit_brake_deadband=0.02)
 
 
 @pytest.mark.parametrize("force, p, pdot, expected, reason", [
@@ -178,6 +178,13 @@ LIM = CONFIG.replace(cart_position_limit=0.3, soft_limit_margin=0.1, cart_veloci
     (-9.0, 0.25, 0.4, -9.0, "position"),     # a stronger inward request is kept
     (-5.0, -0.35, -0.1, 8.0, "position"),    # beyond the left limit, moving out
     (-5.0, -0.35, 0.2, 0.0, "position"),     # beyond the limit, already coming back
+    # At rest past the limit after moving outward (velocity estimate ~1e-37): never pushed.
+    (0.0, 0.35, 1e-37, 0.0, None),           # nothing asked: nothing applied, no brake
+    (5.0, 0.35, 1e-37, 0.0, "position"),     # outward refused
+    (-3.0, 0.35, 1e-37, -3.0, None),         # inward allowed as asked
+    (0.0, -0.35, -1e-37, 0.0, None),
+    (-5.0, -0.35, -0.019, 0.0, "position"),  # creeping out below the deadband: refused only
+    (0.0, 0.25, 0.021, -8.0, "position"),    # just above the deadband: braked
     (5.0, 0.0, 1.6, 0.0, "velocity"),        # too fast, pushing along the motion
     (-5.0, 0.0, 1.6, -5.0, None),            # too fast, braking: fine
     (float("nan"), 0.0, 0.0, 0.0, "invalid"),
@@ -196,6 +203,30 @@ def test_soft_limits_never_push_outward_near_the_ends():
             assert out * math.copysign(1.0, p) <= 0.0
         if abs(pdot) > LIM.cart_velocity_limit:
             assert out * pdot <= 0.0
+
+
+def test_soft_limits_never_push_a_cart_at_rest():
+    # Within the deadband the result is the request with its outward part removed: never the
+    # brake, never more than asked.
+    rng = np.random.default_rng(2)
+    edge = LIM.cart_position_limit - LIM.soft_limit_margin
+    for force, p, pdot in rng.uniform([-50, -1, -0.02], [50, 1, 0.02], size=(5000, 3)):
+        out = cv.apply_soft_limits(force, p, pdot, LIM).force
+        if abs(p) >= edge:
+            outward = math.copysign(1.0, p)
+            assert out == (force if force * outward <= 0.0 else 0.0)
+        else:
+            assert out == force
+
+
+def test_deadband_is_validated_and_in_the_rig_example():
+    with pytest.raises(ConfigError, match="soft_limit_brake_deadband"):
+        hardware_config_from_dict({"soft_limit_brake_deadband": -0.1})
+    with pytest.raises(ConfigError, match="soft_limit_brake_deadband"):
+        hardware_config_from_dict({"soft_limit_brake_deadband": 2.0, "cart_velocity_limit": 1.5})
+    hw = load_hardware_config(ROOT / "config" / "rig_example.yaml")
+    assert hw.soft_limit_brake_deadband == HardwareConfig().soft_limit_brake_deadband == 0.02
+    assert hw.baud == HardwareConfig().baud == 1_000_000
 
 
 def test_soft_limits_hold_the_simulated_plant_against_full_push():

@@ -26,7 +26,9 @@ class HardwareConfig(Section):
     _section = SECTION
     # Link.
     port: str = setting("/dev/ttyACM0", doc="serial device of the MCU (a pty for the emulator)")
-    baud: int = setting(921600, MIN_BAUD, MAX_BAUD, doc="baud rate (ignored by USB CDC and ptys)")
+    baud: int = setting(1_000_000, MIN_BAUD, MAX_BAUD,
+                        doc="baud rate: 1000000 is exact on a 16 MHz AVR (ignored by USB CDC and "
+                            "ptys)")
     read_timeout: float = setting(0.01, 0.0, 1.0, lo_open=True,
                                   doc="longest blocking serial read [s]; bounds close() latency")
     write_timeout: float = setting(0.01, 0.0, 1.0, lo_open=True,
@@ -77,6 +79,10 @@ class HardwareConfig(Section):
                                            "is refused and outward motion braked [m]")
     soft_limit_brake_force: float = setting(10.0, 0.0, None,
                                             doc="force opposing outward motion near a limit [N]")
+    soft_limit_brake_deadband: float = setting(0.02, 0.0, None,
+                                               doc="outward speed above which the brake acts "
+                                                   "[m/s]; slower, outward force is only "
+                                                   "refused: a cart at rest is never pushed")
     # Velocity estimation.
     velocity_filter_tau: float = setting(0.01, 0.0, 1.0,
                                          doc="first-order low-pass time constant on the finite "
@@ -112,6 +118,9 @@ class HardwareConfig(Section):
         if self.soft_limit_margin >= self.cart_position_limit:
             self.fail("soft_limit_margin", f"must be < cart_position_limit = "
                                            f"{self.cart_position_limit}")
+        if self.soft_limit_brake_deadband >= self.cart_velocity_limit:
+            self.fail("soft_limit_brake_deadband", f"must be < cart_velocity_limit = "
+                                                   f"{self.cart_velocity_limit}")
         if self.reconnect_backoff_max < self.reconnect_backoff_initial:
             self.fail("reconnect_backoff_max", "must be >= reconnect_backoff_initial")
 

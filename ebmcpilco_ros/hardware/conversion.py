@@ -158,9 +158,12 @@ def apply_soft_limits(force: float, p: float, pdot: float,
                       config: HardwareConfig) -> LimitedForce:
     """Override any force that drives the cart towards a track end or beyond the speed limit.
 
-    Inside the margin before the position limit (and beyond it), outward force is refused and
-    outward motion is braked with at least soft_limit_brake_force. Above the velocity limit, force
-    along the motion is refused. Whatever the request, the result never pushes outward there.
+    Inside the margin before the position limit (and beyond it), outward force is refused, and
+    outward motion faster than soft_limit_brake_deadband is braked with at least
+    soft_limit_brake_force. At or below the deadband (a cart at rest, whose estimated velocity is
+    quantisation noise) nothing is pushed: outward requests become 0, inward ones pass. Above the
+    velocity limit, force along the motion is refused. Whatever the request, the result never
+    pushes outward there.
     """
     if not math.isfinite(force):
         return LimitedForce(0.0, "invalid")
@@ -172,7 +175,7 @@ def apply_soft_limits(force: float, p: float, pdot: float,
         outward = math.copysign(1.0, p)
         if force * outward > 0.0:
             force, reason = 0.0, "position"
-        if pdot * outward > 0.0:
+        if pdot * outward > config.soft_limit_brake_deadband:
             inward = max(config.soft_limit_brake_force, -force * outward)
             force, reason = -outward * inward, "position"
     if abs(pdot) > config.cart_velocity_limit and force * pdot > 0.0:
