@@ -233,6 +233,20 @@ def test_sequence_wrap_drops_and_resets():
     assert decoder.stats.drops == 4
 
 
+def test_a_restart_type_starts_a_new_sequence():
+    # The MCU's receiver: a HELLO from a reopened host (seq back to 0) is neither lost frames nor
+    # a sequence reset, and the frames after it are counted from it.
+    mcu = FrameDecoder(restart_types=(proto.MsgType.HELLO,))
+    host = FrameDecoder()
+    stream = (b"\x00" + proto.encode_frame(Command(0, False), 900)
+              + proto.encode_frame(Command(0, False), 901)
+              + b"\x00" + proto.encode_frame(Hello(100), 0)
+              + proto.encode_frame(Command(0, False), 1) + proto.encode_frame(Command(0, False), 3))
+    assert len(mcu.feed(stream)) == len(host.feed(stream)) == 5
+    assert (mcu.stats.drops, mcu.stats.sequence_resets) == (1, 0)      # only seq 2 is lost
+    assert (host.stats.drops, host.stats.sequence_resets) == (1, 1)     # 901 -> 0: a reset
+
+
 def test_garbage_then_resync():
     decoder = FrameDecoder()
     good = proto.encode_frame(State(1, 2, 3, 4, 5), 0)

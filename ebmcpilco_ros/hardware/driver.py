@@ -20,8 +20,8 @@ from typing import Callable
 import serial
 
 from .config import HardwareConfig
-from .protocol import (DELIMITER, Command, DecoderStats, DeviceConfig, FrameDecoder, Heartbeat,
-                       Hello, Message, SequenceCounter, State, TOKEN_MODULUS,
+from .protocol import (DELIMITER, Command, Counters, DecoderStats, DeviceConfig, FrameDecoder,
+                       Heartbeat, Hello, Message, SequenceCounter, State, TOKEN_MODULUS,
                        encode_frame)
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class DriverStats:
     callback_errors: int
     heartbeat_rtt: float | None  # last HEARTBEAT round trip [s]
     connected: bool
+    mcu_counters: Counters | None = None   # the MCU's own counters, latest COUNTERS received
 
     # The most asked-for decoder counters, flat.
     @property
@@ -135,6 +136,7 @@ class SerialDriver:
         self._heartbeat_token = 0
         self._heartbeat_sent: float | None = None
         self._heartbeat_rtt: float | None = None
+        self._mcu_counters: Counters | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -182,8 +184,15 @@ class SerialDriver:
 
     @property
     def device(self) -> DeviceConfig | None:
-        """The MCU's CONFIG from the last handshake."""
+        """The MCU's CONFIG from the last handshake (its reset_cause included)."""
         return self._device
+
+    @property
+    def mcu_counters(self) -> Counters | None:
+        """The latest COUNTERS from the MCU (sent after each HEARTBEAT echo); None before the
+        first. Kept across reconnections until a newer one arrives."""
+        with self._state_cond:
+            return self._mcu_counters
 
     def wait_connected(self, timeout: float) -> bool:
         with self._state_cond:
@@ -223,7 +232,7 @@ class SerialDriver:
     def _stats(self) -> DriverStats:
         return DriverStats(decoder=_sum(self._past, self._decoder.stats),
                            heartbeat_rtt=self._heartbeat_rtt, connected=self._connected,
-                           **self._counts)
+                           mcu_counters=self._mcu_counters, **self._counts)
 
     def _bump(self, name: str, amount: int = 1) -> None:
         with self._state_cond:
@@ -232,13 +241,14 @@ class SerialDriver:
 
     # -- transmit --------------------------------------------------------------------------
 
-    def _send(self, message: Message) -> bool:
+    def _send(self, message: Message, lead: bool = False) -> bool:
+        """Write one frame; `lead` puts a 0x00 before it (every HELLO has one, PROTOCOL.md §5)."""
         with self._tx_lock:
             port = self._port
             if port is None:
                 return False
             frame = encode_frame(message, self._tx_seq.next())
-            if self._need_delimiter:  # the last write may have left half a frame on the line
+            if lead or self._need_delimiter:  # the last write may have left half a frame
                 frame = bytes([DELIMITER]) + frame
             try:
                 written = port.write(frame)
@@ -289,6 +299,7 @@ class SerialDriver:
             self._decoder = FrameDecoder()
         with self._tx_lock:
             self._port = port
+            self._tx_seq = SequenceCounter()   # every port open starts a new sequence at 0
             self._need_delimiter = True  # flush whatever partial frame the MCU holds
         return port
 
@@ -304,7 +315,7 @@ class SerialDriver:
                             cfg.handshake_timeout)
                 return False
             if now >= next_hello:
-                self._send(Hello(cfg.watchdog_ms))
+                self._send(Hello(cfg.watchdog_ms), lead=True)
                 next_hello = now + cfg.handshake_retry
             data = self._read(port)
             if data is None:
@@ -346,6 +357,10 @@ class SerialDriver:
                 elif isinstance(message, Heartbeat):
                     if message.token == self._heartbeat_token and self._heartbeat_sent:
                         self._heartbeat_rtt = now - self._heartbeat_sent
+                elif isinstance(message, Counters):
+                    with self._state_cond:
+                        self._mcu_counters = message
+                        self._state_cond.notify_all()
                 elif isinstance(message, DeviceConfig):
                     self._device = message
             if not timed_out and now - last_state > cfg.state_timeout:

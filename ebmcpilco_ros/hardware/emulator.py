@@ -2,9 +2,12 @@
 
 Lets the driver, the hardware node and the fault tests run without a rig. It behaves as
 docs/PROTOCOL.md asks the firmware to: it is the clock (STATE at a fixed rate from its own thread on
-a steady clock), answers HELLO with CONFIG, echoes HEARTBEAT, applies COMMAND only from valid
-frames, zeroes and disables the motor when commands stop (its own watchdog), and blocks drive into
-an active limit switch. The plant is the core cart-pole (`core.cartpole.step`) with a first-order
+a steady clock), answers HELLO with CONFIG (reset_cause power-on) and forgets the host's sequence
+number there, echoes HEARTBEAT and follows each echo with COUNTERS, applies COMMAND only from valid
+frames, zeroes and disables the motor when commands stop (its own watchdog, 5..5000 ms), blocks
+drive into a closed limit switch (LEFT = the end a negative command drives towards), and latches an
+amplifier fault until the host acknowledges it (COMMAND with ENABLE = 0, or HELLO, while the fault
+input is inactive). The plant is the core cart-pole (`core.cartpole.step`) with a first-order
 motor, hard end stops and quantised encoders. Faults are injected on request: corrupted bytes
 (both directions), dropped frames, stalls and disconnects (the pty closes and a new one opens later;
 a stable symlink, like a udev name, follows it).
@@ -36,9 +39,10 @@ import numpy as np
 from ..core import cartpole
 from ..core.config import ConfigError, PlantConfig, Section, find_config, load_config, setting
 from .config import HardwareConfig
-from .protocol import (COMMAND_FULL_SCALE, DELIMITER, Command, DecoderStats, DeviceConfig,
-                       FrameDecoder, Heartbeat, Hello, SequenceCounter, State, Status,
-                       TIMESTAMP_MODULUS, encode_frame)
+from .protocol import (COMMAND_FULL_SCALE, COUNTER_SATURATION, DELIMITER, Command, Counters,
+                       DecoderStats, DeviceConfig, FrameDecoder, Heartbeat, Hello, MsgType,
+                       ResetCause, SequenceCounter, State, Status, TIMESTAMP_MODULUS,
+                       encode_frame)
 
 FIRMWARE_VERSION = (1, 0, 0)
 WATCHDOG_MS_RANGE = (5, 5000)     # the emulated firmware clamps a HELLO's request to this
@@ -79,6 +83,8 @@ class EmulatorConfig(Section):
     limit_switch_position: float = setting(0.42, 0.0, None, lo_open=True,
                                            doc="limit switches close at |p| >= this [m]")
     integrator_substeps: int = setting(2, 1, 100, doc="RK4 substeps per tick")
+    reset_cause: int = setting(int(ResetCause.POWER_ON), 0, 255,
+                               doc="CONFIG reset_cause (AVR MCUSR bits; 0x01 power-on)")
 
     def check(self) -> None:
         for name in ("cart_sign", "pole_sign", "motor_sign"):
@@ -115,7 +121,7 @@ class Faults:
     corrupt_tx: float = 0.0   # of bytes sent to the host, each replaced by a different value
     corrupt_rx: float = 0.0   # of bytes received from the host
     drop: float = 0.0         # of frames never sent (their sequence number is still used)
-    amp_fault: bool = False   # the amplifier reports a fault and produces no force
+    amp_fault: bool = False   # the amplifier's fault input is active: no force, the fault latches
 
 
 @dataclass
@@ -183,6 +189,7 @@ class FirmwareEmulator:
         self._duty_cmd = 0          # last valid raw command
         self._enabled = False
         self._watchdog_tripped = False
+        self._fault_latched = False  # set by an active fault input, cleared by the acknowledgement
         self._last_command: float | None = None
         self._trip_time: float | None = None
         self._command = 0           # raw command actually driving the motor
@@ -240,6 +247,16 @@ class FirmwareEmulator:
         with self._lock:
             return self._snapshot()
 
+    def reconfigure(self, **changes: object) -> None:
+        """Change the emulated rig's settings (tests: new firmware figures for the next CONFIG)."""
+        with self._lock:
+            self.config = dataclasses.replace(self.config, **changes)
+
+    def counters(self) -> Counters:
+        """What the next COUNTERS frame will carry."""
+        with self._lock:
+            return self._counters()
+
     def set_state(self, x: Sequence[float]) -> None:
         """Place the plant (tests: start near an end stop, or in motion)."""
         with self._lock:
@@ -268,7 +285,7 @@ class FirmwareEmulator:
         os.set_blocking(master, False)
         self._master, self._slave = master, slave
         self._slave_name = os.ttyname(slave)
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(restart_types=(MsgType.HELLO,))
         self._decoder.stats = self.stats.rx  # one set of counters across reopenings
         if self.link is not None:
             temporary = self.link.with_name(self.link.name + ".new")
@@ -334,13 +351,19 @@ class FirmwareEmulator:
             self._watchdog_tripped = True
             self._trip_time = now
             self.stats.watchdog_trips += 1
+        self._check_fault()
         p = self._x[0]
-        limit_left = p <= -self.config.limit_switch_position
-        limit_right = p >= self.config.limit_switch_position
-        command = self._duty_cmd if self._enabled and not self.faults.amp_fault else 0
-        push = command * self.config.motor_sign
-        if (limit_left and push < 0) or (limit_right and push > 0):
-            command = 0
+        at_minus = p <= -self.config.limit_switch_position
+        at_plus = p >= self.config.limit_switch_position
+        # LEFT is the switch at the end a negative command drives towards: -p with motor_sign +1.
+        if self.config.motor_sign > 0:
+            limit_left, limit_right = at_minus, at_plus
+        else:
+            limit_left, limit_right = at_plus, at_minus
+        command = self._duty_cmd if self._enabled else 0
+        if (limit_left and limit_right) or (limit_left and command < 0) or (
+                limit_right and command > 0):
+            command = 0   # both closed is a wiring fault: no drive at all
         self._command = command
         target = command / COMMAND_FULL_SCALE * self.config.motor_force_max * self.config.motor_sign
         tau = self.config.motor_time_constant
@@ -361,7 +384,8 @@ class FirmwareEmulator:
                   | (Status.LIMIT_RIGHT if limit_right else 0)
                   | (Status.AMP_FAULT if self.faults.amp_fault else 0)
                   | (Status.WATCHDOG if self._watchdog_tripped else 0)
-                  | (Status.ENABLED if self._enabled else 0))
+                  | (Status.ENABLED if self._enabled else 0)
+                  | (Status.FAULT_LATCHED if self._fault_latched else 0))
         self._status = int(status)
         if self._master is not None and now >= self._stalled_until:
             self._send(State(*self._encoders(), self._timestamp_us(), self._status, command))
@@ -424,10 +448,30 @@ class FirmwareEmulator:
             for frame in self._decoder.feed(data):
                 self._handle(frame.message, now)
 
+    def _check_fault(self) -> None:
+        """An active fault input disables the amplifier, zeroes the drive and latches."""
+        if self.faults.amp_fault:
+            self._fault_latched = True
+            self._enabled = False
+            self._duty_cmd = 0
+
+    def _counters(self) -> Counters:
+        rx, stats = self.stats.rx, self.stats
+        values = (rx.crc_errors, rx.malformed, rx.oversized, rx.drops, stats.tx_overflows,
+                  stats.watchdog_trips, 0, 0)   # no quadrature errors in an emulated encoder
+        return Counters(*(min(v, COUNTER_SATURATION) for v in values))
+
     def _handle(self, message: object, now: float) -> None:
         if isinstance(message, Command):
+            self._check_fault()
             self._duty_cmd = message.motor
-            self._enabled = message.enable
+            if self._fault_latched:
+                # Held off; ENABLE = 0 with the fault input inactive is the acknowledgement.
+                if not message.enable and not self.faults.amp_fault:
+                    self._fault_latched = False
+                self._enabled = False
+            else:
+                self._enabled = message.enable
             self._watchdog_tripped = False
             self._last_command = now
             self.stats.commands_applied += 1
@@ -442,12 +486,16 @@ class FirmwareEmulator:
             if message.watchdog_ms:
                 self._watchdog_ms = min(hi, max(lo, message.watchdog_ms))
             self._duty_cmd, self._enabled, self._last_command = 0, False, None
+            if not self.faults.amp_fault:
+                self._fault_latched = False
             cfg = self.config
             self._send(DeviceConfig(*FIRMWARE_VERSION, cfg.cart_counts_per_m,
                                     cfg.pole_counts_per_rev, cfg.state_rate_hz,
-                                    self._watchdog_ms), lead=True)
+                                    self._watchdog_ms, cfg.reset_cause), lead=True)
         elif isinstance(message, Heartbeat):
             self._send(Heartbeat(message.token))
+            self._send(self._counters())
+        # Host-bound types (STATE, CONFIG, COUNTERS) are valid frames with no effect.
 
 
 # ---------------------------------------------------------------------------------------------

@@ -372,8 +372,11 @@ class FrameDecoder:
     we listened, so they are dropped without being counted as errors.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, restart_types: tuple[int, ...] = ()) -> None:
+        """restart_types: message types that start a new sequence (the MCU passes HELLO: a
+        reopened host restarts at 0, which is neither a loss nor a reset)."""
         self.stats = DecoderStats()
+        self._restart_types = frozenset(int(t) for t in restart_types)
         self._buffer = bytearray()
         self._hunting = True      # discard up to the next delimiter
         self._lost_sync = False   # a bad frame was seen since the last good one
@@ -429,6 +432,8 @@ class FrameDecoder:
         if self._lost_sync:
             self.stats.resyncs += 1
             self._lost_sync = False
+        if frame.message.TYPE in self._restart_types:
+            self._last_seq = None
         if self._last_seq is not None:
             gap = sequence_gap(self._last_seq, frame.seq)
             if gap >= SEQ_RESET_GAP:

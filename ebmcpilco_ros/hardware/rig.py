@@ -5,13 +5,17 @@ latest requested force, zeroed if it is older than the command watchdog, overrid
 limits against the newest state, and zero with the amplifier disabled while disabled or e-stopped.
 Re-sending at the state rate keeps the soft limits acting between control periods and keeps the
 MCU's watchdog fed only while this process is alive. A new serial session (reconnection) starts
-disabled: the caller must enable again, so motion never resumes on its own.
+disabled: the caller must enable again, so motion never resumes on its own. An amplifier fault
+reported in a STATE (AMP_FAULT or FAULT_LATCHED) disables the host side the same way; while
+disabled every re-sent COMMAND carries ENABLE = 0, which is also what acknowledges (clears) the
+MCU's fault latch once the fault input is inactive.
 
 Homing (what the hardware node's reset does) runs the PD law on the same path, at the state rate,
 so it needs no fast caller and stays under the soft limits and the e-stop.
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -24,6 +28,9 @@ from .config import HardwareConfig
 from .conversion import Measurement, apply_soft_limits, force_to_duty, measure
 from .driver import SerialDriver, StateSample
 from .protocol import DeviceConfig, Status
+
+log = logging.getLogger(__name__)
+FAULT_BITS = int(Status.AMP_FAULT | Status.FAULT_LATCHED)   # either disables the host side
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class RigStatus:
     commanded_force: float
     session: int
     homing: bool
+    fault_disables: int = 0  # times an amplifier fault in a STATE disabled the host side
 
 
 @dataclass(frozen=True)
@@ -56,9 +64,13 @@ class Rig:
 
     def __init__(self, config: HardwareConfig,
                  on_measurement: Callable[[Measurement, StateSample], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_session: Callable[[DeviceConfig], None] | None = None) -> None:
+        """on_session(device) runs on the driver's I/O thread at every new serial session (the
+        first handshake and each reconnection), with that session's CONFIG."""
         self.config = config
         self._on_measurement = on_measurement
+        self._on_session = on_session
         self._clock = clock
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()   # compute-and-send is atomic: no stale frame overtakes
@@ -72,6 +84,7 @@ class Rig:
         self._estopped = False
         self._session = 0
         self._homing = False
+        self._fault_disables = 0
         self._last = (0.0, None, False)   # commanded force, limit reason, watchdog expired
         self.driver = SerialDriver(config, on_state=self._on_state, on_link=self._on_link)
 
@@ -102,9 +115,10 @@ class Rig:
         self._send()
 
     def enable(self) -> bool:
-        """Enable the amplifier; refused while e-stopped or not connected."""
+        """Enable the amplifier; refused while e-stopped, not connected, or while the latest
+        STATE reports an amplifier fault (AMP_FAULT or FAULT_LATCHED): see refusal()."""
         with self._lock:
-            if self._estopped or not self.driver.connected:
+            if self._refusal() is not None:
                 return False
             self._enabled = True
             self._requested, self._requested_at = 0.0, None
@@ -162,6 +176,23 @@ class Rig:
                                     f"home_tolerance = {cfg.home_tolerance} m, "
                                     f"home_speed_tolerance = {cfg.home_speed_tolerance} m/s)", x)
 
+    def refusal(self) -> str | None:
+        """Why enable() would be refused now, None if it would not."""
+        with self._lock:
+            return self._refusal()
+
+    def _refusal(self) -> str | None:
+        """(lock held)"""
+        if self._estopped:
+            return "the e-stop is latched"
+        if not self.driver.connected:
+            return f"the MCU on {self.config.port} is not connected"
+        if self._sample is not None and self._sample.state.status & FAULT_BITS:
+            return (f"the MCU reports an amplifier fault (status "
+                    f"0x{self._sample.state.status:04x}); it clears once the fault input is "
+                    f"inactive")
+        return None
+
     def reset_estop(self) -> None:
         """Clear the latch; the rig stays disabled until enable()."""
         with self._lock:
@@ -189,7 +220,8 @@ class Rig:
             force, limit, expired = self._last
             bits = self._sample.state.status if self._sample is not None else 0
             return RigStatus(self.driver.connected, self._enabled, self._estopped, expired, limit,
-                             bits, self._requested, force, self._session, self._homing)
+                             bits, self._requested, force, self._session, self._homing,
+                             self._fault_disables)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -200,7 +232,11 @@ class Rig:
             self._last = (0.0, None, False)
             if connected:
                 self._session += 1
+                self._sample = None   # a fault seen in the old session is the new CONFIG's to tell
             self._measured.notify_all()
+        device = self.driver.device
+        if connected and self._on_session is not None and device is not None:
+            self._on_session(device)
 
     def _x(self) -> np.ndarray | None:
         """The last measured state (lock held)."""
@@ -226,6 +262,12 @@ class Rig:
             self._measurement = measure(sample.state, self._measurement, self.config)
             self._sample = sample
             self._count += 1
+            if sample.state.status & FAULT_BITS and self._enabled:
+                # Like a lost session: disabled until the caller enables again (a reset).
+                self._enabled = False
+                self._fault_disables += 1
+                log.warning("rig: amplifier fault reported (status 0x%04x): disabled until the "
+                            "next enable", sample.state.status)
             measurement = self._measurement
             self._measured.notify_all()
         self._send()
@@ -246,7 +288,7 @@ class Rig:
             x = self._measurement.x
             limited = apply_soft_limits(force, float(x[0]), float(x[1]), self.config)
             force, limit = limited.force, limited.reason
-        if self._sample is not None and self._sample.state.has(Status.AMP_FAULT):
+        if self._sample is not None and self._sample.state.status & FAULT_BITS:
             active = False
         if not active:
             force = 0.0

@@ -20,6 +20,7 @@ reset. On shutdown, a signal or a failed executor, run_node calls close(): zero,
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -36,7 +37,7 @@ from std_srvs.srv import Trigger
 from ..hardware.config import HardwareConfig
 from ..hardware.conversion import Measurement, applied_force, calibration_mismatches
 from ..hardware.driver import DriverError, StateSample
-from ..hardware.protocol import DeviceConfig, Status
+from ..hardware.protocol import Counters, DeviceConfig, Status, reset_cause_text
 from ..hardware.rig import Rig
 from .common import (Diagnostics, GraphNode, SampleListener, run_node, sampler_node,
                      sensor_qos, set_dds_receive_priority)
@@ -51,6 +52,9 @@ EXECUTOR_THREADS = 3
 NANOSECONDS = 1_000_000_000
 COMMAND_DEPTH = 10   # commands queued for the command thread (one per control period is usual)
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+# The MCU's COUNTERS as diagnostics keys: mcu_rx_crc_errors, ..., mcu_pole_quadrature_errors.
+MCU_COUNTER_KEYS = tuple(f"mcu_{f.name}" for f in dataclasses.fields(Counters))
+CALIBRATION_AGREES = "agrees with the firmware"
 
 
 class HardwareInterface(LifecycleNode, GraphNode):
@@ -109,7 +113,7 @@ class HardwareInterface(LifecycleNode, GraphNode):
             self.autostart_timer = None
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        rig = Rig(self.hw, on_measurement=self._on_measurement)
+        rig = Rig(self.hw, on_measurement=self._on_measurement, on_session=self._on_session)
         try:
             device = rig.open()
         except DriverError as exc:
@@ -118,20 +122,37 @@ class HardwareInterface(LifecycleNode, GraphNode):
             return FAILURE
         if self.estopped:
             rig.estop()
-        self.mismatches = calibration_mismatches(self.hw, device)
-        for problem in self.mismatches:
-            self.get_logger().warning(f"calibration: {problem}")
         with self.lock:
-            self.rig, self.device, self.last_error = rig, device, ""
+            self.rig, self.last_error = rig, ""
         self.get_logger().info(f"connected to {self.hw.port}: firmware {device.firmware}, "
-                               f"{device.state_rate_hz} Hz, watchdog {device.watchdog_ms} ms")
+                               f"{device.state_rate_hz} Hz, watchdog {device.watchdog_ms} ms, "
+                               f"MCU reset cause {reset_cause_text(device.reset_cause)}")
         return SUCCESS
+
+    def _on_session(self, device: DeviceConfig) -> None:
+        """Every new serial session (configure and each reconnection, on the driver's I/O
+        thread): check the calibration against this CONFIG and log what changed."""
+        mismatches = calibration_mismatches(self.hw, device)
+        with self.lock:
+            first = self.device is None
+            before, self.mismatches, self.device = self.mismatches, mismatches, device
+        log = self.get_logger()
+        if not first and device.reset_cause:
+            log.info(f"new session: MCU reset cause {reset_cause_text(device.reset_cause)}")
+        if mismatches == before and not first:
+            return
+        for problem in mismatches:
+            if problem not in before or first:
+                log.warning(f"calibration: {problem}")
+        if before and not mismatches:
+            log.info(f"calibration: now {CALIBRATION_AGREES}")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         rig = self.rig
         if rig is None or not rig.enable():
             why = ("the e-stop is latched: call " + self.names.reset_service if self.estopped
-                   else f"the MCU on {self.hw.port} is not connected")
+                   else (rig.refusal() if rig is not None else None)
+                   or f"the MCU on {self.hw.port} is not connected")
             self.last_error = f"cannot enable the amplifier: {why}"
             self.get_logger().error(f"activate failed: {self.last_error}")
             return FAILURE
@@ -223,7 +244,8 @@ class HardwareInterface(LifecycleNode, GraphNode):
             return False, (f"e-stop latch cleared, but {NAME} is {state}: activate it to enable "
                            f"the amplifier")
         if not rig.enable():
-            return False, f"cannot enable the amplifier: the MCU on {self.hw.port} is not connected"
+            why = rig.refusal() or f"the MCU on {self.hw.port} is not connected"
+            return False, f"cannot enable the amplifier: {why}"
         if not self.hw.home_on_reset:
             return True, "reset: e-stop cleared, amplifier enabled"
         outcome = rig.home()
@@ -246,14 +268,19 @@ class HardwareInterface(LifecycleNode, GraphNode):
             return ("error" if self.estopped else "warn"), message, values
         status, stats = rig.status(), rig.driver.stats()
         decoder = stats.decoder
+        with self.lock:
+            device, mismatches = self.device, self.mismatches
         values.update({
             "connected": status.connected, "enabled": status.enabled, "homing": status.homing,
             "watchdog_expired": status.watchdog_expired, "soft_limit": status.limit or "none",
             "mcu_status": f"0x{status.mcu_status:04x}",
             "requested_force_N": round(status.requested_force, 4),
             "commanded_force_N": round(status.commanded_force, 4), "session": status.session,
-            "firmware": self.device.firmware if self.device else "unknown",
-            "calibration": "; ".join(self.mismatches) or "agrees with the firmware",
+            "fault_disables": status.fault_disables,
+            "firmware": device.firmware if device else "unknown",
+            "mcu_reset_cause": (reset_cause_text(device.reset_cause) if device
+                                else "not reported"),
+            "calibration": "; ".join(mismatches) or CALIBRATION_AGREES,
             "frames": decoder.frames, "crc_errors": decoder.crc_errors,
             "malformed": decoder.malformed, "oversized": decoder.oversized,
             "resyncs": decoder.resyncs, "drops": decoder.drops,
@@ -264,10 +291,15 @@ class HardwareInterface(LifecycleNode, GraphNode):
             "heartbeat_rtt_ms": (round(stats.heartbeat_rtt * 1e3, 3)
                                  if stats.heartbeat_rtt is not None else "none"),
         })
-        fault = status.mcu_status & Status.AMP_FAULT
+        counters = stats.mcu_counters
+        values.update(zip(MCU_COUNTER_KEYS, dataclasses.astuple(counters) if counters is not None
+                          else ["none"] * len(MCU_COUNTER_KEYS)))
+        fault = status.mcu_status & (Status.AMP_FAULT | Status.FAULT_LATCHED)
         if self.estopped or fault or not status.connected:
             level = "error"
-            message = ("e-stop latched" if self.estopped else "amplifier fault" if fault
+            message = ("e-stop latched" if self.estopped
+                       else "amplifier fault" if status.mcu_status & Status.AMP_FAULT
+                       else "amplifier fault latched" if fault
                        else "link to the MCU lost: reconnecting")
         elif state != "active" or not status.enabled:
             level, message = "warn", f"{state}, amplifier {'on' if status.enabled else 'off'}"
