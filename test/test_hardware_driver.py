@@ -2,18 +2,25 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
+import struct
 import subprocess
 import sys
 import threading
+import time
+import tty
 
 import pytest
+import serial
 
 from ebmcpilco_ros.hardware import conversion as cv
+from ebmcpilco_ros.hardware import protocol as proto
 from ebmcpilco_ros.hardware.driver import DriverError, SerialDriver, StateSample
 from ebmcpilco_ros.hardware.emulator import (EmulatorConfig, FirmwareEmulator,
                                              matching_hardware_config)
-from ebmcpilco_ros.hardware.protocol import Status
+from ebmcpilco_ros.hardware.protocol import (Command, Counters, DeviceConfig, Heartbeat, Hello,
+                                             State, Status)
 from ebmcpilco_ros.hardware.rig import Rig
 
 pytestmark = pytest.mark.timeout(30)
@@ -189,6 +196,7 @@ def test_limit_switch_and_amplifier_fault_block_the_motor(driver, emulator):
     assert emulator.snapshot().command == 0
     sample = next_state(driver)
     assert sample.state.has(Status.AMP_FAULT) and sample.state.applied_command == 0
+    assert sample.state.has(Status.FAULT_LATCHED) and not sample.state.has(Status.ENABLED)
 
 
 def test_heartbeat_round_trip_and_callback_errors_are_survived(emulator):
@@ -273,6 +281,260 @@ def test_driver_started_before_the_device_appears(tmp_path):
         emu.stop()
 
 
+# -- the contract's details, byte by byte -----------------------------------------------------
+
+
+class RawHost:
+    """A bare host on the emulator's pty: writes exactly the bytes it is given, keeps every byte
+    and frame that comes back."""
+
+    def __init__(self, path: str) -> None:
+        self.port = serial.Serial(path, timeout=0.01)
+        self.decoder = proto.FrameDecoder()
+        self.raw = bytearray()
+        self.frames: list[proto.Frame] = []
+
+    def write(self, data: bytes) -> None:
+        assert self.port.write(data) == len(data)
+
+    def send(self, message, seq: int) -> None:
+        self.write(b"\x00" + proto.encode_frame(message, seq))
+
+    def wait_for(self, predicate, timeout: float = WAIT, start: int | None = None):
+        """The first frame received from now on (or from frames[start]) that satisfies
+        predicate(frame); None on timeout."""
+        start = len(self.frames) if start is None else start
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = self.port.read(max(1, self.port.in_waiting))
+            self.raw += data
+            self.frames += self.decoder.feed(data)
+            found = next((f for f in self.frames[start:] if predicate(f)), None)
+            if found is not None:
+                return found
+        return None
+
+    def hello(self, watchdog_ms: int, seq: int = 0) -> DeviceConfig:
+        self.send(Hello(watchdog_ms), seq)
+        frame = self.wait_for(lambda f: isinstance(f.message, DeviceConfig))
+        assert frame is not None
+        return frame.message
+
+    def counters(self, token: int, seq: int) -> Counters:
+        """HEARTBEAT out; the echo, then COUNTERS as the very next frame."""
+        self.send(Heartbeat(token), seq)
+        echo = self.wait_for(lambda f: f.message == Heartbeat(token))
+        assert echo is not None
+        following = self.wait_for(lambda f: f.seq == (echo.seq + 1) % proto.SEQ_MODULUS,
+                                  start=self.frames.index(echo))
+        assert following is not None and isinstance(following.message, Counters), following
+        assert self.frames.index(following) == self.frames.index(echo) + 1
+        return following.message
+
+    def close(self) -> None:
+        self.port.close()
+
+
+def raw_frame(kind: int, seq: int, payload: bytes) -> bytes:
+    body = proto.HEADER.pack(proto.PROTOCOL_VERSION, kind, seq) + payload
+    return proto.cobs_encode(body + proto.CRC.pack(proto.crc16(body))) + b"\x00"
+
+
+@pytest.fixture
+def raw_host(emulator):
+    host = RawHost(emulator.device_path)
+    yield host
+    host.close()
+
+
+def test_mcu_config_reset_cause_and_counters_after_each_heartbeat_echo(emulator, raw_host):
+    host = raw_host
+    config = host.hello(50)
+    assert config.reset_cause == proto.ResetCause.POWER_ON and config.watchdog_ms == 50
+    seq = next(f.seq for f in host.frames if f.message == config)
+    at = host.raw.find(proto.encode_frame(config, seq))
+    # An extra 0x00 before CONFIG: an empty piece, not just the previous frame's delimiter.
+    assert at >= 1 and host.raw[at - 1] == 0 and (at == 1 or host.raw[at - 2] == 0)
+    assert host.counters(0xABCD, 1) == Counters()                      # a clean link
+    # Saturating, never wrapping.
+    emulator.stats.watchdog_trips = 70000
+    assert host.counters(7, 2).watchdog_trips == 65535
+
+
+def test_mcu_receiver_counts_like_the_python_receiver(emulator, raw_host):
+    host = raw_host
+    host.hello(0)
+    assert host.counters(1, 1) == Counters()
+    # Host-bound types are valid frames with no effect; an unknown type and a body under 6 bytes
+    # are malformed; a bad CRC and a run over MAX_ENCODED bytes have their own counters.
+    host.write(raw_frame(proto.MsgType.STATE, 2, proto.pack_message(State(1, 2, 3, 0x10, 500))))
+    host.write(raw_frame(proto.MsgType.CONFIG, 3,
+                         proto.pack_message(DeviceConfig(1, 0, 0, 1, 1, 1, 1))))
+    host.write(raw_frame(proto.MsgType.COUNTERS, 4, proto.pack_message(Counters())))
+    host.write(raw_frame(0x07, 5, bytes(4)))
+    host.write(proto.cobs_encode(bytes([1, 2, 6, 0, 0])) + b"\x00")
+    bad_crc = bytearray(proto.encode_frame(Command(1000, True), 6))
+    bad_crc[-2] ^= 0x01
+    host.write(bytes(bad_crc))
+    host.write(bytes(range(1, 31)) + b"\x00")
+    counters = host.counters(2, 7)
+    # The last valid frame before seq 7 was seq 4: 5 and 6 are counted as lost.
+    assert counters == Counters(rx_crc_errors=1, rx_malformed=2, rx_oversized=1, rx_drops=2)
+    assert emulator.stats.rx.frames == 2 + 3 + 1
+    assert emulator.stats.commands_applied == 0 and not emulator.snapshot().status & (
+        Status.ENABLED)
+    # A reopened host starts again at 0: HELLO makes the MCU forget the old sequence number.
+    host.hello(0, seq=0)
+    assert host.counters(3, 1).rx_drops == 2 and emulator.stats.rx.sequence_resets == 0
+
+
+def test_mcu_clamps_the_watchdog_request_to_5_5000_ms(raw_host):
+    assert raw_host.hello(1).watchdog_ms == 5
+    assert raw_host.hello(60000).watchdog_ms == 5000
+    assert raw_host.hello(0).watchdog_ms == 5000          # 0 keeps the value in effect
+    assert raw_host.hello(250).watchdog_ms == 250
+
+
+def test_every_hello_is_led_by_a_delimiter_and_seq_restarts_at_each_open(tmp_path):
+    # A pty nobody answers: the driver retries HELLO, gives up, reopens and starts again.
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    link = tmp_path / "silent"
+    link.symlink_to(os.ttyname(slave))
+    cfg = matching_hardware_config(EMULATOR, str(link), handshake_timeout=0.25,
+                                   handshake_retry=0.05, reconnect_backoff_initial=0.01,
+                                   command_watchdog_timeout=0.1)
+    drv = SerialDriver(cfg)
+    data = bytearray()
+    try:
+        drv.start()
+        deadline = time.monotonic() + WAIT
+        pieces: list[bytes] = []
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.05)
+            if ready:
+                data += os.read(master, 4096)
+            pieces = bytes(data).split(b"\x00")[:-1]
+            frames = [proto.decode_frame(p) for p in pieces if p]
+            seqs = [f.seq for f in frames]
+            if seqs.count(0) >= 2 and drv.stats().handshake_failures >= 1:
+                break
+        assert seqs.count(0) >= 2, seqs
+    finally:
+        drv.close()
+        os.close(master)
+        os.close(slave)
+    assert all(f.message == Hello(100) for f in frames)
+    restart = seqs.index(0, 1)
+    assert restart >= 3 and seqs[:restart] == list(range(restart))   # retries: 0, 1, 2, ...
+    assert seqs[restart:] == list(range(len(seqs) - restart))        # a new open: 0 again
+    # On the bytes: every HELLO, first and retries, is 0x00 + frame.
+    expected = b"".join(b"\x00" + proto.encode_frame(f.message, f.seq) for f in frames)
+    assert bytes(data[:len(expected)]) == expected
+
+
+def test_driver_keeps_the_reset_cause_and_the_latest_mcu_counters(emulator):
+    with SerialDriver(hardware(emulator, heartbeat_period=0.02)) as drv:
+        assert drv.device.reset_cause == proto.ResetCause.POWER_ON
+        assert drv.wait_stats(lambda s: s.mcu_counters is not None, WAIT)
+        assert drv.mcu_counters == Counters()
+        emulator.faults.corrupt_rx = 0.05
+        assert drv.wait_stats(lambda s: s.mcu_counters.rx_crc_errors > 0, WAIT)
+        emulator.faults.corrupt_rx = 0.0
+        # Once the line is clean the host's copy catches up with the MCU's figures exactly.
+        assert drv.wait_stats(lambda s: s.mcu_counters == emulator.counters(), WAIT)
+        assert drv.stats().mcu_counters.rx_drops > 0
+
+
+def test_sessions_one_after_another_are_not_losses_for_the_mcu(emulator):
+    for _ in range(2):
+        with SerialDriver(hardware(emulator)) as drv:
+            for _ in range(50):
+                assert drv.send_command(0.0, enable=False)
+    assert emulator.stats.rx.drops == 0 and emulator.stats.rx.sequence_resets == 0
+    assert emulator.stats.rx.bad_frames == 0
+
+
+def test_command_with_enable_0_feeds_the_watchdog_and_applies_nothing(driver, emulator):
+    start = emulator.snapshot().tick
+    applied = emulator.stats.commands_applied
+    tick = start
+    while tick < start + 200:                              # 4 x the watchdog, one per tick
+        assert driver.send_command(0.5, enable=False)
+        assert emulator.wait_until(lambda s, t=tick: s.tick > t, WAIT)
+        snap = emulator.snapshot()
+        assert snap.command == 0 and not snap.status & (Status.ENABLED | Status.WATCHDOG)
+        tick = snap.tick
+    assert emulator.stats.commands_applied > applied and emulator.stats.watchdog_trips == 0
+    assert emulator.command_log[-1][1:] == (round(0.5 * 32767), False)
+    sample = next_state(driver)
+    assert sample.state.applied_command == 0 and not sample.state.has(Status.ENABLED)
+
+
+def test_amplifier_fault_latches_until_the_host_acknowledges(driver, emulator):
+    assert drive(driver, emulator, 0.1, lambda s: s.command != 0)
+    emulator.faults.amp_fault = True
+    assert drive(driver, emulator, 0.1, lambda s: s.status & Status.FAULT_LATCHED)
+    snap = emulator.snapshot()
+    assert snap.status & Status.AMP_FAULT and not snap.status & Status.ENABLED
+    assert snap.command == 0
+    # The fault input clears; ENABLE = 1 commands do not re-enable a latched amplifier ...
+    emulator.faults.amp_fault = False
+    assert drive(driver, emulator, 0.1, lambda s: not s.status & Status.AMP_FAULT)
+    for _ in range(20):
+        assert not drive(driver, emulator, 0.1, lambda s: s.command != 0
+                         or not s.status & Status.FAULT_LATCHED, timeout=PERIOD)
+    # ... an ENABLE = 0 COMMAND acknowledges the latch, then ENABLE = 1 enables as usual.
+    assert drive(driver, emulator, 0.0, lambda s: True, timeout=PERIOD) is not None
+    driver.send_command(0.0, enable=False)
+    assert emulator.wait_until(lambda s: not s.status & Status.FAULT_LATCHED, WAIT)
+    assert drive(driver, emulator, 0.1, lambda s: s.command != 0 and s.status & Status.ENABLED)
+    sample = next_state(driver)
+    assert not sample.state.status & (Status.AMP_FAULT | Status.FAULT_LATCHED)
+
+
+def test_an_acknowledgement_while_the_fault_input_is_active_does_not_clear(driver, emulator):
+    emulator.faults.amp_fault = True
+    assert emulator.wait_until(lambda s: s.status & Status.FAULT_LATCHED, WAIT)
+    for _ in range(5):
+        driver.send_command(0.0, enable=False)
+        tick = emulator.snapshot().tick
+        assert emulator.wait_until(lambda s: s.tick > tick, WAIT)
+        assert emulator.snapshot().status & Status.FAULT_LATCHED
+    # A HELLO clears it only once the input is inactive too.
+    emulator.faults.amp_fault = False
+    with SerialDriver(driver.config) as again:
+        assert again.connected
+        assert emulator.wait_until(lambda s: not s.status & Status.FAULT_LATCHED, WAIT)
+
+
+@pytest.mark.parametrize("motor_sign", [1, -1])
+def test_limit_switches_are_named_by_the_motor_direction(tmp_path, motor_sign):
+    config = EmulatorConfig(motor_sign=motor_sign)
+    with FirmwareEmulator(config, link=tmp_path / "tty", seed=1) as emu:
+        cfg = matching_hardware_config(config, emu.device_path)
+        with SerialDriver(cfg) as drv:
+            emu.set_state([0.43, 0.0, 0.0, 0.0])          # the switch at +p is closed
+            # LEFT is the end a negative command drives towards: +p when motor_sign is -1.
+            closed = Status.LIMIT_RIGHT if motor_sign > 0 else Status.LIMIT_LEFT
+            towards = 0.2 * motor_sign                        # raw command driving to +p
+            assert drive(drv, emu, towards, lambda s: s.status & closed)
+            snap = emu.snapshot()
+            assert snap.status & (Status.LIMIT_LEFT | Status.LIMIT_RIGHT) == closed
+            assert snap.command == 0                          # further into it: refused
+            assert drive(drv, emu, -towards, lambda s: s.command != 0)   # away: allowed
+            assert emu.snapshot().command == round(-towards * 32767)
+
+
+def test_both_switches_closed_allow_no_drive(driver, emulator):
+    emulator.faults.switches = Status.LIMIT_LEFT | Status.LIMIT_RIGHT
+    for duty in (0.2, -0.2):
+        assert not drive(driver, emulator, duty, lambda s: s.command != 0, timeout=0.1)
+    assert emulator.snapshot().status & Status.ENABLED
+    emulator.faults.switches = 0
+    assert drive(driver, emulator, 0.2, lambda s: s.command != 0)
+
+
 # -- the rig safety layer ---------------------------------------------------------------------
 
 
@@ -317,6 +579,41 @@ def test_rig_watchdog_zeroes_a_stale_force_and_estop_latches(emulator):
         assert rig.enable()
         rig.set_force(2.0)
         assert emulator.wait_until(lambda s: s.command > 0, WAIT)
+
+
+def test_rig_amplifier_fault_disables_like_a_lost_session(emulator):
+    cfg = hardware(emulator)
+    with Rig(cfg) as rig:
+        assert rig.enable()
+        rig.set_force(2.0)
+        assert emulator.wait_until(lambda s: s.command > 0, WAIT)
+        emulator.faults.amp_fault = True
+        count, _m = rig.wait_measurement(0, WAIT)
+        while rig.status().enabled:
+            rig.set_force(2.0)
+            count, _m = rig.wait_measurement(count, WAIT)
+        assert rig.status().fault_disables == 1
+        assert not rig.enable() and "fault" in rig.refusal()
+        # The fault clears: the host's ENABLE = 0 commands acknowledge the latch by themselves,
+        # and however long the controller keeps asking, motion does not resume.
+        emulator.faults.amp_fault = False
+        assert emulator.wait_until(lambda s: not s.status & (Status.AMP_FAULT
+                                                             | Status.FAULT_LATCHED), WAIT)
+        driven = []
+        start = emulator.snapshot().tick
+        while emulator.snapshot().tick < start + 100:
+            rig.set_force(2.0)
+            count, _m = rig.wait_measurement(count, WAIT)
+            snap = emulator.snapshot()
+            driven.append(snap.command != 0 or bool(snap.status & Status.ENABLED))
+        assert not any(driven) and not rig.status().enabled
+        assert emulator.command_log[-1][2] is False
+        # The next enable (a reset) is what brings it back.
+        rig.wait_measurement(rig.wait_measurement(count, WAIT)[0], WAIT)
+        assert rig.refusal() is None and rig.enable()
+        rig.set_force(2.0)
+        assert emulator.wait_until(lambda s: s.command > 0, WAIT)
+        assert rig.status().fault_disables == 1
 
 
 def test_homing_centres_the_cart_and_an_estop_interrupts_it(emulator):

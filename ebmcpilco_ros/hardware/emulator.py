@@ -122,6 +122,7 @@ class Faults:
     corrupt_rx: float = 0.0   # of bytes received from the host
     drop: float = 0.0         # of frames never sent (their sequence number is still used)
     amp_fault: bool = False   # the amplifier's fault input is active: no force, the fault latches
+    switches: int = 0         # Status.LIMIT_LEFT/RIGHT bits forced closed (stuck or miswired)
 
 
 @dataclass
@@ -360,6 +361,8 @@ class FirmwareEmulator:
             limit_left, limit_right = at_minus, at_plus
         else:
             limit_left, limit_right = at_plus, at_minus
+        limit_left = limit_left or bool(self.faults.switches & Status.LIMIT_LEFT)
+        limit_right = limit_right or bool(self.faults.switches & Status.LIMIT_RIGHT)
         command = self._duty_cmd if self._enabled else 0
         if (limit_left and limit_right) or (limit_left and command < 0) or (
                 limit_right and command > 0):
