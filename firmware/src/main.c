@@ -1,0 +1,46 @@
+/* The firmware's main loop, the same on every board: ticks become STATE frames, received bytes
+ * become actions, and the drive follows the state machine. Interrupt handlers (in the board file)
+ * only move bytes and latch encoder counts. */
+#include <stddef.h>
+
+#include "ebmfw/board.h"
+#include "ebmfw/mcu.h"
+
+#define RX_CHUNK 32u    /* bytes taken from the receive ring per pass: bounds one pass's work */
+
+static bool transmit(void *context, const uint8_t *bytes, uint8_t n)
+{
+    (void)context;
+    return board_tx(bytes, n);
+}
+
+int main(void)
+{
+    static struct ebm_mcu mcu;
+    board_init();
+    const struct ebm_config config = {
+        .fw_major = EBM_FW_MAJOR,
+        .fw_minor = EBM_FW_MINOR,
+        .fw_patch = EBM_FW_PATCH,
+        .reset_cause = board_reset_cause(),
+        .cart_counts_per_m = EBM_CART_COUNTS_PER_M,
+        .pole_counts_per_rev = EBM_POLE_COUNTS_PER_REV,
+        .state_rate_hz = EBM_STATE_RATE_HZ,
+        .watchdog_ms = EBM_WATCHDOG_MS_DEFAULT,
+    };
+    ebm_mcu_init(&mcu, &config, transmit, NULL);
+    for (;;) {
+        struct ebm_tick tick;
+        uint8_t bytes[RX_CHUNK];
+        board_feed_watchdog();
+        /* The tick first: its STATE has a deadline. A COMMAND received just before the latch but
+         * handled after it counts as after the tick: the watchdog errs late by under one loop
+         * pass, never early. */
+        if (board_take_tick(&tick))
+            ebm_mcu_tick(&mcu, &tick);
+        ebm_mcu_receive(&mcu, bytes, board_rx(bytes, sizeof bytes));
+        ebm_mcu_inputs(&mcu, board_inputs());
+        board_drive(ebm_mcu_drive(&mcu));
+        board_idle();
+    }
+}
