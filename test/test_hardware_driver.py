@@ -485,8 +485,7 @@ def test_amplifier_fault_latches_until_the_host_acknowledges(driver, emulator):
         assert not drive(driver, emulator, 0.1, lambda s: s.command != 0
                          or not s.status & Status.FAULT_LATCHED, timeout=PERIOD)
     # ... an ENABLE = 0 COMMAND acknowledges the latch, then ENABLE = 1 enables as usual.
-    assert drive(driver, emulator, 0.0, lambda s: True, timeout=PERIOD) is not None
-    driver.send_command(0.0, enable=False)
+    assert driver.send_command(0.0, enable=False)
     assert emulator.wait_until(lambda s: not s.status & Status.FAULT_LATCHED, WAIT)
     assert drive(driver, emulator, 0.1, lambda s: s.command != 0 and s.status & Status.ENABLED)
     sample = next_state(driver)

@@ -435,6 +435,76 @@ def test_lifecycle_transitions_open_enable_disable_and_close(tmp_path):
             rig.close()
 
 
+MCU_COUNTER_KEYS = ("mcu_rx_crc_errors", "mcu_rx_malformed", "mcu_rx_oversized", "mcu_rx_drops",
+                    "mcu_tx_overflows", "mcu_watchdog_trips", "mcu_cart_quadrature_errors",
+                    "mcu_pole_quadrature_errors")
+FAULT_BITS = int(Status.AMP_FAULT | Status.FAULT_LATCHED)
+
+
+@pytest.mark.timeout(180)
+def test_diagnostics_report_the_mcu_recheck_the_calibration_and_latch_a_fault(tmp_path):
+    with ros_environment(isolated_domain(31)):
+        rig = Rig(tmp_path, 31, {"hardware.heartbeat_period": 0.1},
+                  nodes=("hardware_interface",))
+        emulator = rig.emulator
+        try:
+            # The MCU's own counters and reset cause, as the emulator reports them.
+            first = rig.diagnostics.wait(lambda v: v.get("connected") == "True"
+                                         and v.get("mcu_rx_crc_errors", "none") != "none",
+                                         STARTUP_TIMEOUT)
+            assert first is not None, rig.failure()
+            values = first[1]
+            assert {k: values[k] for k in MCU_COUNTER_KEYS} == dict.fromkeys(MCU_COUNTER_KEYS,
+                                                                              "0")
+            assert values["mcu_reset_cause"] == "power-on"
+            assert values["calibration"] == "agrees with the firmware"
+
+            # A new session whose CONFIG reports twice the counts per metre: checked again.
+            emulator.reconfigure(cart_counts_per_m=2 * EMULATOR.cart_counts_per_m)
+            cut = time.monotonic()
+            assert emulator.disconnect(0.3)
+            flipped = rig.diagnostics.wait(
+                lambda v: v.get("connected") == "True" and int(v.get("reconnects", 0)) >= 1,
+                WAIT, cut)
+            assert flipped is not None, rig.failure()
+            assert "metres_per_cart_count" in flipped[1]["calibration"], flipped[1]
+            emulator.reconfigure(cart_counts_per_m=EMULATOR.cart_counts_per_m)
+            cut = time.monotonic()
+            assert emulator.disconnect(0.3)
+            back = rig.diagnostics.wait(
+                lambda v: v.get("connected") == "True" and int(v.get("reconnects", 0)) >= 2,
+                WAIT, cut)
+            assert back is not None and back[1]["calibration"] == "agrees with the firmware"
+
+            # An amplifier fault disables the node's rig; it stays off after the fault clears
+            # (the host's ENABLE = 0 acknowledges the latch) until the next reset.
+            ok, message = rig.call("reset")
+            assert ok, message
+            assert emulator.wait_until(lambda s: bool(s.status & Status.ENABLED), WAIT)
+            emulator.faults.amp_fault = True
+            faulted_at = time.monotonic()
+            faulted = rig.diagnostics.wait(lambda v: v.get("fault_disables") == "1"
+                                           and v.get("enabled") == "False", WAIT, faulted_at)
+            assert faulted is not None, rig.failure()
+            with rig.diagnostics.cond:
+                messages = [m for t, m, _v in rig.diagnostics.reports if t >= faulted[0]]
+            assert messages[0].startswith("amplifier fault"), messages[0]
+            ok, message = rig.call("reset")
+            assert not ok and "amplifier fault" in message, message
+            emulator.faults.amp_fault = False
+            cleared_at = time.monotonic()
+            cleared = rig.diagnostics.wait(lambda v: not int(v["mcu_status"], 16) & FAULT_BITS,
+                                           WAIT, cleared_at)
+            assert cleared is not None and cleared[1]["enabled"] == "False"
+            snap = emulator.snapshot()
+            assert not snap.status & (Status.ENABLED | FAULT_BITS) and snap.command == 0
+            ok, message = rig.call("reset")
+            assert ok, message
+            assert emulator.wait_until(lambda s: bool(s.status & Status.ENABLED), WAIT)
+        finally:
+            rig.close()
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("parameter, value, message", [
     ("hardware.baud", "5", "hardware.baud = 5: must be in [9600, 12000000]"),
