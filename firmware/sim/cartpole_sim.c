@@ -996,9 +996,15 @@ static avr_cycle_count_t io_timer(avr_t *avr, avr_cycle_count_t when, void *para
 /* ------------------------------------------------------------------------------------------- */
 /* Reset handling: simavr's avr_reset cancels every cycle timer and zeroes the I/O registers */
 
+/* simavr polls a low INTn pin every cycle while its sense control is "low level" (the reset
+ * value), and keeps polling after the firmware selects edges: an interrupt storm. Off for all. */
+static void extint_no_level_polling(avr_t *avr) {
+    for (int n = 0; n < 8; n++) avr_extint_set_strict_lvl_trig(avr, (uint8_t)n, 0);
+}
+
 static avr_cycle_count_t post_reset_timer(avr_t *avr, avr_cycle_count_t when, void *param) {
     (void)when; (void)param;
-    for (int n = 2; n <= 5; n++) avr_extint_set_strict_lvl_trig(avr, (uint8_t)n, 0);
+    extint_no_level_polling(avr);            /* the extint module's reset turned it back on */
     S.last_mcusr = avr->data[R_MCUSR];
     trace("X %llu %d\n", (unsigned long long)avr->cycle, S.last_mcusr);
     return 0;
@@ -1008,7 +1014,7 @@ static void arm_timers(void) {
     avr_t *avr = S.avr;
     avr_cycle_timer_register(avr, S.step_cycles, plant_timer, NULL);
     avr_cycle_timer_register(avr, S.io_cycles, io_timer, NULL);
-    avr_cycle_timer_register(avr, 1, post_reset_timer, NULL);
+    avr_cycle_timer_register(avr, 0, post_reset_timer, NULL);
     for (int i = 0; i < 2; i++) {
         encoder_t *e = &S.enc[i];
         e->armed = 0;
@@ -1053,7 +1059,7 @@ static void avr_sleep_paced(avr_t *avr, avr_cycle_count_t how_long) {
 
 static void logger(avr_t *avr, const int level, const char *fmt, va_list ap) {
     (void)avr;
-    if (level <= LOG_WARNING) vfprintf(stderr, fmt, ap);
+    if (level <= LOG_ERROR) vfprintf(stderr, fmt, ap);
 }
 
 /* ------------------------------------------------------------------------------------------- */
@@ -1229,9 +1235,16 @@ int main(int argc, char **argv) {
     avr_irq_register_notify(S.portb_reg, on_portb_write, NULL);
     avr_irq_register_notify(S.portb_ddr, on_ddrb_write, NULL);
     avr_irq_register_notify(S.pwm_irq, on_pwm, NULL);
+    {   /* writes to Timer1's mode, TOP and compare registers (the IRQ follows the write) */
+        const avr_io_addr_t regs[] = { R_TCCR1A, R_TCCR1B, R_ICR1L, R_OCR1AL };
+        for (size_t i = 0; i < sizeof regs / sizeof *regs; i++)
+            avr_irq_register_notify(avr_iomem_getirq(avr, regs[i], NULL, AVR_IOMEM_IRQ_ALL),
+                                    on_pwm, NULL);
+    }
     S.out.enable = -1;                       /* first sample is traced */
 
     /* Driven inputs */
+    extint_no_level_polling(avr);
     S.enc[0] = (encoder_t){ .name = "cart", .stuck = {-1, -1} };
     S.enc[1] = (encoder_t){ .name = "pole", .stuck = {-1, -1} };
     S.enc[0].ch[0] = make_pin(EBM_CART_A_PORT, EBM_CART_A_BIT);

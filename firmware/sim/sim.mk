@@ -5,7 +5,7 @@
 
 _SIM_SAVED_GOAL := $(.DEFAULT_GOAL)
 
-SIM_BUILD  ?= build/sim
+SIM_BUILD  ?= $(or $(BUILD),build)/sim
 SIM_CC     ?= cc
 SIM_CFLAGS ?= -O2 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter
 SIM_SIMAVR_CFLAGS := $(shell pkg-config --cflags simavr 2>/dev/null || echo -I/usr/include/simavr)

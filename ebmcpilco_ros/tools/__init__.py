@@ -1,0 +1,1 @@
+"""Tools: users of the package's layers (simulators, benches), never used by those layers."""
