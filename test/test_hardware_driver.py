@@ -615,6 +615,37 @@ def test_rig_amplifier_fault_disables_like_a_lost_session(emulator):
         assert rig.status().fault_disables == 1
 
 
+def test_an_mcu_reset_under_the_open_port_starts_a_new_disabled_session(emulator):
+    cfg = hardware(emulator)
+    with Rig(cfg) as rig:
+        assert rig.enable()
+        rig.set_force(2.0)
+        assert emulator.wait_until(lambda s: s.command > 0, WAIT)
+        session = rig.status().session
+        emulator.reset()                                   # its hardware watchdog fired
+        count = 0
+        deadline = time.monotonic() + WAIT
+        while rig.status().session == session and time.monotonic() < deadline:
+            got = rig.wait_measurement(count, WAIT)
+            count = got[0] if got is not None else count
+        status, stats = rig.status(), rig.driver.stats()
+        assert status.session == session + 1 and not status.enabled
+        assert stats.mcu_restarts == 1 and stats.link_losses == 0 and stats.reconnects == 0
+        assert rig.driver.device.reset_cause == proto.ResetCause.WATCHDOG   # a new CONFIG
+        # However long the controller keeps asking, the restarted MCU stays disabled ...
+        start = emulator.snapshot().tick
+        while emulator.snapshot().tick < start + 100:
+            rig.set_force(2.0)
+            count = rig.wait_measurement(count, WAIT)[0]
+            snap = emulator.snapshot()
+            assert snap.command == 0 and not snap.status & Status.ENABLED
+        # ... until the next enable.
+        assert rig.enable()
+        rig.set_force(2.0)
+        assert emulator.wait_until(lambda s: s.command > 0, WAIT)
+        assert rig.driver.stats().mcu_restarts == 1
+
+
 def test_homing_centres_the_cart_and_an_estop_interrupts_it(emulator):
     cfg = hardware(emulator)
     emulator.set_state([0.2, 0.0, 0.0, 0.0])

@@ -4,8 +4,11 @@ The I/O thread opens the port, handshakes (HELLO -> CONFIG), then decodes the ST
 latest-value slot and an optional callback. Commands are written from the caller's thread under a
 lock, so a command never waits for the reader. Every blocking call is bounded by a timeout from
 HardwareConfig; a lost port (unplugged, EIO, silence longer than link_timeout) is closed and
-reopened with exponential backoff. Bad input only moves counters: nothing from a frame that failed
-its CRC reaches the caller, and the driver sends only what the caller asks.
+reopened with exponential backoff. An MCU that restarts under an open port (its hardware watchdog,
+a brown-out) shows up as a STATE timestamp jump longer than link_timeout: the session ends and a
+new handshake on the same port starts the next one, disabled. Bad input only moves counters:
+nothing from a frame that failed its CRC reaches the caller, and the driver sends only what the
+caller asks.
 """
 from __future__ import annotations
 
@@ -21,12 +24,13 @@ import serial
 
 from .config import HardwareConfig
 from .protocol import (DELIMITER, Command, Counters, DecoderStats, DeviceConfig, FrameDecoder,
-                       Heartbeat, Hello, Message, SequenceCounter, State, TOKEN_MODULUS,
-                       encode_frame)
+                       Heartbeat, Hello, Message, SequenceCounter, State, TIMESTAMP_MODULUS,
+                       TOKEN_MODULUS, encode_frame)
 
 log = logging.getLogger(__name__)
 
 SERIAL_ERRORS = (serial.SerialException, OSError, ValueError, TypeError)
+US_PER_S = 1_000_000
 JOIN_MARGIN = 1.0   # close() waits this long beyond the longest blocking call for the thread
 
 
@@ -56,6 +60,7 @@ class DriverStats:
     write_errors: int           # write failed or timed out (the frame was not sent whole)
     timeouts: int               # STATE gaps longer than state_timeout
     link_losses: int            # connections lost (port error or link_timeout)
+    mcu_restarts: int           # sessions ended because the MCU's clock restarted (MCU reset)
     reconnects: int             # successful handshakes after a loss
     open_failures: int
     handshake_failures: int
@@ -131,7 +136,8 @@ class SerialDriver:
         self._decoder = FrameDecoder()
         self._past = DecoderStats()
         self._counts = dict(bytes_tx=0, commands_sent=0, commands_refused=0, write_errors=0,
-                            timeouts=0, link_losses=0, reconnects=0, open_failures=0,
+                            timeouts=0, link_losses=0, mcu_restarts=0, reconnects=0,
+                            open_failures=0,
                             handshake_failures=0, callback_errors=0)
         self._heartbeat_token = 0
         self._heartbeat_sent: float | None = None
@@ -276,7 +282,12 @@ class SerialDriver:
                     if ever_connected:
                         self._bump("reconnects")
                     ever_connected = True
-                    self._serve(port)
+                    # True: the MCU restarted under the open port; a new session on the same
+                    # port (reopening would reset a Mega again and lose the reset cause).
+                    while self._serve(port) and not self._stop.is_set():
+                        self._end_session()
+                        if not self._handshake(port):
+                            break
             except Exception:  # noqa: BLE001 - the I/O thread must survive anything
                 log.exception("serial driver: unexpected error; reconnecting")
             self._drop_port()
@@ -336,10 +347,13 @@ class SerialDriver:
                     return True
         return False
 
-    def _serve(self, port: serial.Serial) -> None:
+    def _serve(self, port: serial.Serial) -> bool:
+        """Deliver frames until the link is lost (False) or the MCU restarts (True)."""
         cfg = self.config
         now = time.monotonic()
         last_frame = last_state = now
+        last_stamp: int | None = None
+        restart_gap = int(cfg.link_timeout * US_PER_S)
         timed_out = False
         next_heartbeat = now + cfg.heartbeat_period if cfg.heartbeat_period else None
         while not self._stop.is_set():
@@ -347,11 +361,21 @@ class SerialDriver:
             now = time.monotonic()
             if data is None:
                 self._lose_link("port error")
-                return
+                return False
             for frame in self._decoder.feed(data):
                 last_frame = now
                 message = frame.message
                 if isinstance(message, State):
+                    # MCU time cannot run ahead of the host's link_timeout unless its clock
+                    # restarted: nothing of the new run is delivered to the old session.
+                    if (last_stamp is not None and (message.timestamp_us - last_stamp)
+                            % TIMESTAMP_MODULUS > restart_gap):
+                        self._bump("mcu_restarts")
+                        log.warning("serial driver: the MCU on %s restarted (STATE clock jumped "
+                                    "from %d to %d us); new session", cfg.port, last_stamp,
+                                    message.timestamp_us)
+                        return True
+                    last_stamp = message.timestamp_us
                     last_state, timed_out = now, False
                     self._deliver(message, frame.seq, now)
                 elif isinstance(message, Heartbeat):
@@ -368,12 +392,13 @@ class SerialDriver:
                 timed_out = True
             if now - last_frame > cfg.link_timeout:
                 self._lose_link(f"no valid frame for {cfg.link_timeout:g} s")
-                return
+                return False
             if next_heartbeat is not None and now >= next_heartbeat:
                 self._heartbeat_token = (self._heartbeat_token + 1) % TOKEN_MODULUS
                 self._heartbeat_sent = now
                 self._send(Heartbeat(self._heartbeat_token))
                 next_heartbeat = now + cfg.heartbeat_period
+        return False
 
     def _read(self, port: serial.Serial) -> bytes | None:
         """Whatever has arrived, waiting at most read_timeout; None if the port is gone."""
@@ -412,6 +437,15 @@ class SerialDriver:
             except Exception:  # noqa: BLE001
                 self._bump("callback_errors")
                 log.exception("serial driver: link callback failed")
+
+    def _end_session(self) -> None:
+        """The session is over but the port stays open (the MCU restarted)."""
+        with self._state_cond:
+            was_connected, self._connected = self._connected, False
+            self._state_cond.notify_all()
+        self._decoder.reset_sequence()
+        if was_connected:
+            self._notify_link(False)
 
     def _drop_port(self) -> None:
         was_connected = self._connected

@@ -196,6 +196,9 @@ class FirmwareEmulator:
         self._command = 0           # raw command actually driving the motor
         self._status = 0
         self._tick = 0
+        self._boot_tick = 0         # the tick of the last (emulated) MCU reset: its clock's zero
+        self._reset_cause = self.config.reset_cause
+        self._counter_base = (0,) * 6   # counter values at the last reset (since power-up)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -247,6 +250,20 @@ class FirmwareEmulator:
     def snapshot(self) -> Snapshot:
         with self._lock:
             return self._snapshot()
+
+    def reset(self, cause: int = int(ResetCause.WATCHDOG)) -> None:
+        """Restart the emulated MCU under the open port, as its hardware watchdog or a brown-out
+        would: clock, sequence number and counters from zero, amplifier disabled, the watchdog
+        back to its default, the host's sequence number forgotten, `cause` in the next CONFIG."""
+        with self._lock:
+            self._boot_tick = self._tick
+            self._tx_seq = SequenceCounter()
+            self._decoder.reset_sequence()
+            self._counter_base = self._counter_values()
+            self._duty_cmd, self._enabled, self._last_command = 0, False, None
+            self._watchdog_tripped = self._fault_latched = False
+            self._watchdog_ms = self.config.watchdog_ms
+            self._reset_cause = int(cause)
 
     def reconfigure(self, **changes: object) -> None:
         """Change the emulated rig's settings (tests: new firmware figures for the next CONFIG)."""
@@ -405,7 +422,8 @@ class FirmwareEmulator:
         return cart, pole
 
     def _timestamp_us(self) -> int:
-        return int(round(self._tick * US_PER_S / self.config.state_rate_hz)) % TIMESTAMP_MODULUS
+        ticks = self._tick - self._boot_tick
+        return int(round(ticks * US_PER_S / self.config.state_rate_hz)) % TIMESTAMP_MODULUS
 
     def _send(self, message: object, lead: bool = False) -> None:
         seq = self._tx_seq.next()
@@ -458,11 +476,16 @@ class FirmwareEmulator:
             self._enabled = False
             self._duty_cmd = 0
 
-    def _counters(self) -> Counters:
+    def _counter_values(self) -> tuple[int, ...]:
         rx, stats = self.stats.rx, self.stats
-        values = (rx.crc_errors, rx.malformed, rx.oversized, rx.drops, stats.tx_overflows,
-                  stats.watchdog_trips, 0, 0)   # no quadrature errors in an emulated encoder
-        return Counters(*(min(v, COUNTER_SATURATION) for v in values))
+        return (rx.crc_errors, rx.malformed, rx.oversized, rx.drops, stats.tx_overflows,
+                stats.watchdog_trips)
+
+    def _counters(self) -> Counters:
+        """Since power-up (the last reset), saturating; no quadrature errors in an emulated
+        encoder."""
+        values = [v - base for v, base in zip(self._counter_values(), self._counter_base)]
+        return Counters(*(min(v, COUNTER_SATURATION) for v in values), 0, 0)
 
     def _handle(self, message: object, now: float) -> None:
         if isinstance(message, Command):
@@ -494,7 +517,7 @@ class FirmwareEmulator:
             cfg = self.config
             self._send(DeviceConfig(*FIRMWARE_VERSION, cfg.cart_counts_per_m,
                                     cfg.pole_counts_per_rev, cfg.state_rate_hz,
-                                    self._watchdog_ms, cfg.reset_cause), lead=True)
+                                    self._watchdog_ms, self._reset_cause), lead=True)
         elif isinstance(message, Heartbeat):
             self._send(Heartbeat(message.token))
             self._send(self._counters())

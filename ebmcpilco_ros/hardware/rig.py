@@ -210,9 +210,10 @@ class Rig:
                          timeout: float = 1.0) -> tuple[int, Measurement] | None:
         """The first measurement numbered above `after` (and its number); None on timeout."""
         with self._measured:
-            if not self._measured.wait_for(lambda: self._count > after, timeout):
+            # A new session clears the measurement without a new count: wait for the next one.
+            if not self._measured.wait_for(lambda: self._count > after
+                                           and self._measurement is not None, timeout):
                 return None
-            assert self._measurement is not None
             return self._count, self._measurement
 
     def status(self) -> RigStatus:

@@ -286,6 +286,7 @@ class HardwareInterface(LifecycleNode, GraphNode):
             "resyncs": decoder.resyncs, "drops": decoder.drops,
             "sequence_resets": decoder.sequence_resets, "timeouts": stats.timeouts,
             "link_losses": stats.link_losses, "reconnects": stats.reconnects,
+            "mcu_restarts": stats.mcu_restarts,
             "commands_sent": stats.commands_sent, "write_errors": stats.write_errors,
             "callback_errors": stats.callback_errors,
             "heartbeat_rtt_ms": (round(stats.heartbeat_rtt * 1e3, 3)
