@@ -1,8 +1,10 @@
 """Wire protocol: message round trips, COBS and CRC properties, and a fuzzed streaming decoder."""
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -81,7 +83,7 @@ def test_contract_constants():
     assert Status.FAULT_LATCHED == 0x20
     assert [int(c) for c in (ResetCause.POWER_ON, ResetCause.EXTERNAL, ResetCause.BROWN_OUT,
                              ResetCause.WATCHDOG)] == [0x01, 0x02, 0x04, 0x08]
-    assert [f.name for f in __import__("dataclasses").fields(Counters)] == [
+    assert [f.name for f in dataclasses.fields(Counters)] == [
         "rx_crc_errors", "rx_malformed", "rx_oversized", "rx_drops", "tx_overflows",
         "watchdog_trips", "cart_quadrature_errors", "pole_quadrature_errors"]
     assert proto.reset_cause_text(0) == "not reported"
@@ -116,6 +118,30 @@ def test_known_frame_bytes():
     crc = reference_crc(body)
     assert proto.cobs_decode(wire[:-1]) == body + struct.pack("<H", crc)
     assert wire.hex(" ") == "05 01 02 02 01 03 40 01 03 " + struct.pack("<H", crc).hex(" ") + " 00"
+
+
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
+
+
+@pytest.mark.parametrize("lead, message, seq, body, wire", [
+    (b"", State(1000, -2048, 2000, int(Status.ENABLED), 16384), 7,
+     "01 01 07 00 | e8 03 00 00 | 00 f8 ff ff | d0 07 00 00 | 10 00 | 00 40 | 61 d0",
+     "04 01 01 07 03 e8 03 01 01 06 f8 ff ff d0 07 01 02 10 01 04 40 61 d0 00"),
+    (b"\x00", Hello(100), 0,
+     "01 03 00 00 | 64 00 00 00 | 4c 3d",
+     "00 03 01 03 01 02 64 01 01 03 4c 3d 00"),
+    (b"\x00", DeviceConfig(1, 0, 0, 20000, 4096, 500, 100, reset_cause=0x08), 0,
+     "01 04 00 00 | 01 00 00 08 | 20 4e 00 00 | 00 10 00 00 | f4 01 | 64 00 | 7c c3",
+     "00 03 01 04 01 02 01 01 04 08 20 4e 01 01 02 10 01 04 f4 01 64 03 7c c3 00"),
+    (b"", Counters(3, 1, 0, 4, 0, 2, 0, 65535), 513,
+     "01 06 01 02 | 03 00 01 00 00 00 04 00 00 00 02 00 00 00 ff ff | a8 5e",
+     "06 01 06 01 02 03 02 01 01 01 02 04 01 01 02 02 01 01 05 ff ff a8 5e 00"),
+], ids=["STATE", "HELLO", "CONFIG", "COUNTERS"])
+def test_worked_examples_in_the_protocol_doc(lead, message, seq, body, wire):
+    encoded = lead + proto.encode_frame(message, seq)
+    assert encoded.hex(" ") == wire
+    assert proto.cobs_decode(encoded.strip(b"\x00")).hex(" ") == body.replace(" |", "")
+    assert f"body   {body}" in DOC and f"wire   {wire}" in DOC
 
 
 def test_crc_is_ccitt_false():
