@@ -454,8 +454,8 @@ def test_diagnostics_report_the_mcu_recheck_the_calibration_and_latch_a_fault(tm
                                          STARTUP_TIMEOUT)
             assert first is not None, rig.failure()
             values = first[1]
-            assert {k: values[k] for k in MCU_COUNTER_KEYS} == dict.fromkeys(MCU_COUNTER_KEYS,
-                                                                              "0")
+            reported = {k: values[k] for k in MCU_COUNTER_KEYS}
+            assert reported == dict.fromkeys(MCU_COUNTER_KEYS, "0")
             assert values["mcu_reset_cause"] == "power-on"
             assert values["calibration"] == "agrees with the firmware"
 
