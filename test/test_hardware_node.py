@@ -441,6 +441,18 @@ MCU_COUNTER_KEYS = ("mcu_rx_crc_errors", "mcu_rx_malformed", "mcu_rx_oversized",
 FAULT_BITS = int(Status.AMP_FAULT | Status.FAULT_LATCHED)
 
 
+def documented_diagnostics_keys() -> set[str]:
+    """The keys docs/NODES.md lists in hardware_interface's /diagnostics table."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "NODES.md").read_text()
+    table = text.split("`/diagnostics` (hardware_id `hardware_interface`)", 1)[1]
+    table = table.split("\n\n", 2)[1]
+    rows = [line.split("|")[1] for line in table.splitlines()[2:]]
+    return {key for row in rows for key in re.findall(r"`([A-Za-z_0-9]+)`", row)}
+
+
 @pytest.mark.timeout(180)
 def test_diagnostics_report_the_mcu_recheck_the_calibration_and_latch_a_fault(tmp_path):
     with ros_environment(isolated_domain(31)):
@@ -458,6 +470,7 @@ def test_diagnostics_report_the_mcu_recheck_the_calibration_and_latch_a_fault(tm
             assert reported == dict.fromkeys(MCU_COUNTER_KEYS, "0")
             assert values["mcu_reset_cause"] == "power-on"
             assert values["calibration"] == "agrees with the firmware"
+            assert set(values) == documented_diagnostics_keys()
 
             # A new session whose CONFIG reports twice the counts per metre: checked again.
             emulator.reconfigure(cart_counts_per_m=2 * EMULATOR.cart_counts_per_m)
