@@ -126,17 +126,33 @@ def test_crc_check_value_and_random_data(codec):
     assert [a["crc"] for a in answers] == [proto.crc16(d) for d in data]
 
 
+def protocol_md_wires() -> list[bytes]:
+    """The `wire` lines of docs/PROTOCOL.md section 7, in order."""
+    text = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    section = text[text.index("## 7. Worked examples"):text.index("## 8.")]
+    return [bytes.fromhex(line.split(None, 1)[1].split("  ")[0])
+            for line in section.splitlines() if line.startswith("wire ")]
+
+
 def test_worked_examples_of_protocol_md(codec):
-    # docs/PROTOCOL.md section 7, byte for byte.
-    command = "05 01 02 02 01 03 40 01 03 83 19 00"
-    state = ("04 01 01 07 03 e8 03 01 01 06 f8 ff ff d0 07 01 02 10 01 04 40 61 d0 00")
-    answers = codec([encode_line(Command(16384, True), 258),
-                     encode_line(State(1000, -2048, 2000, ENABLED, 16384), 7),
-                     "decode " + command.replace(" ", ""), "decode " + state.replace(" ", "")])
-    assert bytes.fromhex(answers[0]["wire"]) == bytes.fromhex(command)
-    assert bytes.fromhex(answers[1]["wire"]) == bytes.fromhex(state)
-    assert answers[2]["message"] == as_c_dict(Command(16384, True), 258)
-    assert answers[3]["message"] == as_c_dict(State(1000, -2048, 2000, ENABLED, 16384), 7)
+    examples = [
+        (Command(16384, True), 258, b""),
+        (State(1000, -2048, 2000, ENABLED, 16384), 7, b""),
+        (Hello(100), 0, b"\x00"),
+        (DeviceConfig(1, 0, 0, 20000, 4096, 500, 100, reset_cause=8), 0, b"\x00"),
+        (Counters(3, 1, 0, 4, 0, 2, 0, 65535), 513, b""),
+    ]
+    wires = protocol_md_wires()
+    assert len(wires) == len(examples)
+    lines = [encode_line(m, seq) for m, seq, _ in examples]
+    lines += [f"decode {wire.strip(bytes(1)).hex()}" for wire in wires]
+    # The CONFIG example is what the MCU answers to the HELLO example after a watchdog reset.
+    lines += ["mcu reset 8", f"mcu feed {wires[2].hex()}"]
+    answers = codec(lines)
+    for i, (message, seq, lead) in enumerate(examples):
+        assert lead + bytes.fromhex(answers[i]["wire"]) == wires[i], message
+        assert answers[len(examples) + i]["message"] == as_c_dict(message, seq)
+    assert bytes.fromhex(answers[-1]["sent"]) == wires[3]
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)

@@ -49,7 +49,7 @@ _Static_assert(EBM_TIMER3_HZ % EBM_STATE_RATE_HZ == 0 && TICK_TOP <= UINT16_MAX,
 #define ENABLE_MASK _BV(EBM_ENABLE_BIT)
 #define PWM_MASK _BV(EBM_PWM_BIT)
 #define PWM_CONNECTED (_BV(COM1A1) | _BV(WGM11))  /* non-inverting OC1A, mode 14 (low bits) */
-#define PWM_DISCONNECTED _BV(WGM11)                /* OC1A off: PORTB5 = 0 holds the pin low */
+#define PWM_DISCONNECTED _BV(WGM11)                /* OC1A off: the pin follows PORTB5 */
 #define RESET_CAUSE_BITS (_BV(PORF) | _BV(EXTRF) | _BV(BORF) | _BV(WDRF))
 
 static volatile uint8_t rx_ring[RX_RING];
@@ -265,18 +265,22 @@ void board_drive(struct ebm_drive drive)
         PORTB &= (uint8_t)~ENABLE_MASK;     /* off before touching the bridge */
     uint16_t magnitude = drive.motor < 0 ? (uint16_t)(0u - (uint16_t)drive.motor)
                                          : (uint16_t)drive.motor;
-    /* duty = OCR1A / (TOP + 1); OCR1A = TOP holds the pin high: 100 %. */
-    uint32_t scaled = (uint32_t)magnitude * (EBM_PWM_TOP + 1u) + EBM_COMMAND_FULL_SCALE / 2;
-    uint16_t duty = (uint16_t)(scaled / EBM_COMMAND_FULL_SCALE);
-    if (duty > EBM_PWM_TOP)
-        duty = EBM_PWM_TOP;
+    /* Fast PWM holds the pin high for OCR1A + 1 of the TOP + 1 counts of a period (OCR1A = TOP:
+     * always high), so OCR1A = high counts - 1. Zero counts cannot be set that way (OCR1A = 0
+     * still pulses once per period): OC1A is disconnected instead and PORTB5 = 0 holds it low. */
+    uint16_t high = (uint16_t)(((uint32_t)magnitude * (EBM_PWM_TOP + 1u) +
+                                EBM_COMMAND_FULL_SCALE / 2) / EBM_COMMAND_FULL_SCALE);
     if (drive.motor > 0)
         PORTB |= DIR_MASK;
     else
         PORTB &= (uint8_t)~DIR_MASK;
-    OCR1A = duty;
-    /* Fast PWM with OCR1A = 0 still pulses once per period: disconnect OC1A instead. */
-    TCCR1A = duty == 0 ? PWM_DISCONNECTED : PWM_CONNECTED;
+    if (high == 0) {
+        TCCR1A = PWM_DISCONNECTED;
+        OCR1A = 0;
+    } else {
+        OCR1A = high - 1u;
+        TCCR1A = PWM_CONNECTED;
+    }
     if (drive.enable)
         PORTB |= ENABLE_MASK;
 }

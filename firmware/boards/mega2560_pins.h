@@ -51,7 +51,8 @@
 #define EBM_LIMIT_POS_BIT  1
 
 #define EBM_PWM_TIMER    '1'    /* Timer1, channel A: TIMER_IRQ_OUT_PWM0 in simavr */
-#define EBM_PWM_TOP      799u   /* ICR1: 16 MHz / (799 + 1) = 20 kHz, duty = OCR1A / (TOP + 1) */
+#define EBM_PWM_TOP      799u   /* ICR1: 16 MHz / (799 + 1) = 20 kHz, duty = (OCR1A + 1) / (TOP + 1),
+                                   0 % with OC1A disconnected (pin low) */
 #define EBM_TICK_TIMER   '3'
 #define EBM_TIMER3_HZ    2000000UL  /* clk/8 */
 

@@ -6,7 +6,7 @@
 #include "ebmfw/counter.h"
 
 #define MS_PER_S 1000ul
-#define LIMITS (EBM_STATUS_LIMIT_LEFT | EBM_STATUS_LIMIT_RIGHT)
+#define INPUTS (EBM_STATUS_LIMIT_LEFT | EBM_STATUS_LIMIT_RIGHT | EBM_STATUS_AMP_FAULT)
 
 /* Whole ticks that may pass without a COMMAND: ceil(watchdog_ms / tick period). */
 static uint16_t watchdog_ticks(const struct ebm_config *config)
@@ -115,7 +115,7 @@ void ebm_mcu_receive(struct ebm_mcu *mcu, const uint8_t *bytes, uint8_t n)
 
 void ebm_mcu_inputs(struct ebm_mcu *mcu, uint8_t inputs)
 {
-    mcu->inputs = inputs & (LIMITS | EBM_STATUS_AMP_FAULT);
+    mcu->inputs = inputs & INPUTS;
     if (fault_active(mcu)) {
         mcu->fault_latched = true;
         disable(mcu);
@@ -149,10 +149,10 @@ void ebm_mcu_tick(struct ebm_mcu *mcu, const struct ebm_tick *tick)
 
 struct ebm_drive ebm_mcu_drive(const struct ebm_mcu *mcu)
 {
+    /* Both switches closed (a wiring fault) block both directions: no drive at all. */
     int16_t motor = mcu->motor;
-    uint8_t limits = mcu->inputs & LIMITS;
-    if (limits == LIMITS || (motor < 0 && (limits & EBM_STATUS_LIMIT_LEFT)) ||
-        (motor > 0 && (limits & EBM_STATUS_LIMIT_RIGHT)))
+    if ((motor < 0 && (mcu->inputs & EBM_STATUS_LIMIT_LEFT)) ||
+        (motor > 0 && (mcu->inputs & EBM_STATUS_LIMIT_RIGHT)))
         motor = 0;
     return (struct ebm_drive){.motor = motor, .enable = mcu->enabled};
 }
