@@ -108,8 +108,8 @@ ISR(TIMER3_COMPA_vect)
     uint16_t since_tick = TCNT3;        /* the latency of this interrupt, in Timer3 counts */
     clock_us += US_PER_TICK;
     latch.timestamp_us = clock_us + since_tick / TIMER3_COUNTS_PER_US;
-    latch.cart_counts = cart.count;
-    latch.pole_counts = pole.count;
+    latch.cart_counts = ebm_quadrature_count(&cart);
+    latch.pole_counts = ebm_quadrature_count(&pole);
     latch.cart_quadrature_errors = cart.errors;
     latch.pole_quadrature_errors = pole.errors;
     tick_pending = true;

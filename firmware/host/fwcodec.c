@@ -355,11 +355,13 @@ static const char *quad_command(char **field, int n)
             if (*c < '0' || *c > '3')
                 return "steps are digits 0..3";
             ebm_quadrature_update(&quad, (uint8_t)(*c - '0'));
+            ebm_quadrature_count(&quad);      /* as each tick does: pending stays small */
         }
     } else {
         return "quad reset AB | quad steps DIGITS";
     }
-    printf("{\"count\": %" PRId32 ", \"errors\": %u}\n", quad.count, quad.errors);
+    printf("{\"count\": %" PRId32 ", \"errors\": %u}\n", ebm_quadrature_count(&quad),
+           quad.errors);
     return NULL;
 }
 
