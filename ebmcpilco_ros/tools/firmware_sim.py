@@ -201,9 +201,29 @@ class InputChange:
 
 
 @dataclass(frozen=True)
+class PlantSample:
+    """The plant when the firmware's tick interrupt was entered (it latches the encoders)."""
+
+    cycle: int
+    x: tuple[float, float, float, float]
+    cart_line: int      # the count the encoder lines stood for
+    pole_line: int
+
+
+@dataclass(frozen=True)
+class ResetEvent:
+    """The AVR (re)started: MCUSR as the firmware finds it, the encoder lines' counts then."""
+
+    cycle: int
+    mcusr: int
+    cart_line: int
+    pole_line: int
+
+
+@dataclass(frozen=True)
 class TraceEvent:
     cycle: int
-    text: str           # X: MCUSR; F: the control command
+    text: str           # the control command
 
 
 @dataclass
@@ -215,7 +235,8 @@ class Trace:
     rx: list[TraceFrame] = dataclasses.field(default_factory=list)
     outputs: list[OutputChange] = dataclasses.field(default_factory=list)
     inputs: list[InputChange] = dataclasses.field(default_factory=list)
-    resets: list[TraceEvent] = dataclasses.field(default_factory=list)
+    samples: list[PlantSample] = dataclasses.field(default_factory=list)
+    resets: list[ResetEvent] = dataclasses.field(default_factory=list)
     faults: list[TraceEvent] = dataclasses.field(default_factory=list)
 
     def seconds(self, cycle: int) -> float:
@@ -262,6 +283,43 @@ class Trace:
             if o.cycle > since and predicate(o):
                 return o
         return None
+
+    def reset_before(self, cycle: int) -> ResetEvent | None:
+        """The last AVR (re)start at or before `cycle`."""
+        last = None
+        for r in self.resets:
+            if r.cycle > cycle:
+                break
+            last = r
+        return last
+
+    def sample_before(self, cycle: int) -> PlantSample | None:
+        """The last plant sample (tick interrupt entry) at or before `cycle`."""
+        last = None
+        for p in self.samples:
+            if p.cycle > cycle:
+                break
+            last = p
+        return last
+
+    def firmware_counts(self, sample: PlantSample) -> tuple[int, int]:
+        """The counts the firmware should have latched at `sample` (it counts from its reset)."""
+        reset = self.reset_before(sample.cycle)
+        cart0, pole0 = (reset.cart_line, reset.pole_line) if reset is not None else (0, 0)
+        return sample.cart_line - cart0, sample.pole_line - pole0
+
+    def durations(self, since: int = 0, until: int | None = None
+                  ) -> list[tuple[OutputChange, int]]:
+        """Each pin state from `since` on with how many cycles it lasted (the last one: up to
+        `until`, default its own cycle: 0)."""
+        out = []
+        changes = [o for o in self.outputs if o.cycle >= since]
+        for o, after in zip(changes, changes[1:]):
+            out.append((o, after.cycle - o.cycle))
+        if changes:
+            last = changes[-1]
+            out.append((last, max(0, (until if until is not None else last.cycle) - last.cycle)))
+        return out
 
     def applied(self, since: int = 0) -> list[OutputChange]:
         """Pin states with the amplifier enabled and a nonzero duty, from `since` on."""
@@ -316,8 +374,11 @@ class _TraceReader:
                                           int(fields[5]), float(fields[6])))
         elif kind == "I":
             t.inputs.append(InputChange(cycle, int(fields[2]), int(fields[3]), int(fields[4])))
+        elif kind == "P":
+            t.samples.append(PlantSample(cycle, tuple(float(v) for v in fields[2:6]),
+                                         int(fields[6]), int(fields[7])))
         elif kind == "X":
-            t.resets.append(TraceEvent(cycle, fields[2]))
+            t.resets.append(ResetEvent(cycle, int(fields[2]), int(fields[3]), int(fields[4])))
         elif kind == "F":
             t.faults.append(TraceEvent(cycle, " ".join(fields[2:])))
 
@@ -483,7 +544,7 @@ class FirmwareSim:
         return float(self.status()["t"])
 
     def set_state(self, x: Sequence[float]) -> dict:
-        """Place the plant; the encoder lines follow with edges (at most one per edge_min_us)."""
+        """Place the plant; the encoder lines follow with edges (at most one per 25 us and encoder)."""
         values = [float(v) for v in x]
         if len(values) != 4 or not all(math.isfinite(v) for v in values):
             raise ValueError("set_state needs 4 finite values [p, pdot, theta, thetadot]")

@@ -37,11 +37,20 @@
  *                                         wrote the delimiter to UDR0; what the link did to them
  *   R cycle hex ncorrupt ndropped         host->MCU frame: the bytes that entered the UART (after
  *                                         corruption) before a 0x00, stamped when the 0x00 entered
- *   O cycle enable dir ocr top duty       motor pins changed: ENABLE, DIR levels, OCR1A, TOP (ICR1),
- *                                         duty = fraction of the PWM period high (0..1)
+ *   O cycle enable dir ocr top duty       motor pins changed: ENABLE, DIR levels, OCR1A as the
+ *                                         compare unit uses it (PWM modes: the register's value
+ *                                         from the next BOTTOM on), TOP (ICR1), duty = fraction
+ *                                         of the PWM period the pin is high (0..1; fast PWM:
+ *                                         (OCR1A + 1) / (TOP + 1); 0 with OC1A disconnected)
  *   I cycle limit_neg limit_pos fault     input pin levels changed (limits: 1 = pressed; fault pin:
  *                                         0 = fault)
- *   X cycle mcusr                         the AVR (re)started; MCUSR as the firmware finds it
+ *   P cycle p pdot theta thetadot cart pole   the plant as the sample vector's interrupt (the
+ *                                         STATE tick, --sample-vector) is entered: true state
+ *                                         and the encoder lines' counts (minus those of the last X
+ *                                         line: the firmware's counts)
+ *   X cycle mcusr cart pole               the AVR (re)started: MCUSR as the firmware finds it, the
+ *                                         encoder lines' counts then (the firmware counts from
+ *                                         there)
  *   F cycle command...                    a control command that changed something took effect
  * Frames longer than 64 bytes are cut and their hex ends with "+".
  */
@@ -132,6 +141,7 @@ typedef struct {
     double step_us, io_us, speed, max_lag_ms, edge_min_us, glitch_us;
     uint32_t f_cpu;
     uint64_t seed;
+    int sample_vector;
 } config_t;
 
 static config_t C = {
@@ -140,8 +150,9 @@ static config_t C = {
     .cart_sign = 1, .pole_sign = 1, .motor_sign = 1,
     .motor_force_max = 10.0, .motor_time_constant = 0.005, .track_half_length = 0.45,
     .limit_switch_position = 0.42,
-    .step_us = 25, .io_us = 250, .speed = 1.0, .max_lag_ms = 20, .edge_min_us = 10,
+    .step_us = 25, .io_us = 250, .speed = 1.0, .max_lag_ms = 20, .edge_min_us = 25,
     .glitch_us = 20, .f_cpu = EBM_F_CPU_HZ, .seed = 1,
+    .sample_vector = 32,                 /* TIMER3_COMPA: the STATE tick (mega2560_pins.h) */
 };
 
 /* ------------------------------------------------------------------------------------------- */
@@ -204,6 +215,8 @@ static struct {
     int limit_force[2];          /* -1 auto, else the pressed state */
     int amp_fault;
     outputs_t out;
+    unsigned ocr_active;          /* OCR1A as the compare unit uses it */
+    int ocr_armed;
     avr_irq_t *portb_reg, *portb_ddr, *pwm_irq, *portb_pins[8];
     /* uart */
     avr_irq_t *uart_in, *uart_out, *uart_xon, *uart_xoff;
@@ -234,7 +247,7 @@ static struct {
     FILE *ctl, *trace;
     uint64_t trace_lines;
     char line[4096]; size_t line_len;
-    int quit;
+    int quit, reset_requested;
     uint64_t rng;
     int64_t start_ns;
     void (*core_reset)(avr_t *);
@@ -397,6 +410,26 @@ static avr_cycle_count_t glitch_timer(avr_t *avr, avr_cycle_count_t when, void *
 /* ------------------------------------------------------------------------------------------- */
 /* Motor outputs: ENABLE and DIR pins, PWM duty from Timer1 */
 
+static avr_timer_t *timer1(void) {
+    static avr_timer_t *found;
+    if (!found)
+        for (avr_io_t *io = S.avr->io_port; io; io = io->next)
+            if (!strcmp(io->kind, "timer") && ((avr_timer_t *)io)->name == EBM_PWM_TIMER)
+                found = (avr_timer_t *)io;
+    return found;
+}
+
+static void sample_outputs(int ddrb_override);
+
+/* The compare unit takes a new OCR1A at the next BOTTOM (PWM modes double-buffer it). */
+static avr_cycle_count_t ocr_update_timer(avr_t *avr, avr_cycle_count_t when, void *param) {
+    (void)when; (void)param;
+    S.ocr_armed = 0;
+    S.ocr_active = avr->data[R_OCR1AL] | (avr->data[R_OCR1AH] << 8);
+    sample_outputs(-1);
+    return 0;
+}
+
 static void sample_outputs(int ddrb_override) {
     avr_t *avr = S.avr;
     uint8_t ddrb = ddrb_override >= 0 ? (uint8_t)ddrb_override : avr->data[R_DDRB];
@@ -405,8 +438,20 @@ static void sample_outputs(int ddrb_override) {
     outputs_t o;
     o.enable = (ddrb >> EBM_ENABLE_BIT) & (portb >> EBM_ENABLE_BIT) & 1;
     o.dir = (ddrb >> EBM_DIR_BIT) & (portb >> EBM_DIR_BIT) & 1;
-    o.ocr = avr->data[R_OCR1AL] | (avr->data[R_OCR1AH] << 8);
     unsigned wgm = (a & 3) | (((b >> 3) & 3) << 2), cs = b & 7, com = (a >> 6) & 3;
+    unsigned reg = avr->data[R_OCR1AL] | (avr->data[R_OCR1AH] << 8);
+    avr_timer_t *t = timer1();
+    int buffered = (wgm == 5 || wgm == 6 || wgm == 7 || wgm == 14 || wgm == 15) && cs
+                   && t && t->tov_cycles > 1;
+    if (!buffered) {
+        S.ocr_active = reg;
+    } else if (reg != S.ocr_active && !S.ocr_armed) {
+        avr_cycle_count_t now = avr->cycle, base = t->tov_base, per = t->tov_cycles;
+        avr_cycle_count_t next = now < base ? base : base + ((now - base) / per + 1) * per;
+        S.ocr_armed = 1;
+        avr_cycle_timer_register(avr, next > now ? next - now : 1, ocr_update_timer, NULL);
+    }
+    o.ocr = S.ocr_active;
     switch (wgm) {
     case 5: o.top = 0xFF; break;
     case 6: o.top = 0x1FF; break;
@@ -418,9 +463,11 @@ static void sample_outputs(int ddrb_override) {
     else if (com == 0 || cs == 0 || o.top == 0)                      /* plain port pin */
         o.duty = (com == 0 && (portb >> EBM_PWM_BIT) & 1) ? 1.0 : 0.0;
     else {
-        double d = (double)o.ocr / (o.top + 1.0);                    /* fast PWM, non-inverting */
+        /* Fast PWM: the pin is set at BOTTOM and cleared on the compare match, so it is high for
+         * OCR1A + 1 of the TOP + 1 counts (OCR1A = 0: a one-count spike; = TOP: always high). */
+        double d = (o.ocr + 1.0) / (o.top + 1.0);
         if (d > 1.0) d = 1.0;
-        o.duty = com == 3 ? 1.0 - d : d;
+        o.duty = com == 3 ? 1.0 - d : d;                              /* 3: inverting */
     }
     if (o.enable != S.out.enable || o.dir != S.out.dir || o.ocr != S.out.ocr ||
         o.top != S.out.top || o.duty != S.out.duty) {
@@ -513,10 +560,40 @@ static avr_cycle_count_t plant_timer(avr_t *avr, avr_cycle_count_t when, void *p
 
 static int stalled(void) { return S.avr->cycle < S.stall_until; }
 
+static avr_uart_t *uart0(void) {             /* simavr's UART0 (its byte time is public) */
+    static avr_uart_t *found;
+    if (!found)
+        for (avr_io_t *io = S.avr->io_port; io; io = io->next)
+            if (!strcmp(io->kind, "uart") && ((avr_uart_t *)io)->name == '0')
+                found = (avr_uart_t *)io;
+    return found;
+}
+
+/* The byte time simavr uses: it recomputes it only when UBRR is written, so a U2X set after UBRR
+ * is not seen (the real UART would run twice as fast). Feeding follows simavr's pace. */
+static avr_cycle_count_t uart_sim_byte_cycles(void) {
+    avr_uart_t *u = uart0();
+    return u && u->cycles_per_byte ? u->cycles_per_byte : 176;
+}
+
+static avr_cycle_count_t uart_byte_cycles(void) {   /* what the registers say now */
+    avr_t *avr = S.avr;
+    unsigned ubrr = avr->data[R_UBRR0L] | ((avr->data[R_UBRR0H] & 0x0f) << 8);
+    unsigned ucsz = ((avr->data[R_UCSR0C] >> 1) & 3) | (((avr->data[R_UCSR0B] >> 2) & 1) << 2);
+    static const int databits[] = { 5, 6, 7, 8, 8, 8, 8, 9 };
+    int stop = 1 + ((avr->data[R_UCSR0C] >> 3) & 1);
+    avr_cycle_count_t bit = (ubrr + 1) * 8ULL;
+    if (!((avr->data[R_UCSR0A] >> U2X0_BIT) & 1)) bit *= 2;
+    return bit * (avr_cycle_count_t)(1 + databits[ucsz] + 1 + stop);
+}
+
 static void on_uart_out(avr_irq_t *irq, uint32_t value, void *param) {
     (void)irq; (void)param;
     uint8_t v = (uint8_t)value;
-    S.tx_bytes++;
+    if (!S.tx_bytes++ && uart_sim_byte_cycles() != uart_byte_cycles())
+        fprintf(stderr, "cartpole_sim: simavr times UART0 bytes at %llu cycles, the registers say "
+                "%llu (simavr reads U2X only when UBRR0 is written: write UCSR0A first)\n",
+                (unsigned long long)uart_sim_byte_cycles(), (unsigned long long)uart_byte_cycles());
     int delimiter = v == 0;
     if (!delimiter) frame_add(&S.tx_frame, v);
     if (S.disconnected) { S.tx_lost++; S.tx_frame.lost++; }
@@ -536,17 +613,6 @@ static void on_uart_xon(avr_irq_t *irq, uint32_t value, void *param) {
 }
 static void on_uart_xoff(avr_irq_t *irq, uint32_t value, void *param) {
     (void)irq; (void)param; S.xoff = value ? 1 : 0;
-}
-
-static avr_cycle_count_t uart_byte_cycles(void) {   /* as simavr times the UART */
-    avr_t *avr = S.avr;
-    unsigned ubrr = avr->data[R_UBRR0L] | ((avr->data[R_UBRR0H] & 0x0f) << 8);
-    unsigned ucsz = ((avr->data[R_UCSR0C] >> 1) & 3) | (((avr->data[R_UCSR0B] >> 2) & 1) << 2);
-    static const int databits[] = { 5, 6, 7, 8, 8, 8, 8, 9 };
-    int stop = 1 + ((avr->data[R_UCSR0C] >> 3) & 1);
-    avr_cycle_count_t bit = (ubrr + 1) * 8ULL;
-    if (!((avr->data[R_UCSR0A] >> U2X0_BIT) & 1)) bit *= 2;
-    return bit * (avr_cycle_count_t)(1 + databits[ucsz] + 1 + stop);
 }
 
 static avr_cycle_count_t uart_feed_timer(avr_t *avr, avr_cycle_count_t when, void *param) {
@@ -571,7 +637,7 @@ static avr_cycle_count_t uart_feed_timer(avr_t *avr, avr_cycle_count_t when, voi
         }
     }
     if (!ring_len(&S.rx)) { S.feeding = 0; return 0; }
-    return when + uart_byte_cycles();
+    return when + uart_sim_byte_cycles();
 }
 
 static void uart_start_feed(void) {
@@ -666,6 +732,9 @@ static void on_vector_running(avr_irq_t *irq, uint32_t value, void *param) {
     avr_cycle_count_t now = S.avr->cycle;
     if (value) {
         s->inside = 1; s->entered = now;
+        if ((int)v->vector == C.sample_vector)   /* the plant when the firmware latches */
+            trace("P %llu %.9f %.9f %.9f %.9f %lld %lld\n", (unsigned long long)now, S.x[0],
+                  S.x[1], S.x[2], S.x[3], S.enc[0].line, S.enc[1].line);
         if (s->raised) {
             uint64_t lat = now - s->raised;
             s->latency += lat;
@@ -781,10 +850,10 @@ static void reply_status(void) {
        cpu_state_name(avr->state), (now_ns() - S.start_ns) / 1e9, cpu_seconds(), S.speed);
     sb(&b, ",\"x\":[%.12g,%.12g,%.12g,%.12g],\"force\":%.9g,\"force_target\":%.9g",
        S.x[0], S.x[1], S.x[2], S.x[3], S.force, S.target_force);
-    sb(&b, ",\"pins\":{\"enable\":%d,\"dir\":%d,\"ocr\":%u,\"top\":%u,\"duty\":%.6f,\"drive\":%.6f,"
-           "\"limit_neg\":%d,\"limit_pos\":%d,\"fault\":%d}",
-       S.out.enable, S.out.dir, S.out.ocr, S.out.top, S.out.duty, drive, S.limit_neg.level,
-       S.limit_pos.level, S.fault.level);
+    sb(&b, ",\"pins\":{\"enable\":%d,\"dir\":%d,\"ocr\":%u,\"ocr_register\":%u,\"top\":%u,"
+           "\"duty\":%.6f,\"drive\":%.6f,\"limit_neg\":%d,\"limit_pos\":%d,\"fault\":%d}",
+       S.out.enable, S.out.dir, S.out.ocr, avr->data[R_OCR1AL] | (avr->data[R_OCR1AH] << 8),
+       S.out.top, S.out.duty, drive, S.limit_neg.level, S.limit_pos.level, S.fault.level);
     sb(&b, ",\"enc\":{");
     for (int i = 0; i < 2; i++) {
         encoder_t *e = &S.enc[i];
@@ -800,7 +869,8 @@ static void reply_status(void) {
            "\"rx_corrupted\":%llu,\"rx_dropped\":%llu,\"rx_stalled\":%llu,\"rx_no_receiver\":%llu,"
            "\"rx_pending\":%zu,\"tx_bytes\":%llu,\"tx_bytes_out\":%llu,\"tx_frames\":%llu,"
            "\"tx_corrupted\":%llu,\"tx_dropped\":%llu,\"tx_stalled\":%llu,\"tx_lost\":%llu,"
-           "\"tx_overflow\":%llu,\"byte_cycles\":%llu,\"xoff\":%d}",
+           "\"tx_overflow\":%llu,\"byte_cycles\":%llu,\"byte_cycles_registers\":%llu,"
+           "\"xoff\":%d}",
        (unsigned long long)S.rx_bytes_in, (unsigned long long)S.rx_bytes,
        (unsigned long long)S.rx_frames, (unsigned long long)S.rx_corrupted,
        (unsigned long long)S.rx_dropped, (unsigned long long)S.rx_stalled,
@@ -808,7 +878,8 @@ static void reply_status(void) {
        (unsigned long long)S.tx_bytes_out, (unsigned long long)S.tx_frames,
        (unsigned long long)S.tx_corrupted, (unsigned long long)S.tx_dropped,
        (unsigned long long)S.tx_stalled, (unsigned long long)S.tx_lost,
-       (unsigned long long)S.tx_overflow, (unsigned long long)uart_byte_cycles(), S.xoff);
+       (unsigned long long)S.tx_overflow, (unsigned long long)uart_sim_byte_cycles(),
+       (unsigned long long)uart_byte_cycles(), S.xoff);
     sb(&b, ",\"link\":{\"pty\":");
     json_str(&b, S.disconnected ? NULL : S.pty_name);
     sb(&b, ",\"link\":");
@@ -1006,7 +1077,8 @@ static avr_cycle_count_t post_reset_timer(avr_t *avr, avr_cycle_count_t when, vo
     (void)when; (void)param;
     extint_no_level_polling(avr);            /* the extint module's reset turned it back on */
     S.last_mcusr = avr->data[R_MCUSR];
-    trace("X %llu %d\n", (unsigned long long)avr->cycle, S.last_mcusr);
+    trace("X %llu %d %lld %lld\n", (unsigned long long)avr->cycle, S.last_mcusr,
+          S.enc[0].at_reset, S.enc[1].at_reset);
     return 0;
 }
 
@@ -1032,6 +1104,8 @@ static void after_reset(void) {
     S.portb_ddr->value = 0;
     for (int i = 0; i < 8; i++) S.portb_pins[i]->value = 0;
     S.pwm_irq->value = 0;
+    S.ocr_active = 0;
+    S.ocr_armed = 0;                         /* its timer went with the reset */
     restore_pin_registers();
     for (int i = 0; i < 2; i++) S.enc[i].at_reset = S.enc[i].line;
     for (int v = 0; v < 64; v++) { S.vec[v].inside = 0; S.vec[v].raised = 0; }
@@ -1048,7 +1122,13 @@ static void on_reset(avr_t *avr) {
     after_reset();
 }
 
-static void hard_reset(void) {              /* the external reset pin */
+/* The external reset pin. Not from inside a cycle timer (avr_reset clears the timer list that
+ * is being walked): the main loop does it between two avr_run() calls. */
+static void hard_reset(void) { S.reset_requested = 1; }
+
+static void do_reset_requested(void) {
+    if (!S.reset_requested) return;
+    S.reset_requested = 0;
     avr_reset(S.avr);
     S.avr->data[R_MCUSR] |= MCUSR_EXTRF;
 }
@@ -1077,8 +1157,9 @@ static void usage(FILE *f) {
         "  sim:     --f-cpu HZ --step-us US (plant step, 25) --io-us US (pty/control poll, 250)\n"
         "           --speed F (1 = real time, 0 = as fast as possible) --max-lag-ms MS (20;\n"
         "           further behind real time and simulated time slips; 0 = never)\n"
-        "           --edge-min-us US (10: closest encoder edges) --glitch-us US (20) --seed N\n"
-        "  io:      --link PATH (symlink to the current pty) --trace FILE\n");
+        "           --edge-min-us US (25: closest edges of one encoder) --glitch-us US (20) --seed N\n"
+        "  io:      --link PATH (symlink to the current pty) --trace FILE\n"
+        "           --sample-vector N (32 = TIMER3_COMPA: a P line at each entry; 0 = none)\n");
 }
 
 static void parse_args(int argc, char **argv) {
@@ -1099,7 +1180,7 @@ static void parse_args(int argc, char **argv) {
         {"glitch-us", &C.glitch_us, NULL},
     };
     enum { N = sizeof opts / sizeof *opts };
-    struct option lo[N + 8];
+    struct option lo[N + 9];
     for (int i = 0; i < N; i++) lo[i] = (struct option){ opts[i].name, 1, NULL, O_BASE + i };
     lo[N + 0] = (struct option){ "x0", 1, NULL, 'x' };
     lo[N + 1] = (struct option){ "f-cpu", 1, NULL, 'f' };
@@ -1107,7 +1188,8 @@ static void parse_args(int argc, char **argv) {
     lo[N + 3] = (struct option){ "link", 1, NULL, 'l' };
     lo[N + 4] = (struct option){ "trace", 1, NULL, 't' };
     lo[N + 5] = (struct option){ "help", 0, NULL, 'h' };
-    lo[N + 6] = (struct option){ 0, 0, 0, 0 };
+    lo[N + 6] = (struct option){ "sample-vector", 1, NULL, 'v' };
+    lo[N + 7] = (struct option){ 0, 0, 0, 0 };
     int c;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         if (c >= O_BASE && c < O_BASE + N) {
@@ -1131,6 +1213,7 @@ static void parse_args(int argc, char **argv) {
         case 's': C.seed = strtoull(optarg, NULL, 10); break;
         case 'l': C.link = optarg; break;
         case 't': C.trace = optarg; break;
+        case 'v': C.sample_vector = atoi(optarg); break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -1292,6 +1375,7 @@ int main(int argc, char **argv) {
 
     while (!S.quit && !g_signal) {
         int st = avr_run(avr);
+        do_reset_requested();
         if (st == cpu_Done || st == cpu_Crashed) {
             /* The firmware stopped (sleep with interrupts off, or a crash): keep serving the
              * control channel, time stands still until a reset. */
