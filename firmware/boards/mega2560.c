@@ -261,26 +261,33 @@ void board_drive(struct ebm_drive drive)
     if (drive.motor == applied.motor && drive.enable == applied.enable)
         return;
     applied = drive;
-    if (!drive.enable)
-        PORTB &= (uint8_t)~ENABLE_MASK;     /* off before touching the bridge */
-    uint16_t magnitude = drive.motor < 0 ? (uint16_t)(0u - (uint16_t)drive.motor)
-                                         : (uint16_t)drive.motor;
+    bool forward = drive.motor > 0;
+    bool reversing = forward != ((PORTB & DIR_MASK) != 0) && (TCCR1A & _BV(COM1A1));
+    uint16_t magnitude = forward ? (uint16_t)drive.motor : (uint16_t)(0u - (uint16_t)drive.motor);
     /* Fast PWM holds the pin high for OCR1A + 1 of the TOP + 1 counts of a period (OCR1A = TOP:
      * always high), so OCR1A = high counts - 1. Zero counts cannot be set that way (OCR1A = 0
-     * still pulses once per period): OC1A is disconnected instead and PORTB5 = 0 holds it low. */
+     * still pulses once per period): OC1A is disconnected instead and PORTB5 = 0 holds it low.
+     * Computed before any pin changes, so that the pins change within a few cycles. */
     uint16_t high = (uint16_t)(((uint32_t)magnitude * (EBM_PWM_TOP + 1u) +
                                 EBM_COMMAND_FULL_SCALE / 2) / EBM_COMMAND_FULL_SCALE);
-    if (drive.motor > 0)
+    if (!drive.enable)
+        PORTB &= (uint8_t)~ENABLE_MASK;     /* off before touching the bridge */
+    if (high == 0 || reversing)
+        TCCR1A = PWM_DISCONNECTED;          /* low at once */
+    OCR1A = high == 0 ? 0 : high - 1u;
+    if (reversing && high != 0) {
+        /* OCR1A is double-buffered: the old duty would run on in the new direction until the
+         * next BOTTOM (up to 50 us). Stay low until then; the new value loads there. */
+        TIFR1 = _BV(TOV1);
+        while (!(TIFR1 & _BV(TOV1)))
+            ;
+    }
+    if (forward)
         PORTB |= DIR_MASK;
     else
         PORTB &= (uint8_t)~DIR_MASK;
-    if (high == 0) {
-        TCCR1A = PWM_DISCONNECTED;
-        OCR1A = 0;
-    } else {
-        OCR1A = high - 1u;
+    if (high != 0)
         TCCR1A = PWM_CONNECTED;
-    }
     if (drive.enable)
         PORTB |= ENABLE_MASK;
 }
