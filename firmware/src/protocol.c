@@ -19,7 +19,8 @@ uint16_t ebm_crc16(const uint8_t *data, size_t n)
     return crc;
 }
 
-size_t ebm_cobs_encode(const uint8_t *in, size_t n, uint8_t *out)
+/* COBS-encodes n bytes (n < 254) into out (n + 1 bytes, no 0x00 among them); returns n + 1. */
+static size_t cobs_encode(const uint8_t *in, size_t n, uint8_t *out)
 {
     size_t code_at = 0;
     size_t o = 1;
@@ -38,12 +39,11 @@ size_t ebm_cobs_encode(const uint8_t *in, size_t n, uint8_t *out)
     return o;
 }
 
-int ebm_cobs_decode(uint8_t *buf, size_t n)
+/* Decodes n COBS bytes in place; returns the decoded length, or -1 if the encoding is invalid. */
+static int cobs_decode(uint8_t *buf, size_t n)
 {
     size_t i = 0;
     size_t o = 0;
-    if (n == 0)
-        return -1;
     while (i < n) {
         uint8_t code = buf[i];
         if (code == 0 || code > n - i)
@@ -60,7 +60,8 @@ int ebm_cobs_decode(uint8_t *buf, size_t n)
     return (int)o;
 }
 
-uint8_t ebm_payload_size(uint8_t type)
+/* Payload bytes of a message type, 0 for a type this protocol version does not know. */
+static uint8_t payload_size(uint8_t type)
 {
     switch (type) {
     case EBM_STATE:
@@ -195,7 +196,7 @@ static bool unpack_payload(uint8_t type, const uint8_t *p, struct ebm_message *m
 uint8_t ebm_encode(const struct ebm_message *msg, uint8_t out[EBM_MAX_FRAME])
 {
     uint8_t body[EBM_MAX_BODY];
-    uint8_t size = ebm_payload_size(msg->type);
+    uint8_t size = payload_size(msg->type);
     if (size == 0)
         return 0;
     body[0] = EBM_PROTOCOL_VERSION;
@@ -204,7 +205,7 @@ uint8_t ebm_encode(const struct ebm_message *msg, uint8_t out[EBM_MAX_FRAME])
     pack_payload(msg, body + EBM_HEADER_SIZE);
     uint8_t n = (uint8_t)(EBM_HEADER_SIZE + size);
     put16(body + n, ebm_crc16(body, n));
-    uint8_t len = (uint8_t)ebm_cobs_encode(body, n + EBM_CRC_SIZE, out);
+    uint8_t len = (uint8_t)cobs_encode(body, n + EBM_CRC_SIZE, out);
     out[len++] = EBM_DELIMITER;
     return len;
 }
@@ -213,14 +214,14 @@ enum ebm_frame_result ebm_decode(uint8_t *buf, size_t n, struct ebm_message *msg
 {
     if (n > EBM_MAX_ENCODED)
         return EBM_FRAME_MALFORMED;
-    int len = ebm_cobs_decode(buf, n);
+    int len = cobs_decode(buf, n);
     if (len < (int)(EBM_HEADER_SIZE + EBM_CRC_SIZE))
         return EBM_FRAME_MALFORMED;
     uint8_t data = (uint8_t)(len - EBM_CRC_SIZE);
     if (ebm_crc16(buf, data) != get16(buf + data))
         return EBM_FRAME_CRC_ERROR;
     uint8_t type = buf[1];
-    uint8_t size = ebm_payload_size(type);
+    uint8_t size = payload_size(type);
     if (buf[0] != EBM_PROTOCOL_VERSION || size == 0 || data - EBM_HEADER_SIZE != size)
         return EBM_FRAME_MALFORMED;
     if (!unpack_payload(type, buf + EBM_HEADER_SIZE, msg))

@@ -113,15 +113,6 @@ enum ebm_frame_result {
 /* CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, no final XOR. */
 uint16_t ebm_crc16(const uint8_t *data, size_t n);
 
-/* COBS-encodes n bytes (n < 254) into out (n + 1 bytes, no 0x00 among them); returns n + 1. */
-size_t ebm_cobs_encode(const uint8_t *in, size_t n, uint8_t *out);
-
-/* Decodes n COBS bytes in place; returns the decoded length, or -1 if the encoding is invalid. */
-int ebm_cobs_decode(uint8_t *buf, size_t n);
-
-/* Payload bytes of a message type, 0 for a type this protocol version does not know. */
-uint8_t ebm_payload_size(uint8_t type);
-
 /* The wire frame of msg: COBS(header | payload | crc) followed by the 0x00 delimiter. Returns its
  * length (at most EBM_MAX_FRAME); 0 for an unknown type. */
 uint8_t ebm_encode(const struct ebm_message *msg, uint8_t out[EBM_MAX_FRAME]);
