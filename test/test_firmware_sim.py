@@ -9,8 +9,11 @@ from __future__ import annotations
 import math
 import threading
 
+import numpy as np
 import pytest
 
+from ebmcpilco_ros.core import cartpole
+from ebmcpilco_ros.core.config import PlantConfig
 from ebmcpilco_ros.hardware.driver import SerialDriver
 from ebmcpilco_ros.hardware.emulator import EmulatorConfig, matching_hardware_config
 from ebmcpilco_ros.hardware.protocol import (COMMAND_FULL_SCALE, Command, DeviceConfig, ResetCause,
@@ -196,6 +199,22 @@ def test_states_match_the_true_plant(firmware_dir):
     assert max(offsets) - min(offsets) <= 2.0
     periods = [b[0] - a[0] for a, b in zip(states, states[1:])]
     assert abs(sum(periods) / len(periods) - sim.cycles(TICK_MS / 1000)) <= 16   # 1 us
+
+
+def test_plant_is_the_core_cart_pole(firmware_dir):
+    plant, em = PlantConfig(friction=0.3), EmulatorConfig()
+    with FirmwareSim(plant, em) as sim:
+        sim.set_state([0.1, 0.4, 2.0, -1.0])     # unpowered: the amplifier is never enabled
+        start = sim.status()["cycle"]
+        run_for(sim, 0.3)
+        samples = [s for s in sim.trace().samples if s.cycle > start]
+    assert len(samples) >= 100
+    step = sim.cycles(25e-6)                     # the harness's RK4 step
+    for a, b in zip(samples, samples[1:]):
+        steps, rest = divmod(b.step - a.step, step)
+        assert rest == 0 and steps >= 70
+        expected = cartpole.step(np.array(a.x), 0.0, plant, dt=steps * 25e-6, substeps=steps)
+        assert np.allclose(b.x, expected, rtol=0, atol=1e-9)
 
 
 def test_commands_reach_the_pwm(firmware_dir):

@@ -208,6 +208,7 @@ class PlantSample:
     x: tuple[float, float, float, float]
     cart_line: int      # the count the encoder lines stood for
     pole_line: int
+    step: int = 0       # the cycle of the plant step x belongs to (steps are 25 us apart)
 
 
 @dataclass(frozen=True)
@@ -376,7 +377,8 @@ class _TraceReader:
             t.inputs.append(InputChange(cycle, int(fields[2]), int(fields[3]), int(fields[4])))
         elif kind == "P":
             t.samples.append(PlantSample(cycle, tuple(float(v) for v in fields[2:6]),
-                                         int(fields[6]), int(fields[7])))
+                                         int(fields[6]), int(fields[7]),
+                                         int(fields[8]) if len(fields) > 8 else 0))
         elif kind == "X":
             t.resets.append(ResetEvent(cycle, int(fields[2]), int(fields[3]), int(fields[4])))
         elif kind == "F":

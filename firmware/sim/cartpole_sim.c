@@ -44,10 +44,11 @@
  *                                         (OCR1A + 1) / (TOP + 1); 0 with OC1A disconnected)
  *   I cycle limit_neg limit_pos fault     input pin levels changed (limits: 1 = pressed; fault pin:
  *                                         0 = fault)
- *   P cycle p pdot theta thetadot cart pole   the plant as the sample vector's interrupt (the
- *                                         STATE tick, --sample-vector) is entered: true state
- *                                         and the encoder lines' counts (minus those of the last X
- *                                         line: the firmware's counts)
+ *   P cycle p pdot theta thetadot cart pole step   the plant as the sample vector's interrupt
+ *                                         (the STATE tick, --sample-vector) is entered: true
+ *                                         state as of the plant step at cycle `step`, the encoder
+ *                                         lines' counts (minus those of the last X line: the
+ *                                         firmware's counts)
  *   X cycle mcusr cart pole               the AVR (re)started: MCUSR as the firmware finds it, the
  *                                         encoder lines' counts then (the firmware counts from
  *                                         there)
@@ -209,6 +210,7 @@ static struct {
     /* plant */
     double x[4], force, target_force;
     double lag;                  /* 1 - exp(-step / tau) */
+    avr_cycle_count_t step_at;   /* the cycle x belongs to (the last plant step) */
     avr_cycle_count_t step_cycles, io_cycles, edge_min_cycles, glitch_cycles;
     encoder_t enc[2];
     pin_t limit_neg, limit_pos, fault;
@@ -545,6 +547,7 @@ static avr_cycle_count_t plant_timer(avr_t *avr, avr_cycle_count_t when, void *p
     S.target_force = target;
     S.force += S.lag * (target - S.force);
     rk4(S.x, S.force, h);
+    S.step_at = when;
     double stop = C.track_half_length;
     if (fabs(S.x[0]) >= stop) {               /* hard end stop: the cart stops dead */
         S.x[0] = copysign(stop, S.x[0]);
@@ -733,8 +736,9 @@ static void on_vector_running(avr_irq_t *irq, uint32_t value, void *param) {
     if (value) {
         s->inside = 1; s->entered = now;
         if ((int)v->vector == C.sample_vector)   /* the plant when the firmware latches */
-            trace("P %llu %.9f %.9f %.9f %.9f %lld %lld\n", (unsigned long long)now, S.x[0],
-                  S.x[1], S.x[2], S.x[3], S.enc[0].line, S.enc[1].line);
+            trace("P %llu %.12g %.12g %.12g %.12g %lld %lld %llu\n", (unsigned long long)now,
+                  S.x[0], S.x[1], S.x[2], S.x[3], S.enc[0].line, S.enc[1].line,
+                  (unsigned long long)S.step_at);
         if (s->raised) {
             uint64_t lat = now - s->raised;
             s->latency += lat;
