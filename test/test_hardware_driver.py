@@ -499,11 +499,19 @@ def test_an_acknowledgement_while_the_fault_input_is_active_does_not_clear(drive
         tick = emulator.snapshot().tick
         assert emulator.wait_until(lambda s: s.tick > tick, WAIT)
         assert emulator.snapshot().status & Status.FAULT_LATCHED
-    # A HELLO clears it only once the input is inactive too.
+    driver.close()                         # its last COMMAND (ENABLE = 0) comes too early
+    assert emulator.wait_until(lambda s: s.status & Status.FAULT_LATCHED, WAIT)
+    # With the input inactive the latch holds until acknowledged: here by a HELLO.
     emulator.faults.amp_fault = False
-    with SerialDriver(driver.config) as again:
-        assert again.connected
+    tick = emulator.snapshot().tick
+    assert emulator.wait_until(lambda s: s.tick > tick + 10, WAIT)
+    assert emulator.snapshot().status & Status.FAULT_LATCHED
+    host = RawHost(emulator.device_path)
+    try:
+        host.hello(0)
         assert emulator.wait_until(lambda s: not s.status & Status.FAULT_LATCHED, WAIT)
+    finally:
+        host.close()
 
 
 @pytest.mark.parametrize("motor_sign", [1, -1])
@@ -620,9 +628,9 @@ def test_an_mcu_reset_under_the_open_port_starts_a_new_disabled_session(emulator
         assert rig.enable()
         rig.set_force(2.0)
         assert emulator.wait_until(lambda s: s.command > 0, WAIT)
+        count = rig.wait_measurement(rig.wait_measurement(0, WAIT)[0], WAIT)[0]
         session = rig.status().session
         emulator.reset()                                   # its hardware watchdog fired
-        count = 0
         deadline = time.monotonic() + WAIT
         while rig.status().session == session and time.monotonic() < deadline:
             got = rig.wait_measurement(count, WAIT)

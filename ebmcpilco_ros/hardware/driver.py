@@ -5,8 +5,8 @@ latest-value slot and an optional callback. Commands are written from the caller
 lock, so a command never waits for the reader. Every blocking call is bounded by a timeout from
 HardwareConfig; a lost port (unplugged, EIO, silence longer than link_timeout) is closed and
 reopened with exponential backoff. An MCU that restarts under an open port (its hardware watchdog,
-a brown-out) shows up as a STATE timestamp jump longer than link_timeout: the session ends and a
-new handshake on the same port starts the next one, disabled. Bad input only moves counters:
+a brown-out) shows up as a STATE timestamp that does not advance or jumps further than
+link_timeout: the session ends and a new handshake on the same port starts the next one, disabled. Bad input only moves counters:
 nothing from a frame that failed its CRC reaches the caller, and the driver sends only what the
 caller asks.
 """
@@ -366,10 +366,12 @@ class SerialDriver:
                 last_frame = now
                 message = frame.message
                 if isinstance(message, State):
-                    # MCU time cannot run ahead of the host's link_timeout unless its clock
-                    # restarted: nothing of the new run is delivered to the old session.
-                    if (last_stamp is not None and (message.timestamp_us - last_stamp)
-                            % TIMESTAMP_MODULUS > restart_gap):
+                    # MCU time advances with every STATE and cannot run ahead of the host's
+                    # link_timeout: otherwise its clock restarted. Nothing of the new run is
+                    # delivered to the old session.
+                    advance = (message.timestamp_us - last_stamp) % TIMESTAMP_MODULUS \
+                        if last_stamp is not None else None
+                    if advance is not None and (advance == 0 or advance > restart_gap):
                         self._bump("mcu_restarts")
                         log.warning("serial driver: the MCU on %s restarted (STATE clock jumped "
                                     "from %d to %d us); new session", cfg.port, last_stamp,
