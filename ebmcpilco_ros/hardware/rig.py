@@ -143,7 +143,7 @@ class Rig:
 
         The PD force is computed for every STATE in place of the requested force (set_force is
         ignored meanwhile), soft limits still apply, and the requested force is zero afterwards.
-        Ends early, not homed, on e-stop, disable or a lost link.
+        Ends early, not homed, on e-stop, disable, an amplifier fault or a lost link.
         """
         cfg = self.config
         limit = cfg.home_timeout if timeout is None else timeout
@@ -160,7 +160,7 @@ class Rig:
                                         or self._estopped or not self._enabled, limit)
                 homed, x = self._count > start and self._homed(), self._x()
                 interrupted = ("e-stop" if self._estopped
-                               else "the amplifier was disabled or the link lost"
+                               else "the amplifier was disabled (or faulted) or the link lost"
                                if not self._enabled else "")
         finally:
             with self._lock:
