@@ -24,7 +24,9 @@ import math
 import os
 import select
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,8 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from ..core.config import PlantConfig
-from ..hardware.emulator import EmulatorConfig
+from ..core.config import (ConfigError, PlantConfig, find_config, load_config, read_parameters,
+                           section_from_mapping)
+from ..hardware.config import HardwareConfig
+from ..hardware.emulator import EmulatorConfig, matching_hardware_config
 from ..hardware.protocol import (COMMAND_FULL_SCALE, Command, Frame, State, ProtocolError,
                                  decode_frame)
 
@@ -508,6 +512,10 @@ class FirmwareSim:
     def f_cpu(self) -> int:
         return int(self.ready.get("f_cpu", 16_000_000))
 
+    def hardware_config(self, **overrides) -> HardwareConfig:
+        """A host calibration that matches the simulated rig, on this simulator's device."""
+        return matching_hardware_config(self.emulator, self.device_path, **overrides)
+
     @property
     def log(self) -> str:
         """The harness's stderr so far."""
@@ -665,3 +673,49 @@ class FirmwareSim:
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: python -m ebmcpilco_ros.tools.firmware_sim
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="python -m ebmcpilco_ros.tools.firmware_sim",
+        description="Run the firmware ELF on simavr with the cart-pole behind its pins: prints "
+                    "the device path, runs until Ctrl-C.")
+    parser.add_argument("--config", default=None,
+                        help="YAML (or config name) whose plant and emulator sections are used")
+    parser.add_argument("--link", default=None, help="keep a symlink here to the current pty")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="simulated seconds per real second (0 = as fast as possible)")
+    parser.add_argument("--x0", type=float, nargs=4, default=None,
+                        metavar=("P", "PDOT", "THETA", "THETADOT"), help="plant at power-up")
+    args = parser.parse_args(argv)
+    try:
+        plant, emulator = PlantConfig(), EmulatorConfig()
+        if args.config:
+            path = find_config(args.config)
+            plant = load_config(path).plant
+            section = read_parameters(path).get(EmulatorConfig._section) or {}
+            emulator = section_from_mapping(EmulatorConfig, section)
+        sim = FirmwareSim(plant, emulator, x0=args.x0, link=args.link, speed=args.speed,
+                          trace=False)
+        print(sim.start(), flush=True)
+    except (ConfigError, FirmwareSimError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5) and sim.running:
+            pass
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
