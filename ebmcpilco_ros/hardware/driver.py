@@ -6,9 +6,9 @@ lock, so a command never waits for the reader. Every blocking call is bounded by
 HardwareConfig; a lost port (unplugged, EIO, silence longer than link_timeout) is closed and
 reopened with exponential backoff. An MCU that restarts under an open port (its hardware watchdog,
 a brown-out) shows up as a STATE timestamp that does not advance or jumps further than
-link_timeout: the session ends and a new handshake on the same port starts the next one, disabled. Bad input only moves counters:
-nothing from a frame that failed its CRC reaches the caller, and the driver sends only what the
-caller asks.
+link_timeout: the session ends and a new handshake on the same port starts the next one,
+disabled. Bad input only moves counters: nothing from a frame that failed its CRC reaches the
+caller, and the driver sends only what the caller asks.
 """
 from __future__ import annotations
 
