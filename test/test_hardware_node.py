@@ -481,9 +481,9 @@ def test_diagnostics_report_the_mcu_recheck_the_calibration_and_latch_a_fault(tm
             def reconnected(cut: float) -> dict[str, str]:
                 """The first report of the session after the one in place at `cut`."""
                 with rig.diagnostics.cond:
-                    seen = max([0] + [int(v["reconnects"]) for t, _m, v in
-                                         rig.diagnostics.reports if t <= cut
-                                         and "reconnects" in v])
+                    seen = max([0] + [int(v["reconnects"])
+                                      for t, _m, v in rig.diagnostics.reports
+                                      if t <= cut and "reconnects" in v])
                 found = rig.diagnostics.wait(lambda v: v.get("connected") == "True"
                                              and int(v.get("reconnects", 0)) > seen, WAIT, cut)
                 assert found is not None, rig.failure()
