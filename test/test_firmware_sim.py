@@ -51,21 +51,25 @@ class Host:
         self.sending = True
         self.sent: set[int] = {0}
         self._link_disables = link_disables
+        self._lock = threading.Lock()     # a re-send never overtakes a newer command
         self.driver = SerialDriver(config, on_state=self._on_state, on_link=self._on_link)
 
     def set(self, duty: float, enable: bool = True) -> None:
-        self.command = (duty, enable)
-        self.sent.add(Command.from_duty(duty, enable).motor)
-        if self.sending:
-            self.driver.send_command(duty, enable)
+        with self._lock:
+            self.command = (duty, enable)
+            self.sent.add(Command.from_duty(duty, enable).motor)
+            if self.sending:
+                self.driver.send_command(duty, enable)
 
     def _on_state(self, sample) -> None:
-        if self.sending:
-            self.driver.send_command(*self.command)
+        with self._lock:
+            if self.sending:
+                self.driver.send_command(*self.command)
 
     def _on_link(self, connected: bool) -> None:
         if self._link_disables:
-            self.command = (0.0, False)
+            with self._lock:
+                self.command = (0.0, False)
 
     def state(self, predicate, timeout: float = WAIT) -> State:
         """The first STATE from now on that satisfies predicate."""
@@ -190,9 +194,10 @@ def test_states_match_the_true_plant(firmware_dir):
         # lines' lag (edges follow the plant within two 25 us steps).
         p, pdot, theta, thetadot = sample.x
         lag = 2 * 25e-6
-        assert abs(x[0] - p) <= 0.5 / em.cart_counts_per_m + abs(pdot) * lag + 1e-9
+        why = (frame.seq, state, sample, x)
+        assert abs(x[0] - p) <= 0.5 / em.cart_counts_per_m + abs(pdot) * lag + 1e-9, why
         assert (abs(x[2] - theta)
-                <= 0.5 * 2 * math.pi / em.pole_counts_per_rev + abs(thetadot) * lag + 1e-9)
+                <= 0.5 * 2 * math.pi / em.pole_counts_per_rev + abs(thetadot) * lag + 1e-9), why
         checked += 1
     assert checked >= 200
     # Timestamps latched with the counts: a constant offset from the tick's true time (+-1 us).
@@ -266,9 +271,10 @@ def test_command_watchdog_in_simulated_time(firmware_dir, asked_s, effective_ms)
             trace = sim.trace()
     last = [c for c, f in trace.commands() if f.message.enable][-1]
     silent = [c for c, _ in trace.commands() if c > last]
-    off = trace.first_output(last, lambda o: not o.enable)
-    zero = trace.first_output(last, lambda o: not o.enable and o.duty == 0.0)
-    assert off is not None and zero is not None
+    off = trace.enable_fell(last)
+    assert off is not None
+    zero = trace.first_change(off.cycle - 1, lambda o: not o.enable and o.duty == 0.0)
+    assert zero is not None
     assert not silent or silent[0] > zero.cycle
     # Trips at a tick more than watchdog_ms after the last COMMAND, counted in whole ticks (the
     # firmware rounds watchdog_ms up to ticks: late by under a tick, never early).
@@ -325,7 +331,7 @@ def test_amplifier_fault_latches_until_acknowledged(firmware_dir):
         host.set(0.3, True)
         wait(sim, pins_drive(0.3), "driving again after the acknowledgement")
         trace = sim.trace()
-    off = trace.first_output(fault_at, lambda o: not o.enable)
+    off = trace.enable_fell(fault_at)
     assert ms(sim, off.cycle - fault_at) <= TICK_MS + LOOP_MS
     ack = next(c for c, f in trace.commands(since=fault_at) if not f.message.enable)
     assert all(not o.enable for o in trace.outputs if off.cycle <= o.cycle <= ack)
@@ -408,7 +414,7 @@ def test_stall_turns_the_motor_off_until_the_link_returns(firmware_dir):
         assert host.driver.stats().timeouts >= 1
         trace = sim.trace()
     last = max(c for c, _ in trace.commands() if c <= stall_at)
-    off = trace.first_output(last, lambda o: not o.enable)
+    off = trace.enable_fell(last)
     assert 100 < ms(sim, off.cycle - last) <= 100 + TICK_MS + LOOP_MS
     assert all(not o.enable for o in trace.outputs if off.cycle <= o.cycle <= end)
 
@@ -432,7 +438,7 @@ def test_disconnect_and_reconnect(firmware_dir, tmp_path):
             wait(sim, pins_drive(0.3), "driving after the reconnection")
             trace = sim.trace()
     last = max(c for c, _ in trace.commands() if c <= cut_at)
-    off = trace.first_output(last, lambda o: not o.enable)
+    off = trace.enable_fell(last)
     assert ms(sim, off.cycle - last) <= 100 + TICK_MS + LOOP_MS
-    enabled_again = trace.first_output(off.cycle, lambda o: o.enable == 1)
+    enabled_again = trace.enable_rose(off.cycle)
     assert enabled_again.cycle > reconnected

@@ -289,6 +289,34 @@ class Trace:
                 return o
         return None
 
+    def first_change(self, after: int,
+                     predicate: Callable[[OutputChange], bool]) -> OutputChange | None:
+        """The first pin change strictly after cycle `after` that satisfies predicate (what the
+        firmware did in answer to something at `after`)."""
+        for o in self.outputs:
+            if o.cycle > after and predicate(o):
+                return o
+        return None
+
+    def enable_fell(self, after: int) -> OutputChange | None:
+        """The first change strictly after `after` that takes ENABLE from high to low."""
+        return self._edge(after, rising=False)
+
+    def enable_rose(self, after: int) -> OutputChange | None:
+        """The first change strictly after `after` that takes ENABLE from low to high."""
+        return self._edge(after, rising=True)
+
+    def _edge(self, after: int, rising: bool) -> OutputChange | None:
+        current = self.output_at(after)
+        level = current.enable if current is not None else 0
+        for o in self.outputs:
+            if o.cycle <= after:
+                continue
+            if o.enable != level and bool(o.enable) == rising:
+                return o
+            level = o.enable
+        return None
+
     def reset_before(self, cycle: int) -> ResetEvent | None:
         """The last AVR (re)start at or before `cycle`."""
         last = None
