@@ -137,8 +137,8 @@ ISR(USART0_UDRE_vect)
 
 static void init_uart(void)
 {
-    UBRR0 = UBRR_VALUE;
-    UCSR0A = _BV(U2X0);
+    UCSR0A = _BV(U2X0);      /* before UBRR0: simavr takes the byte time from both only when */
+    UBRR0 = UBRR_VALUE;      /* UBRR0 is written (the chip does not care about the order)    */
     UCSR0C = _BV(UCSZ01) | _BV(UCSZ00);                 /* 8N1 */
     UCSR0B = _BV(RXEN0) | _BV(TXEN0) | _BV(RXCIE0);
 }
