@@ -6,10 +6,11 @@ down (SIGINT, then SIGTERM, then SIGKILL). `GraphClient` is an rclpy node in the
 that calls the trial manager's services and follows ebmcpilco/status. `run_sim` is
 `ebmcpilco sim`: bring up, learn, print a line per trial, exit 0 when solved. `run_rig` is
 `ebmcpilco rig`: the same with hardware_interface in place of sim_plant (what rig.launch.py
-starts), on a serial port or on a firmware emulator started here.
+starts), on a serial port, on the firmware emulator or on the firmware ELF in simavr.
 """
 from __future__ import annotations
 
+import enum
 import json
 import os
 import queue
@@ -32,7 +33,7 @@ SIM_NODES = NODE_NAMES  # sim_plant, policy_execution, model_learning, policy_op
 #                         trial_manager
 RIG_NODES = RIG_NODE_NAMES  # hardware_interface in place of sim_plant
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
-EMULATOR_STOP_TIMEOUT = 10.0  # [s] for `ebmcpilco rig --emulator`'s emulator to exit on SIGINT
+STAND_IN_STOP_TIMEOUT = 10.0  # [s] for `ebmcpilco rig`'s emulator or simulator to exit on SIGINT
 
 
 def ros_value(value: Any) -> str:
@@ -292,40 +293,54 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
         graph.stop()
 
 
+class StandIn(enum.Enum):
+    """What `ebmcpilco rig` can start in place of a rig's MCU, as a process of its own (as an MCU
+    would be), with the config's plant: the module run, and how the rig is named in messages."""
+
+    EMULATOR = ("ebmcpilco_ros.hardware.emulator", "the emulated rig")
+    FIRMWARE_SIM = ("ebmcpilco_ros.tools.firmware_sim", "the firmware (simavr) rig")
+
+    def __init__(self, module: str, description: str) -> None:
+        self.module = module
+        self.description = description
+
+
 def run_rig(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
-            port: str | None = None, emulate: bool = False, startup_timeout: float = 120.0,
-            **kwargs: Any) -> int:
-    """`ebmcpilco rig`: learn on the rig at `port` (default hardware.port), or on the firmware
-    emulator (`emulate`: `ebmcpilco emulator` with the config's plant, a process of its own, as
-    an MCU would be) -- the emulator's defaults match config/rig_example.yaml's calibration."""
+            port: str | None = None, stand_in: StandIn | None = None,
+            startup_timeout: float = 120.0, **kwargs: Any) -> int:
+    """`ebmcpilco rig`: learn on the rig at `port` (default hardware.port), or on a stand-in
+    for its MCU started here: the Python firmware emulator, or the real firmware ELF on simavr
+    (both take their defaults from the emulator section, which match config/rig_example.yaml's
+    calibration)."""
     overrides = {section: dict(values) for section, values in overrides.items()}
     if port:
         overrides.setdefault("hardware", {})["port"] = port
     _config, parts = validate(config_path, overrides)
-    emulator = None
-    if emulate:
-        emulator = subprocess.Popen([sys.executable, "-m", "ebmcpilco_ros.hardware.emulator",
-                                     "--config", str(config_path)],
-                                    stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-        device = _first_line(emulator, startup_timeout)
+    mcu = None
+    if stand_in is not None:
+        mcu = subprocess.Popen([sys.executable, "-m", stand_in.module,
+                                "--config", str(config_path)],
+                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        device = _first_line(mcu, startup_timeout)
         if not device:
-            emulator.kill()
-            emulator.wait()
-            raise RuntimeError("the firmware emulator did not start")
+            mcu.kill()
+            mcu.wait()
+            raise RuntimeError(f"{stand_in.description} did not start")
         overrides.setdefault("hardware", {})["port"] = device
     port = overrides.get("hardware", {}).get("port", parts["hardware"].port)
-    where = f"the emulated rig on {port}" if emulator is not None else f"the rig on {port}"
+    where = (f"{stand_in.description} on {port}" if stand_in is not None
+             else f"the rig on {port}")
     try:
         return run_sim(config_path, overrides, nodes=RIG_NODES, plant=where,
                        startup_timeout=startup_timeout, **kwargs)
     finally:
-        if emulator is not None:
-            emulator.send_signal(signal.SIGINT)
+        if mcu is not None:
+            mcu.send_signal(signal.SIGINT)
             try:
-                emulator.wait(EMULATOR_STOP_TIMEOUT)
+                mcu.wait(STAND_IN_STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                emulator.kill()
-                emulator.wait()
+                mcu.kill()
+                mcu.wait()
 
 
 def _first_line(process: subprocess.Popen, timeout: float) -> str:

@@ -2,7 +2,8 @@
 
     ebmcpilco demo                     learn the swing-up on the simulated cart-pole
     ebmcpilco sim                      the same through the ROS 2 node graph (no ros2 launch)
-    ebmcpilco rig --port DEV           the graph on a physical rig (--emulator: on the emulator)
+    ebmcpilco rig --port DEV           the graph on a physical rig (--emulator: on the emulator,
+                                       --firmware-sim: on the firmware ELF in simavr)
     ebmcpilco bench learn ...          learning runs over seeds -> table + JSON
     ebmcpilco bench merge A B --json C several learn JSONs as one (later files win per variant)
     ebmcpilco bench step ...           one policy-optimisation step at several GP sizes
@@ -165,11 +166,14 @@ def cmd_rig(args: argparse.Namespace) -> int:
     from . import bringup
 
     overrides = _graph_overrides(args)
-    if not args.port and not args.emulator:
-        print("ebmcpilco rig: give --port DEVICE (or --emulator)", file=sys.stderr)
+    stand_in = (bringup.StandIn.EMULATOR if args.emulator
+                else bringup.StandIn.FIRMWARE_SIM if args.firmware_sim else None)
+    if not args.port and stand_in is None:
+        print("ebmcpilco rig: give --port DEVICE (or --emulator, or --firmware-sim)",
+              file=sys.stderr)
         return 2
     return bringup.run_rig(find_config(args.config), overrides, port=args.port,
-                           emulate=args.emulator, namespace=args.namespace,
+                           stand_in=stand_in, namespace=args.namespace,
                            startup_timeout=args.startup_timeout, verbose=args.verbose)
 
 
@@ -234,8 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(hardware_interface in place of sim_plant)")
     _add_config_args(rig, "rig_example")
     rig.add_argument("--port", default=None, help="serial device of the rig (hardware.port)")
-    rig.add_argument("--emulator", action="store_true",
-                     help="start a firmware emulator here (the config's plant) and use it")
+    stand_in = rig.add_mutually_exclusive_group()
+    stand_in.add_argument("--emulator", action="store_true",
+                          help="start the firmware emulator here (the config's plant) and use it")
+    stand_in.add_argument("--firmware-sim", action="store_true",
+                          help="run the real firmware ELF in simavr with the config's plant "
+                               "behind its pins (needs a source checkout and the AVR "
+                               "toolchain: firmware/README.md)")
     _add_graph_args(rig)
     rig.set_defaults(func=cmd_rig)
 
