@@ -220,7 +220,10 @@ class Rig:
         with self._lock:
             force, limit, expired = self._last
             bits = self._sample.state.status if self._sample is not None else 0
-            return RigStatus(self.driver.connected, self._enabled, self._estopped, expired, limit,
+            connected = self.driver.connected
+            # The driver drops `connected` just before it tells us the session ended: never
+            # report a host-side enable without a link.
+            return RigStatus(connected, self._enabled and connected, self._estopped, expired, limit,
                              bits, self._requested, force, self._session, self._homing,
                              self._fault_disables)
 
