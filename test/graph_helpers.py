@@ -3,6 +3,7 @@ records what arrives on its topics (waits are on conditions, never on fixed slee
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import threading
@@ -128,3 +129,39 @@ def describe_failure(graph: Graph) -> str:
     """Node logs for an assertion message."""
     return "\n".join(f"--- {name} (exit {graph.processes[name].poll()}) ---\n"
                      f"{graph.log_tail(name, 30)}" for name in graph.processes)
+
+
+class RigDiagnostics:
+    """The hardware node's /diagnostics values, as they arrive (monotonic time, message, values)."""
+
+    def __init__(self, client: GraphClient) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.cond = threading.Condition()
+        self.reports: list[tuple[float, str, dict[str, str]]] = []
+        client.node.create_subscription(DiagnosticArray, "/diagnostics", self._on, 50)
+
+    def _on(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.hardware_id == "hardware_interface":
+                with self.cond:
+                    self.reports.append((time.monotonic(), status.message,
+                                         {kv.key: kv.value for kv in status.values}))
+                    self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[dict[str, str]], bool], timeout: float,
+             after: float = -math.inf) -> tuple[float, dict[str, str]] | None:
+        """The first report after `after` whose values satisfy `predicate`."""
+        def found() -> tuple[float, dict[str, str]] | None:
+            return next(((t, v) for t, _m, v in self.reports if t > after and predicate(v)),
+                        None)
+        with self.cond:
+            self.cond.wait_for(lambda: found() is not None, timeout)
+            return found()
+
+
+def can_run_trial(status: dict[str, Any]) -> bool:
+    """Idle, and nothing run_trial needs is missing (the learning nodes are not started)."""
+    waiting = status.get("waiting_for", ["startup"])
+    return (status.get("state") == "idle" and "startup" not in waiting
+            and not any("state" in w or "policy_execution" in w for w in waiting))
