@@ -11,6 +11,7 @@
     ebmcpilco bench realtime ...       control-loop lateness and latency under optimiser load
     ebmcpilco bench link ...           serial link under byte corruption (emulator, no ROS)
     ebmcpilco bench roundtrip ...      state frame -> JointState -> command frame latency
+    ebmcpilco bench firmware ...       the firmware ELF in simavr: interrupt load, jitter, latency
     ebmcpilco emulator ...             firmware emulator on a pty (for the hardware node)
 """
 from __future__ import annotations
@@ -202,6 +203,22 @@ def cmd_bench_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_firmware(args: argparse.Namespace) -> int:
+    from .tools import firmware_bench
+
+    from .hardware.config import load_hardware_config
+
+    cfg = _config(args)
+    cart_speed = (args.cart_speed if args.cart_speed is not None
+                  else load_hardware_config(find_config(args.config)).cart_velocity_limit)
+    result = firmware_bench.bench(cfg.plant, cart_speed, tuple(args.multiples),
+                                  window=args.window, latency_seconds=args.seconds,
+                                  log=lambda line: print(line, flush=True))
+    print(firmware_bench.summary_text(result))
+    _write_json(args.json, result)
+    return 0
+
+
 def cmd_bench_realtime(args: argparse.Namespace) -> int:
     from . import realtime
 
@@ -307,6 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     rtt.add_argument("--startup-timeout", type=float, default=120.0)
     rtt.add_argument("--json", default=None, help="write results to this JSON file")
     rtt.set_defaults(func=cmd_bench_roundtrip)
+    fw = bsub.add_parser("firmware", help="the firmware ELF in simavr: interrupt load at the "
+                                          "cart-pole's encoder edge rates, STATE jitter, "
+                                          "command -> PWM latency, flash and RAM")
+    _add_config_args(fw, "rig_example")
+    fw.add_argument("--cart-speed", type=float, default=None,
+                    help="cart speed of the 1x motion [m/s] (default: the config's "
+                         "hardware.cart_velocity_limit)")
+    fw.add_argument("--multiples", type=float, nargs="+", default=[1.0, 2.0, 3.0],
+                    help="edge rates measured, as multiples of the cart-pole's (default 1 2 3)")
+    fw.add_argument("--window", type=float, default=0.25,
+                    help="simulated seconds of motion at 1x (shorter at higher multiples)")
+    fw.add_argument("--seconds", type=float, default=2.0,
+                    help="simulated seconds of commands for the latency and jitter figures")
+    fw.add_argument("--json", default=None, help="write results to this JSON file")
+    fw.set_defaults(func=cmd_bench_firmware)
 
     emu = sub.add_parser("emulator", help="cart-pole firmware emulator on a pty",
                          add_help=False)
