@@ -410,7 +410,7 @@ def test_lifecycle_transitions_open_enable_disable_and_close(tmp_path):
             assert label() == "unconfigured"              # no autostart: waits to be told
             assert emulator.stats.commands_applied == 0   # the port is not even open
             assert transition(Transition.TRANSITION_CONFIGURE) and label() == "inactive"
-            assert emulator.stats.commands_applied > 0    # handshaken, streaming, disabled
+            assert emulator.wait_until(lambda s: emulator.stats.commands_applied > 0, WAIT)
             assert not emulator.snapshot().status & Status.ENABLED and not states
             ok, message = rig.call("reset")
             assert not ok and "inactive" in message
