@@ -40,7 +40,8 @@ WATCHDOG, ENABLED, LATCHED = int(Status.WATCHDOG), int(Status.ENABLED), int(Stat
 @pytest.fixture(scope="module")
 def built():
     if shutil.which("make") is None or shutil.which("cc") is None:
-        pytest.skip("no C toolchain (make, cc)")
+        pytest.fail("no C toolchain (make, cc): `make test` installs it "
+                    "(scripts/system-packages.sh)")
     result = subprocess.run(["make", "-C", str(FIRMWARE), "host"], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

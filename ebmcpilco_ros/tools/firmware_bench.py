@@ -194,9 +194,9 @@ def _percentiles(values: Any) -> dict[str, float]:
     v = np.asarray(values, dtype=float)
     if v.size == 0:
         return {}
-    return {"p50": round(float(np.percentile(v, 50)), 3), "p99": round(float(np.percentile(v, 99)),
-                                                                      3),
-            "min": round(float(v.min()), 3), "max": round(float(v.max()), 3)}
+    figures = {"p50": np.percentile(v, 50), "p99": np.percentile(v, 99), "min": v.min(),
+               "max": v.max()}
+    return {k: round(float(x), 3) for k, x in figures.items()}
 
 
 def memory_use(elf: str) -> dict[str, int]:
