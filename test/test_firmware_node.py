@@ -1,5 +1,5 @@
-"""The real `hardware_interface` node against the real firmware: the ELF built from firmware/ runs in
-the simavr harness (tools.firmware_sim) with the cart-pole behind its pins, and the node, the
+"""The real `hardware_interface` node against the real firmware: the ELF built from firmware/ runs
+in the simavr harness (tools.firmware_sim) with the cart-pole behind its pins, and the node, the
 execution node and the trial manager run as separate processes over real DDS, talking to it through
 the harness's pty. What the firmware did is read from the harness's trace, in simulated CPU cycles:
 the motor pins (ENABLE, DIR, PWM duty), every frame as the MCU received it, the plant at each tick.
