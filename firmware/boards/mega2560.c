@@ -2,13 +2,17 @@
  * settings come from mega2560_pins.h; the static assertions below tie them to the registers and
  * interrupt vectors used here.
  *
- * Interrupts, all short:
- *   INT4/INT5   cart encoder edge: read both channels, one table step
- *   INT2/INT3   pole encoder edge: same
- *   TIMER3_COMPA the 500 Hz tick: latches both counts, their error counts and the microsecond
- *               timestamp together (encoder interrupts cannot run in between)
- *   USART0_RX/UDRE  receive and transmit rings
- * The main loop does everything else. */
+ * Interrupts, all short (cycles from the vector to RETI, plus 5 for the interrupt response; see
+ * firmware/README.md, Resources):
+ *   INT4/INT5   cart encoder edge: read both channels with one port read, one table step (44)
+ *   INT2/INT3   pole encoder edge: same (49)
+ *   TIMER3_COMPA the 500 Hz tick: latches both positions and the timer together (41): encoder
+ *               interrupts cannot run in between; the main loop extends the positions to 32-bit
+ *               counts and the tick number to the microsecond timestamp
+ *   USART0_RX/UDRE  receive and transmit rings (38, 40)
+ * An encoder edge must be read before the next edge of the same encoder arrives: the longest
+ * stretch with interrupts blocked (one other handler, or a pole edge ahead of a cart edge, which
+ * has the lower priority) bounds the edge rate. The main loop does everything else. */
 #include <avr/interrupt.h>
 #include <avr/io.h>
 #include <avr/sleep.h>
@@ -16,6 +20,7 @@
 #include <util/atomic.h>
 
 #include "ebmfw/board.h"
+#include "ebmfw/counter.h"
 #include "ebmfw/quadrature.h"
 #include "mega2560_pins.h"
 
@@ -40,7 +45,7 @@ _Static_assert(EBM_F_CPU_HZ % (8u * EBM_BAUD) == 0, "baud rate not exact at this
 _Static_assert(EBM_TIMER3_HZ % EBM_STATE_RATE_HZ == 0 && TICK_TOP <= UINT16_MAX,
                "tick period not a whole number of Timer3 counts");
 
-/* Ring sizes: powers of two (uint8_t indices wrap with a mask). TX holds a CONFIG, a HEARTBEAT
+/* Ring sizes: powers of two. TX holds a CONFIG, a HEARTBEAT
  * echo, a COUNTERS and a STATE frame at once; RX several host frames. */
 #define RX_RING 64u
 #define TX_RING 128u
@@ -52,18 +57,64 @@ _Static_assert(EBM_TIMER3_HZ % EBM_STATE_RATE_HZ == 0 && TICK_TOP <= UINT16_MAX,
 #define PWM_DISCONNECTED _BV(WGM11)                /* OC1A off: the pin follows PORTB5 */
 #define RESET_CAUSE_BITS (_BV(PORF) | _BV(EXTRF) | _BV(BORF) | _BV(WDRF))
 
-static volatile uint8_t rx_ring[RX_RING];
+/* Interrupt-owned state. The hot handlers below are written in assembly (avr-gcc's own prologue
+ * saves r0, r1, RAMPZ and every register the body might touch: 87 cycles for an encoder edge,
+ * which a cart at full speed cannot afford). Each keeps to a handful of registers, saves SREG,
+ * and never assumes r1 = 0 (it may be in use by the interrupted code).
+ *
+ * Cart encoder (the busiest: up to ~190k edges/s at 3x the cart-pole's fastest motion), in the
+ * general purpose I/O registers (IN/OUT: 1 cycle; LDS/STS: 2):
+ *   GPIOR0          the pins last seen, B:A in bits 1:0 (PINE bits 5:4 swapped down)
+ *   GPIOR2:GPIOR1   position: a 16-bit count that wraps, +-1 per edge (the main loop extends it)
+ * Pole encoder: the same in RAM (pole_pins, pole_position). */
+#define CART_PINS GPIOR0
+#define CART_POS_LO GPIOR1
+#define CART_POS_HI GPIOR2
+#define CART_PIN_MASK (_BV(EBM_CART_A_BIT) | _BV(EBM_CART_B_BIT))   /* PINE 0x30 */
+#define POLE_PIN_MASK (_BV(EBM_POLE_A_BIT) | _BV(EBM_POLE_B_BIT))   /* PIND 0x0C */
+
+static uint8_t pole_pins;               /* B:A in bits 1:0 */
+static volatile uint16_t pole_position;
+static volatile uint16_t cart_errors;   /* impossible steps, saturating */
+static volatile uint16_t pole_errors;
+
+/* What the tick interrupt latches, all at once; tick_count says which tick it is (the main loop
+ * copies it without blocking interrupts, retrying if a tick came in between). */
+static volatile struct {
+    uint16_t timer;                     /* TCNT3 when latched: the interrupt's latency, 0.5 us */
+    uint16_t cart;                      /* the positions then */
+    uint16_t pole;
+} latch;
+static volatile uint8_t tick_count;     /* ticks since start, wrapping */
+static uint8_t ticks_taken;             /* tick_count at the last board_take_tick() */
+#define HW_WATCHDOG_MS 60u             /* WDTO_60MS: a main loop this late has been reset */
+_Static_assert(HW_WATCHDOG_MS * EBM_STATE_RATE_HZ / 1000u < 255u,
+               "more ticks than tick_count holds could pass before the hardware watchdog resets");
+
+/* Main-loop side of the tick: 32-bit counts and the microsecond clock, extended from the above. */
+static uint32_t clock_us;               /* time of the last tick taken */
+static int32_t cart_count, pole_count;
+static uint16_t cart_taken, pole_taken; /* positions at the last tick taken */
+
 static volatile uint8_t rx_head;        /* written by the RX interrupt */
 static volatile uint8_t rx_tail;        /* written by the main loop */
-static volatile uint8_t tx_ring[TX_RING];
 static volatile uint8_t tx_head;        /* written by the main loop */
 static volatile uint8_t tx_tail;        /* written by the UDRE interrupt */
 
-static struct ebm_quadrature cart;      /* interrupt-owned */
-static struct ebm_quadrature pole;
-static uint32_t clock_us;               /* time of the last tick */
-static struct ebm_tick latch;           /* written by the tick interrupt, read atomically */
-static volatile bool tick_pending;
+/* Arrays the handlers index with Z = &array[0] + index in two instructions: each is aligned to
+ * its size, so the index never carries into the high byte of the address. (Declared last and
+ * largest last: avr-gcc places them first, largest first, with no padding between them.)
+ *
+ * Step tables, indexed by the raw pins: (new pins & mask) | old pins as B:A in bits 1:0, so that
+ * the handlers need no bit shuffling. Entries -1, 0, +1, or STEP_ERROR for an impossible step
+ * (both channels changed). Built at start-up from the portable table (src/quadrature.c), the one
+ * the host tests check, translating its ab = A << 1 | B to the pins' order. In RAM (LD: 2 cycles).
+ * Rings: uint8_t indices that wrap with a mask. */
+#define STEP_ERROR 0x80
+static int8_t pole_steps[16] __attribute__((aligned(16)));     /* index 0bBABA */
+static int8_t cart_steps[64] __attribute__((aligned(64)));     /* index 0bBA00BA: 0..0x33 */
+static volatile uint8_t rx_ring[RX_RING] __attribute__((aligned(RX_RING)));
+static volatile uint8_t tx_ring[TX_RING] __attribute__((aligned(TX_RING)));
 
 /* MCUSR survives only until we clear it, and .bss is zeroed after .init3: hence .noinit. */
 static uint8_t reset_flags __attribute__((section(".noinit")));
@@ -79,60 +130,216 @@ static void save_reset_cause(void)
     wdt_disable();
 }
 
-static inline uint8_t cart_ab(void)
-{
-    uint8_t pins = PINE;
-    return (uint8_t)(((pins >> EBM_CART_A_BIT) & 1u) << 1 | ((pins >> EBM_CART_B_BIT) & 1u));
-}
+/* Register operands of the handlers' assembly: I/O space (IN/OUT) and data space (LDS/STS). */
+#define IO(name, reg) [name] "I" (_SFR_IO_ADDR(reg))
+#define MEM(name, reg) [name] "n" (_SFR_MEM_ADDR(reg))
 
-static inline uint8_t pole_ab(void)
+/* Cart edge, either channel: 44 cycles from the vector to RETI, the pins read 9 cycles after the
+ * vector (plus the 5-cycle interrupt response). One step of the x4 table per edge; a second edge
+ * of the same pair whose interrupt finds the pins already seen is a 0 step, as it should be. */
+ISR(INT4_vect, ISR_NAKED)
 {
-    uint8_t pins = PIND;
-    return (uint8_t)(((pins >> EBM_POLE_A_BIT) & 1u) << 1 | ((pins >> EBM_POLE_B_BIT) & 1u));
-}
-
-ISR(INT4_vect)
-{
-    ebm_quadrature_update(&cart, cart_ab());
+    __asm__ __volatile__(
+        "push r24                   \n\t"
+        "in   r24, %[pine]          \n\t"   /* both channels at once */
+        "push r30                   \n\t"
+        "in   r30, __SREG__         \n\t"
+        "push r30                   \n\t"
+        "push r31                   \n\t"
+        "andi r24, %[mask]          \n\t"   /* new pins: B:A in bits 5:4 */
+        "in   r30, %[cart_pins]     \n\t"   /* old pins: B:A in bits 1:0 */
+        "or   r30, r24              \n\t"
+        "swap r24                   \n\t"
+        "out  %[cart_pins], r24     \n\t"
+        "ldi  r31, hi8(%[steps])    \n\t"   /* Z = &cart_steps[index] */
+        "subi r30, lo8(-(%[steps])) \n\t"
+        "ld   r24, Z                \n\t"
+        "cpi  r24, %[error]         \n\t"
+        "breq 2f                    \n\t"
+        "in   r30, %[pos_lo]   \n\t"   /* position += step (sign-extended) */
+        "in   r31, %[pos_hi]   \n\t"
+        "add  r30, r24              \n\t"
+        "brcc 1f                    \n\t"
+        "inc  r31                   \n\t"
+        "1:                         \n\t"
+        "sbrc r24, 7                \n\t"
+        "dec  r31                   \n\t"
+        "out  %[pos_lo], r30   \n\t"
+        "out  %[pos_hi], r31   \n\t"
+        "3:                         \n\t"
+        "pop  r31                   \n\t"
+        "pop  r30                   \n\t"
+        "out  __SREG__, r30         \n\t"
+        "pop  r30                   \n\t"
+        "pop  r24                   \n\t"
+        "reti                       \n\t"
+        "2:                         \n\t"   /* both channels changed: count, saturating */
+        "lds  r30, %[errors]        \n\t"
+        "lds  r31, %[errors]+1      \n\t"
+        "adiw r30, 1                \n\t"
+        "breq 3b                    \n\t"   /* was 0xFFFF: stays */
+        "sts  %[errors]+1, r31      \n\t"
+        "sts  %[errors], r30        \n\t"
+        "rjmp 3b                    \n\t"
+        :: IO(pine, PINE), IO(cart_pins, CART_PINS), IO(pos_lo, CART_POS_LO),
+           IO(pos_hi, CART_POS_HI), [mask] "M" (CART_PIN_MASK), [steps] "i" (cart_steps),
+           [error] "M" (STEP_ERROR), [errors] "i" (&cart_errors));
 }
 ISR(INT5_vect, ISR_ALIASOF(INT4_vect));
 
-ISR(INT2_vect)
+/* Pole edge: the same with the state in RAM and the pins in bits 3:2. */
+ISR(INT2_vect, ISR_NAKED)
 {
-    ebm_quadrature_update(&pole, pole_ab());
+    __asm__ __volatile__(
+        "push r24                   \n\t"
+        "in   r24, %[pind]          \n\t"
+        "push r30                   \n\t"
+        "in   r30, __SREG__         \n\t"
+        "push r30                   \n\t"
+        "push r31                   \n\t"
+        "andi r24, %[mask]          \n\t"   /* new pins: B:A in bits 3:2 */
+        "lds  r30, %[pins]          \n\t"   /* old pins: B:A in bits 1:0 */
+        "or   r30, r24              \n\t"
+        "lsr  r24                   \n\t"
+        "lsr  r24                   \n\t"
+        "sts  %[pins], r24          \n\t"
+        "ldi  r31, hi8(%[steps])    \n\t"
+        "subi r30, lo8(-(%[steps])) \n\t"
+        "ld   r24, Z                \n\t"
+        "cpi  r24, %[error]         \n\t"
+        "breq 2f                    \n\t"
+        "lds  r30, %[pos]           \n\t"
+        "lds  r31, %[pos]+1         \n\t"
+        "add  r30, r24              \n\t"
+        "brcc 1f                    \n\t"
+        "inc  r31                   \n\t"
+        "1:                         \n\t"
+        "sbrc r24, 7                \n\t"
+        "dec  r31                   \n\t"
+        "sts  %[pos]+1, r31         \n\t"
+        "sts  %[pos], r30           \n\t"
+        "3:                         \n\t"
+        "pop  r31                   \n\t"
+        "pop  r30                   \n\t"
+        "out  __SREG__, r30         \n\t"
+        "pop  r30                   \n\t"
+        "pop  r24                   \n\t"
+        "reti                       \n\t"
+        "2:                         \n\t"
+        "lds  r30, %[errors]        \n\t"
+        "lds  r31, %[errors]+1      \n\t"
+        "adiw r30, 1                \n\t"
+        "breq 3b                    \n\t"
+        "sts  %[errors]+1, r31      \n\t"
+        "sts  %[errors], r30        \n\t"
+        "rjmp 3b                    \n\t"
+        :: IO(pind, PIND), [mask] "M" (POLE_PIN_MASK), [pins] "i" (&pole_pins),
+           [steps] "i" (pole_steps), [error] "M" (STEP_ERROR), [pos] "i" (&pole_position),
+           [errors] "i" (&pole_errors));
 }
 ISR(INT3_vect, ISR_ALIASOF(INT2_vect));
 
-ISR(TIMER3_COMPA_vect)
+/* The 500 Hz tick: latches the timer (this interrupt's latency) and both positions together, and
+ * counts the tick. Nothing else: the 32-bit counts and the timestamp are the main loop's. */
+ISR(TIMER3_COMPA_vect, ISR_NAKED)
 {
-    uint16_t since_tick = TCNT3;        /* the latency of this interrupt, in Timer3 counts */
-    clock_us += US_PER_TICK;
-    latch.timestamp_us = clock_us + since_tick / TIMER3_COUNTS_PER_US;
-    latch.cart_counts = ebm_quadrature_count(&cart);
-    latch.pole_counts = ebm_quadrature_count(&pole);
-    latch.cart_quadrature_errors = cart.errors;
-    latch.pole_quadrature_errors = pole.errors;
-    tick_pending = true;
+    __asm__ __volatile__(
+        "push r24                   \n\t"
+        "in   r24, __SREG__         \n\t"
+        "push r24                   \n\t"
+        "push r25                   \n\t"
+        "lds  r24, %[tcnt3l]        \n\t"   /* low byte first: latches the high byte */
+        "lds  r25, %[tcnt3h]        \n\t"
+        "sts  %[latch], r24         \n\t"
+        "sts  %[latch]+1, r25       \n\t"
+        "in   r24, %[pos_lo]   \n\t"
+        "in   r25, %[pos_hi]   \n\t"
+        "sts  %[latch]+2, r24       \n\t"
+        "sts  %[latch]+3, r25       \n\t"
+        "lds  r24, %[pole]          \n\t"
+        "lds  r25, %[pole]+1        \n\t"
+        "sts  %[latch]+4, r24       \n\t"
+        "sts  %[latch]+5, r25       \n\t"
+        "lds  r24, %[count]         \n\t"
+        "inc  r24                   \n\t"
+        "sts  %[count], r24         \n\t"
+        "pop  r25                   \n\t"
+        "pop  r24                   \n\t"
+        "out  __SREG__, r24         \n\t"
+        "pop  r24                   \n\t"
+        "reti                       \n\t"
+        :: MEM(tcnt3l, TCNT3L), MEM(tcnt3h, TCNT3H), IO(pos_lo, CART_POS_LO),
+           IO(pos_hi, CART_POS_HI), [latch] "i" (&latch), [pole] "i" (&pole_position),
+           [count] "i" (&tick_count));
 }
 
-ISR(USART0_RX_vect)
+/* A received byte goes into the ring's free slot (there always is one: the ring holds
+ * RX_RING - 1 bytes), and counts only if the ring is not full: when it is, the byte is lost (its
+ * frame fails the CRC). */
+ISR(USART0_RX_vect, ISR_NAKED)
 {
-    uint8_t byte = UDR0;
-    uint8_t next = (uint8_t)((rx_head + 1u) & (RX_RING - 1u));
-    if (next != rx_tail) {              /* full: the byte is lost (the frame fails its CRC) */
-        rx_ring[rx_head] = byte;
-        rx_head = next;
-    }
+    __asm__ __volatile__(
+        "push r24                   \n\t"
+        "in   r24, __SREG__         \n\t"
+        "push r24                   \n\t"
+        "push r30                   \n\t"
+        "push r31                   \n\t"
+        "lds  r24, %[udr0]          \n\t"
+        "lds  r30, %[head]          \n\t"
+        "ldi  r31, hi8(%[ring])     \n\t"   /* Z = &rx_ring[head] */
+        "subi r30, lo8(-(%[ring]))  \n\t"
+        "st   Z, r24                \n\t"
+        "lds  r24, %[head]          \n\t"
+        "inc  r24                   \n\t"
+        "andi r24, %[mask]          \n\t"
+        "lds  r31, %[tail]          \n\t"
+        "cpse r24, r31              \n\t"   /* next == tail: full, the byte is not kept */
+        "sts  %[head], r24          \n\t"
+        "pop  r31                   \n\t"
+        "pop  r30                   \n\t"
+        "pop  r24                   \n\t"
+        "out  __SREG__, r24         \n\t"
+        "pop  r24                   \n\t"
+        "reti                       \n\t"
+        :: MEM(udr0, UDR0), [ring] "i" (rx_ring), [head] "i" (&rx_head), [tail] "i" (&rx_tail),
+           [mask] "M" (RX_RING - 1));
 }
 
-ISR(USART0_UDRE_vect)
+/* The next byte to the UART; when the ring is empty, the interrupt turns itself off (board_tx
+ * turns it on). */
+ISR(USART0_UDRE_vect, ISR_NAKED)
 {
-    uint8_t tail = tx_tail;
-    UDR0 = tx_ring[tail];
-    tail = (uint8_t)((tail + 1u) & (TX_RING - 1u));
-    tx_tail = tail;
-    if (tail == tx_head)
-        UCSR0B &= (uint8_t)~_BV(UDRIE0);
+    __asm__ __volatile__(
+        "push r24                   \n\t"
+        "in   r24, __SREG__         \n\t"
+        "push r24                   \n\t"
+        "push r30                   \n\t"
+        "push r31                   \n\t"
+        "lds  r30, %[tail]          \n\t"
+        "ldi  r31, hi8(%[ring])     \n\t"   /* Z = &tx_ring[tail] */
+        "subi r30, lo8(-(%[ring]))  \n\t"
+        "ld   r24, Z                \n\t"
+        "sts  %[udr0], r24          \n\t"
+        "lds  r24, %[tail]          \n\t"
+        "inc  r24                   \n\t"
+        "andi r24, %[mask]          \n\t"
+        "sts  %[tail], r24          \n\t"
+        "lds  r31, %[head]          \n\t"
+        "cpse r24, r31              \n\t"
+        "rjmp 1f                    \n\t"
+        "lds  r24, %[ucsr0b]        \n\t"   /* empty: UDRIE0 off */
+        "cbr  r24, 1 << %[udrie0]   \n\t"
+        "sts  %[ucsr0b], r24        \n\t"
+        "1:                         \n\t"
+        "pop  r31                   \n\t"
+        "pop  r30                   \n\t"
+        "pop  r24                   \n\t"
+        "out  __SREG__, r24         \n\t"
+        "pop  r24                   \n\t"
+        "reti                       \n\t"
+        :: MEM(udr0, UDR0), MEM(ucsr0b, UCSR0B), [ring] "i" (tx_ring), [head] "i" (&tx_head),
+           [tail] "i" (&tx_tail), [mask] "M" (TX_RING - 1),
+           [udrie0] "I" (UDRIE0));
 }
 
 static void init_uart(void)
@@ -164,10 +371,26 @@ static void init_inputs(void)
     PORTA |= _BV(EBM_FAULT_BIT) | _BV(EBM_LIMIT_NEG_BIT) | _BV(EBM_LIMIT_POS_BIT);
 }
 
+/* B:A in bits 1:0 from ab = A << 1 | B (quadrature.h's order). */
+static uint8_t pins_ba(uint8_t ab)
+{
+    return (uint8_t)((ab >> 1) | (ab & 1u) << 1);
+}
+
 static void init_encoders(void)
 {
-    ebm_quadrature_init(&cart, cart_ab());
-    ebm_quadrature_init(&pole, pole_ab());
+    for (uint8_t old_ab = 0; old_ab < 4; old_ab++)
+        for (uint8_t new_ab = 0; new_ab < 4; new_ab++) {
+            int8_t step = ebm_quadrature_steps[old_ab << 2 | new_ab];
+            int8_t entry = step == EBM_QUADRATURE_BOTH_CHANGED ? (int8_t)STEP_ERROR : step;
+            uint8_t old_pins = pins_ba(old_ab), new_pins = pins_ba(new_ab);
+            cart_steps[new_pins << EBM_CART_A_BIT | old_pins] = entry;
+            pole_steps[new_pins << EBM_POLE_A_BIT | old_pins] = entry;
+        }
+    CART_PINS = (uint8_t)((PINE & CART_PIN_MASK) >> EBM_CART_A_BIT);
+    pole_pins = (uint8_t)((PIND & POLE_PIN_MASK) >> EBM_POLE_A_BIT);
+    CART_POS_LO = 0;
+    CART_POS_HI = 0;
     EICRA = _BV(ISC20) | _BV(ISC30);    /* any edge */
     EICRB = _BV(ISC40) | _BV(ISC50);
     EIFR = _BV(INTF2) | _BV(INTF3) | _BV(INTF4) | _BV(INTF5);
@@ -226,20 +449,43 @@ bool board_tx(const uint8_t *bytes, uint8_t n)
     return true;
 }
 
+static bool tick_pending(void)
+{
+    return tick_count != ticks_taken;
+}
+
 bool board_take_tick(struct ebm_tick *tick)
 {
-    bool taken = false;
+    if (!tick_pending())
+        return false;
+    /* A consistent copy of the latch without blocking the encoders: retried if a tick came in
+     * meanwhile (the latch and the count change together, in one interrupt). */
+    uint8_t count;
+    uint16_t timer, cart, pole;
+    do {
+        count = tick_count;
+        timer = latch.timer;
+        cart = latch.cart;
+        pole = latch.pole;
+    } while (count != tick_count);
+    /* Every tick counts, taken or not (a late main loop loses a STATE, never time or counts);
+     * the positions wrap at 16 bits, far more edges than can pass between two passes. */
+    clock_us += (uint32_t)(uint8_t)(count - ticks_taken) * US_PER_TICK;
+    ticks_taken = count;
+    cart_count += (int16_t)(cart - cart_taken);
+    pole_count += (int16_t)(pole - pole_taken);
+    cart_taken = cart;
+    pole_taken = pole;
+    tick->timestamp_us = clock_us + timer / TIMER3_COUNTS_PER_US;
+    tick->cart_counts = cart_count;
+    tick->pole_counts = pole_count;
     ATOMIC_BLOCK(ATOMIC_RESTORESTATE)
     {
-        if (tick_pending) {
-            *tick = latch;
-            tick_pending = false;
-            taken = true;
-        }
+        tick->cart_quadrature_errors = cart_errors;
+        tick->pole_quadrature_errors = pole_errors;
     }
-    if (taken)
-        tick->inputs = board_inputs();
-    return taken;
+    tick->inputs = board_inputs();
+    return true;
 }
 
 uint8_t board_inputs(void)
@@ -300,7 +546,7 @@ void board_feed_watchdog(void)
 void board_idle(void)
 {
     cli();
-    if (!tick_pending && rx_head == rx_tail) {
+    if (!tick_pending() && rx_head == rx_tail) {
         sleep_enable();
         sei();                          /* the instruction after sei runs first: no wakeup lost */
         sleep_cpu();
