@@ -134,108 +134,145 @@ static void save_reset_cause(void)
 #define IO(name, reg) [name] "I" (_SFR_IO_ADDR(reg))
 #define MEM(name, reg) [name] "n" (_SFR_MEM_ADDR(reg))
 
-/* Cart edge, either channel: 44 cycles from the vector to RETI, the pins read 9 cycles after the
- * vector (plus the 5-cycle interrupt response). One step of the x4 table per edge; a second edge
- * of the same pair whose interrupt finds the pins already seen is a 0 step, as it should be. */
+/* One step of an encoder: r24 = its port's pins as read, r30/r31 free, SREG saved. The pins
+ * last seen and the position are updated; an impossible step branches to the _ERROR block (placed
+ * after the RETI, out of the common path), which counts it (saturating) and comes back. e and d:
+ * numeric labels (strings) that pair a _STEP with its _ERROR. */
+#define CART_STEP(e, d)                                                                           \
+        "andi r24, %[cart_mask]     \n\t"   /* new pins: B:A in bits 5:4 */                       \
+        "in   r30, %[cart_pins]     \n\t"   /* old pins: B:A in bits 1:0 */                       \
+        "or   r30, r24              \n\t"                                                         \
+        "swap r24                   \n\t"                                                         \
+        "out  %[cart_pins], r24     \n\t"                                                         \
+        "ldi  r31, hi8(%[cart_steps])    \n\t"   /* Z = &cart_steps[index] */                     \
+        "subi r30, lo8(-(%[cart_steps])) \n\t"                                                    \
+        "ld   r24, Z                \n\t"                                                         \
+        "cpi  r24, %[error]         \n\t"                                                         \
+        "breq " e "f                \n\t"                                                         \
+        "in   r30, %[cart_pos_lo]   \n\t"   /* position += step (sign-extended) */                \
+        "in   r31, %[cart_pos_hi]   \n\t"                                                         \
+        "add  r30, r24              \n\t"                                                         \
+        "brcc .+2                   \n\t"                                                         \
+        "inc  r31                   \n\t"                                                         \
+        "sbrc r24, 7                \n\t"                                                         \
+        "dec  r31                   \n\t"                                                         \
+        "out  %[cart_pos_lo], r30   \n\t"                                                         \
+        "out  %[cart_pos_hi], r31   \n\t"                                                         \
+        d ":                        \n\t"
+#define CART_ERROR(e, d)                                                                          \
+        e ":                        \n\t"   /* both channels changed */                           \
+        "lds  r30, %[cart_errors]   \n\t"                                                         \
+        "lds  r31, %[cart_errors]+1 \n\t"                                                         \
+        "adiw r30, 1                \n\t"                                                         \
+        "breq " d "b                \n\t"   /* was 0xFFFF: stays */                               \
+        "sts  %[cart_errors]+1, r31 \n\t"                                                         \
+        "sts  %[cart_errors], r30   \n\t"                                                         \
+        "rjmp " d "b                \n\t"
+#define CART_OPERANDS                                                                             \
+        IO(cart_pins, CART_PINS), IO(cart_pos_lo, CART_POS_LO), IO(cart_pos_hi, CART_POS_HI),     \
+        [cart_mask] "M" (CART_PIN_MASK), [cart_steps] "i" (cart_steps),                           \
+        [cart_errors] "i" (&cart_errors)
+
+/* The same for the pole, its state in RAM and its pins in bits 3:2. */
+#define POLE_STEP(e, d)                                                                           \
+        "andi r24, %[pole_mask]     \n\t"   /* new pins: B:A in bits 3:2 */                       \
+        "lds  r30, %[pole_pins]     \n\t"   /* old pins: B:A in bits 1:0 */                       \
+        "or   r30, r24              \n\t"                                                         \
+        "lsr  r24                   \n\t"                                                         \
+        "lsr  r24                   \n\t"                                                         \
+        "sts  %[pole_pins], r24     \n\t"                                                         \
+        "ldi  r31, hi8(%[pole_steps])    \n\t"                                                    \
+        "subi r30, lo8(-(%[pole_steps])) \n\t"                                                    \
+        "ld   r24, Z                \n\t"                                                         \
+        "cpi  r24, %[error]         \n\t"                                                         \
+        "breq " e "f                \n\t"                                                         \
+        "lds  r30, %[pole_pos]      \n\t"                                                         \
+        "lds  r31, %[pole_pos]+1    \n\t"                                                         \
+        "add  r30, r24              \n\t"                                                         \
+        "brcc .+2                   \n\t"                                                         \
+        "inc  r31                   \n\t"                                                         \
+        "sbrc r24, 7                \n\t"                                                         \
+        "dec  r31                   \n\t"                                                         \
+        "sts  %[pole_pos]+1, r31    \n\t"                                                         \
+        "sts  %[pole_pos], r30      \n\t"                                                         \
+        d ":                        \n\t"
+#define POLE_ERROR(e, d)                                                                          \
+        e ":                        \n\t"                                                         \
+        "lds  r30, %[pole_errors]   \n\t"                                                         \
+        "lds  r31, %[pole_errors]+1 \n\t"                                                         \
+        "adiw r30, 1                \n\t"                                                         \
+        "breq " d "b                \n\t"                                                         \
+        "sts  %[pole_errors]+1, r31 \n\t"                                                         \
+        "sts  %[pole_errors], r30   \n\t"                                                         \
+        "rjmp " d "b                \n\t"
+#define POLE_OPERANDS                                                                             \
+        [pole_mask] "M" (POLE_PIN_MASK), [pole_pins] "i" (&pole_pins),                            \
+        [pole_steps] "i" (pole_steps), [pole_pos] "i" (&pole_position),                           \
+        [pole_errors] "i" (&pole_errors)
+
+/* Saves r24 (then loaded from the port), r30, SREG and r31; and the reverse. */
+#define ENCODER_PROLOGUE(port)                                                                    \
+        "push r24                   \n\t"                                                         \
+        "in   r24, " port "         \n\t"   /* both channels at once, as early as possible */     \
+        "push r30                   \n\t"                                                         \
+        "in   r30, __SREG__         \n\t"                                                         \
+        "push r30                   \n\t"                                                         \
+        "push r31                   \n\t"
+#define ENCODER_EPILOGUE                                                                          \
+        "pop  r31                   \n\t"                                                         \
+        "pop  r30                   \n\t"                                                         \
+        "out  __SREG__, r30         \n\t"                                                         \
+        "pop  r30                   \n\t"                                                         \
+        "pop  r24                   \n\t"                                                         \
+        "reti                       \n\t"
+
+/* Cart edge, either channel: 42 cycles from the vector to RETI, the pins read 3 cycles after the
+ * vector (plus the 5-cycle interrupt response and the vector's JMP). One step of the x4 table per
+ * edge; a second edge of the same pair whose interrupt finds the pins already seen is a 0 step,
+ * as it should be. */
 ISR(INT4_vect, ISR_NAKED)
 {
     __asm__ __volatile__(
-        "push r24                   \n\t"
-        "in   r24, %[pine]          \n\t"   /* both channels at once */
-        "push r30                   \n\t"
-        "in   r30, __SREG__         \n\t"
-        "push r30                   \n\t"
-        "push r31                   \n\t"
-        "andi r24, %[mask]          \n\t"   /* new pins: B:A in bits 5:4 */
-        "in   r30, %[cart_pins]     \n\t"   /* old pins: B:A in bits 1:0 */
-        "or   r30, r24              \n\t"
-        "swap r24                   \n\t"
-        "out  %[cart_pins], r24     \n\t"
-        "ldi  r31, hi8(%[steps])    \n\t"   /* Z = &cart_steps[index] */
-        "subi r30, lo8(-(%[steps])) \n\t"
-        "ld   r24, Z                \n\t"
-        "cpi  r24, %[error]         \n\t"
-        "breq 2f                    \n\t"
-        "in   r30, %[pos_lo]   \n\t"   /* position += step (sign-extended) */
-        "in   r31, %[pos_hi]   \n\t"
-        "add  r30, r24              \n\t"
-        "brcc 1f                    \n\t"
-        "inc  r31                   \n\t"
-        "1:                         \n\t"
-        "sbrc r24, 7                \n\t"
-        "dec  r31                   \n\t"
-        "out  %[pos_lo], r30   \n\t"
-        "out  %[pos_hi], r31   \n\t"
-        "3:                         \n\t"
-        "pop  r31                   \n\t"
-        "pop  r30                   \n\t"
-        "out  __SREG__, r30         \n\t"
-        "pop  r30                   \n\t"
-        "pop  r24                   \n\t"
-        "reti                       \n\t"
-        "2:                         \n\t"   /* both channels changed: count, saturating */
-        "lds  r30, %[errors]        \n\t"
-        "lds  r31, %[errors]+1      \n\t"
-        "adiw r30, 1                \n\t"
-        "breq 3b                    \n\t"   /* was 0xFFFF: stays */
-        "sts  %[errors]+1, r31      \n\t"
-        "sts  %[errors], r30        \n\t"
-        "rjmp 3b                    \n\t"
-        :: IO(pine, PINE), IO(cart_pins, CART_PINS), IO(pos_lo, CART_POS_LO),
-           IO(pos_hi, CART_POS_HI), [mask] "M" (CART_PIN_MASK), [steps] "i" (cart_steps),
-           [error] "M" (STEP_ERROR), [errors] "i" (&cart_errors));
+        ENCODER_PROLOGUE("%[pine]")
+        CART_STEP("1", "2")
+        ENCODER_EPILOGUE
+        CART_ERROR("1", "2")
+        :: IO(pine, PINE), [error] "M" (STEP_ERROR), CART_OPERANDS);
 }
 ISR(INT5_vect, ISR_ALIASOF(INT4_vect));
 
-/* Pole edge: the same with the state in RAM and the pins in bits 3:2. */
+/* Pole edge. The pole's vectors come before the cart's (a higher priority), though its edges are
+ * 10x rarer: a cart edge would wait for this handler as well as for the one it came in behind
+ * (too long at twice the cart's fastest edge rate), and one that comes in during this handler
+ * would wait for all of it. So this handler samples the cart's pins first and, if a cart edge is
+ * waiting, takes its step; and again after the pole's step, if a cart edge waits then. (The cart's
+ * own interrupt follows and finds the pins seen: a 0 step. The flag stays set until then, so the
+ * second sample is taken whenever the first was.) */
 ISR(INT2_vect, ISR_NAKED)
 {
     __asm__ __volatile__(
-        "push r24                   \n\t"
+        ENCODER_PROLOGUE("%[pine]")
+        "in   r30, %[eifr]          \n\t"
+        "andi r30, %[cart_flags]    \n\t"
+        "breq 5f                    \n\t"
+        CART_STEP("1", "2")
+        "rjmp 5f                    \n\t"
+        CART_ERROR("1", "2")                /* (here: within reach of its branch) */
+        "5:                         \n\t"
         "in   r24, %[pind]          \n\t"
-        "push r30                   \n\t"
-        "in   r30, __SREG__         \n\t"
-        "push r30                   \n\t"
-        "push r31                   \n\t"
-        "andi r24, %[mask]          \n\t"   /* new pins: B:A in bits 3:2 */
-        "lds  r30, %[pins]          \n\t"   /* old pins: B:A in bits 1:0 */
-        "or   r30, r24              \n\t"
-        "lsr  r24                   \n\t"
-        "lsr  r24                   \n\t"
-        "sts  %[pins], r24          \n\t"
-        "ldi  r31, hi8(%[steps])    \n\t"
-        "subi r30, lo8(-(%[steps])) \n\t"
-        "ld   r24, Z                \n\t"
-        "cpi  r24, %[error]         \n\t"
-        "breq 2f                    \n\t"
-        "lds  r30, %[pos]           \n\t"
-        "lds  r31, %[pos]+1         \n\t"
-        "add  r30, r24              \n\t"
-        "brcc 1f                    \n\t"
-        "inc  r31                   \n\t"
-        "1:                         \n\t"
-        "sbrc r24, 7                \n\t"
-        "dec  r31                   \n\t"
-        "sts  %[pos]+1, r31         \n\t"
-        "sts  %[pos], r30           \n\t"
-        "3:                         \n\t"
-        "pop  r31                   \n\t"
-        "pop  r30                   \n\t"
-        "out  __SREG__, r30         \n\t"
-        "pop  r30                   \n\t"
-        "pop  r24                   \n\t"
-        "reti                       \n\t"
-        "2:                         \n\t"
-        "lds  r30, %[errors]        \n\t"
-        "lds  r31, %[errors]+1      \n\t"
-        "adiw r30, 1                \n\t"
-        "breq 3b                    \n\t"
-        "sts  %[errors]+1, r31      \n\t"
-        "sts  %[errors], r30        \n\t"
-        "rjmp 3b                    \n\t"
-        :: IO(pind, PIND), [mask] "M" (POLE_PIN_MASK), [pins] "i" (&pole_pins),
-           [steps] "i" (pole_steps), [error] "M" (STEP_ERROR), [pos] "i" (&pole_position),
-           [errors] "i" (&pole_errors));
+        POLE_STEP("3", "4")
+        "in   r30, %[eifr]          \n\t"
+        "andi r30, %[cart_flags]    \n\t"
+        "breq 8f                    \n\t"
+        "in   r24, %[pine]          \n\t"
+        CART_STEP("6", "7")
+        "8:                         \n\t"
+        ENCODER_EPILOGUE
+        POLE_ERROR("3", "4")
+        CART_ERROR("6", "7")
+        :: IO(pine, PINE), IO(pind, PIND), IO(eifr, EIFR),
+           [cart_flags] "M" (_BV(INTF4) | _BV(INTF5)), [error] "M" (STEP_ERROR), CART_OPERANDS,
+           POLE_OPERANDS);
 }
 ISR(INT3_vect, ISR_ALIASOF(INT2_vect));
 
