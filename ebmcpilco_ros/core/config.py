@@ -332,9 +332,10 @@ class LearnerConfig(Section):
     seed: int = setting(1, 0, 2**31 - 1, doc="seed for every random draw of the run")
 
 
-# Sections of the same YAML that other layers own (hardware driver, node settings); the learning
-# core skips them, their owners validate them.
-FOREIGN_SECTIONS = ("hardware", "sim_plant", "execution", "nodes")
+# Sections of the same YAML that other layers own (hardware driver, the simulated rig behind the
+# firmware emulator and simulator, node settings); the learning core skips them, their owners
+# validate them.
+FOREIGN_SECTIONS = ("hardware", "emulator", "sim_plant", "execution", "nodes")
 
 SECTIONS: dict[str, type] = {
     "plant": PlantConfig,
