@@ -390,6 +390,31 @@ def test_mcu_receiver_counts_like_the_python_receiver(emulator, raw_host):
     assert host.counters(3, 1).rx_drops == 2 and emulator.stats.rx.sequence_resets == 0
 
 
+def test_enable_acts_only_after_a_hello_since_the_mcu_started(emulator, raw_host):
+    """Commands already on the wire when the MCU restarts never re-enable it: ENABLE = 1 counts
+    as 0 until the host's HELLO has opened a session."""
+    host = raw_host
+
+    def enabled_after(seq: int) -> bool:
+        """COMMAND +50 % enabled; whether the next tick drives the motor with it."""
+        applied = emulator.stats.commands_applied
+        host.send(Command(16384, True), seq)
+        assert emulator.wait_until(lambda _s: emulator.stats.commands_applied > applied, WAIT)
+        tick = emulator.snapshot().tick
+        assert emulator.wait_until(lambda s: s.tick > tick, WAIT)
+        snapshot = emulator.snapshot()
+        return bool(snapshot.status & Status.ENABLED) and snapshot.command != 0
+
+    assert not enabled_after(0)                          # power-up: no session yet
+    host.hello(0, seq=1)
+    assert enabled_after(2)
+    emulator.reset()                                     # e.g. its hardware watchdog
+    assert not enabled_after(3)
+    assert not emulator.snapshot().status & Status.ENABLED
+    host.hello(0, seq=4)
+    assert enabled_after(5)
+
+
 def test_mcu_clamps_the_watchdog_request_to_5_5000_ms(raw_host):
     assert raw_host.hello(1).watchdog_ms == 5
     assert raw_host.hello(60000).watchdog_ms == 5000

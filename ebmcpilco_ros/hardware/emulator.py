@@ -191,6 +191,7 @@ class FirmwareEmulator:
         self._enabled = False
         self._watchdog_tripped = False
         self._fault_latched = False  # set by an active fault input, cleared by the acknowledgement
+        self._session = False       # a HELLO arrived since power-up / reset: ENABLE = 1 may act
         self._last_command: float | None = None
         self._trip_time: float | None = None
         self._command = 0           # raw command actually driving the motor
@@ -261,7 +262,7 @@ class FirmwareEmulator:
             self._decoder.reset_sequence()
             self._counter_base = self._counter_values()
             self._duty_cmd, self._enabled, self._last_command = 0, False, None
-            self._watchdog_tripped = self._fault_latched = False
+            self._watchdog_tripped = self._fault_latched = self._session = False
             self._watchdog_ms = self.config.watchdog_ms
             self._reset_cause = int(cause)
 
@@ -497,7 +498,9 @@ class FirmwareEmulator:
                     self._fault_latched = False
                 self._enabled = False
             else:
-                self._enabled = message.enable
+                # Before the first HELLO after a (re)start, ENABLE = 1 acts as 0: commands the
+                # host sent to the MCU before it restarted never re-enable it.
+                self._enabled = message.enable and self._session
             self._watchdog_tripped = False
             self._last_command = now
             self.stats.commands_applied += 1
@@ -512,6 +515,7 @@ class FirmwareEmulator:
             if message.watchdog_ms:
                 self._watchdog_ms = min(hi, max(lo, message.watchdog_ms))
             self._duty_cmd, self._enabled, self._last_command = 0, False, None
+            self._session = True
             if not self.faults.amp_fault:
                 self._fault_latched = False
             cfg = self.config
