@@ -6,7 +6,8 @@
 #include "ebmfw/board.h"
 #include "ebmfw/mcu.h"
 
-#define RX_CHUNK 32u    /* bytes taken from the receive ring per pass: bounds one pass's work */
+#define RX_CHUNK 32u            /* bytes taken from the receive ring at a time */
+#define RX_CHUNKS_PER_PASS 3u   /* bounds one pass's work (and the wait of a tick's STATE) */
 
 static bool transmit(void *context, const uint8_t *bytes, uint8_t n)
 {
@@ -33,14 +34,24 @@ int main(void)
         struct ebm_tick tick;
         uint8_t bytes[RX_CHUNK];
         board_feed_watchdog();
-        /* The tick first: its STATE has a deadline. A COMMAND received just before the latch but
-         * handled after it counts as after the tick: the watchdog errs late by under one loop
-         * pass, never early. */
+        /* The tick first: the watchdog and the STATE's status are those at the tick. A COMMAND
+         * received just before the latch but handled after it counts as after the tick: the
+         * watchdog errs late by under one loop pass, never early. The STATE is encoded and sent
+         * after the received bytes and the drive: a COMMAND waiting then reaches the pins first
+         * (the STATE waits for at most RX_CHUNKS_PER_PASS * RX_CHUNK bytes' handling). */
         if (board_take_tick(&tick))
-            ebm_mcu_tick(&mcu, &tick);
-        ebm_mcu_receive(&mcu, bytes, board_rx(bytes, sizeof bytes));
+            ebm_mcu_tick_begin(&mcu, &tick);
+        /* Bytes that come in meanwhile are taken at once (a frame's delimiter usually arrives
+         * while the bytes before it are handled), a few chunks at most per pass. */
+        for (uint8_t chunk = 0; chunk < RX_CHUNKS_PER_PASS; chunk++) {
+            uint8_t n = board_rx(bytes, sizeof bytes);
+            if (n == 0)
+                break;
+            ebm_mcu_receive(&mcu, bytes, n);
+        }
         ebm_mcu_inputs(&mcu, board_inputs());
         board_drive(ebm_mcu_drive(&mcu));
+        ebm_mcu_tick_end(&mcu);
         board_idle();
     }
 }

@@ -26,9 +26,12 @@ static bool fault_active(const struct ebm_mcu *mcu)
     return (mcu->inputs & EBM_STATUS_AMP_FAULT) != 0;
 }
 
-/* Numbers msg with the next sequence number and hands it over, after a 0x00 if lead is set. */
+/* Numbers msg with the next sequence number and hands it over, after a 0x00 if lead is set. A
+ * STATE still due from ebm_mcu_tick_begin() goes first: replies never overtake it. */
 static void send(struct ebm_mcu *mcu, struct ebm_message *msg, bool lead)
 {
+    if (msg->type != EBM_STATE)
+        ebm_mcu_tick_end(mcu);
     uint8_t frame[1 + EBM_MAX_FRAME];
     uint8_t n = 0;
     if (lead)
@@ -91,25 +94,38 @@ static void on_heartbeat(struct ebm_mcu *mcu, const struct ebm_heartbeat *heartb
     send(mcu, &counters, false);
 }
 
+/* A byte that is not simply appended to the frame being received: a delimiter (which may complete
+ * a message, acted on here) or a byte the receiver discards or counts. Out of line: its frame of
+ * registers and stack (a message, the replies) stays off the path of ordinary bytes. */
+static void __attribute__((noinline)) receive_slow(struct ebm_mcu *mcu, uint8_t byte)
+{
+    struct ebm_message msg;
+    if (!ebm_rx_byte_slow(&mcu->rx, byte, &msg))
+        return;
+    switch (msg.type) {
+    case EBM_COMMAND:
+        on_command(mcu, &msg.u.command);
+        break;
+    case EBM_HELLO:
+        on_hello(mcu, &msg.u.hello);
+        break;
+    case EBM_HEARTBEAT:
+        on_heartbeat(mcu, &msg.u.heartbeat);
+        break;
+    default:                          /* valid, but not a host -> MCU message */
+        break;
+    }
+}
+
 void ebm_mcu_receive(struct ebm_mcu *mcu, const uint8_t *bytes, uint8_t n)
 {
-    for (uint8_t i = 0; i < n; i++) {
-        struct ebm_message msg;
-        if (!ebm_rx_byte(&mcu->rx, bytes[i], &msg))
-            continue;
-        switch (msg.type) {
-        case EBM_COMMAND:
-            on_command(mcu, &msg.u.command);
-            break;
-        case EBM_HELLO:
-            on_hello(mcu, &msg.u.hello);
-            break;
-        case EBM_HEARTBEAT:
-            on_heartbeat(mcu, &msg.u.heartbeat);
-            break;
-        default:                          /* valid, but not a host -> MCU message */
-            break;
-        }
+    struct ebm_rx *rx = &mcu->rx;
+    for (const uint8_t *end = bytes + n; bytes != end; bytes++) {
+        uint8_t byte = *bytes;
+        if (ebm_rx_appends(rx, byte))     /* as ebm_rx_byte() does for most bytes */
+            ebm_rx_append(rx, byte);
+        else
+            receive_slow(mcu, byte);
     }
 }
 
@@ -122,7 +138,7 @@ void ebm_mcu_inputs(struct ebm_mcu *mcu, uint8_t inputs)
     }
 }
 
-void ebm_mcu_tick(struct ebm_mcu *mcu, const struct ebm_tick *tick)
+void ebm_mcu_tick_begin(struct ebm_mcu *mcu, const struct ebm_tick *tick)
 {
     ebm_mcu_inputs(mcu, tick->inputs);
     mcu->cart_quadrature_errors = tick->cart_quadrature_errors;
@@ -134,17 +150,29 @@ void ebm_mcu_tick(struct ebm_mcu *mcu, const struct ebm_tick *tick)
         mcu->watchdog_tripped = true;
         ebm_count(&mcu->watchdog_trips);
     }
-    struct ebm_message state = {
-        .type = EBM_STATE,
-        .u.state = {
-            .cart_counts = tick->cart_counts,
-            .pole_counts = tick->pole_counts,
-            .timestamp_us = tick->timestamp_us,
-            .status = ebm_mcu_status(mcu),
-            .applied_command = ebm_mcu_drive(mcu).motor,
-        },
+    mcu->state = (struct ebm_state){
+        .cart_counts = tick->cart_counts,
+        .pole_counts = tick->pole_counts,
+        .timestamp_us = tick->timestamp_us,
+        .status = ebm_mcu_status(mcu),
+        .applied_command = ebm_mcu_drive(mcu).motor,
     };
+    mcu->state_due = true;
+}
+
+void ebm_mcu_tick_end(struct ebm_mcu *mcu)
+{
+    if (!mcu->state_due)
+        return;
+    mcu->state_due = false;
+    struct ebm_message state = {.type = EBM_STATE, .u.state = mcu->state};
     send(mcu, &state, false);
+}
+
+void ebm_mcu_tick(struct ebm_mcu *mcu, const struct ebm_tick *tick)
+{
+    ebm_mcu_tick_begin(mcu, tick);
+    ebm_mcu_tick_end(mcu);
 }
 
 struct ebm_drive ebm_mcu_drive(const struct ebm_mcu *mcu)

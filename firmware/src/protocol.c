@@ -5,63 +5,42 @@
 
 #include "ebmfw/counter.h"
 
-#define COBS_MAX_CODE 0xFFu                 /* a code byte covers at most 254 data bytes */
+#define COBS_MAX_CODE EBM_COBS_MAX_CODE
+
+#define CRC_INIT 0xFFFFu
 
 uint16_t ebm_crc16(const uint8_t *data, size_t n)
 {
-    uint16_t crc = 0xFFFF;
-    while (n--) {
-        /* Byte-wise form of the bitwise poly-0x1021 shift register: no table, a few shifts. */
-        uint8_t x = (uint8_t)((crc >> 8) ^ *data++);
-        x ^= (uint8_t)(x >> 4);
-        crc = (uint16_t)((crc << 8) ^ ((uint16_t)x << 12) ^ ((uint16_t)x << 5) ^ x);
-    }
-    return crc;
+    uint8_t hi = (uint8_t)(CRC_INIT >> 8), lo = (uint8_t)CRC_INIT;
+    for (const uint8_t *end = data + n; data != end; data++)
+        ebm_crc_byte(&hi, &lo, *data);
+    return (uint16_t)((uint16_t)hi << 8 | lo);
 }
 
-/* COBS-encodes n bytes (n < 254) into out (n + 1 bytes, no 0x00 among them); returns n + 1. */
-static size_t cobs_encode(const uint8_t *in, size_t n, uint8_t *out)
+/* Decodes n COBS bytes (n < 256) in place; returns the decoded length, or -1 if the encoding is
+ * invalid. */
+static int cobs_decode(uint8_t *buf, uint8_t n)
 {
-    size_t code_at = 0;
-    size_t o = 1;
-    uint8_t code = 1;
-    for (size_t i = 0; i < n; i++) {
-        if (in[i] == 0) {
-            out[code_at] = code;
-            code_at = o++;
-            code = 1;
-        } else {
-            out[o++] = in[i];
-            code++;
-        }
-    }
-    out[code_at] = code;
-    return o;
-}
-
-/* Decodes n COBS bytes in place; returns the decoded length, or -1 if the encoding is invalid. */
-static int cobs_decode(uint8_t *buf, size_t n)
-{
-    size_t i = 0;
-    size_t o = 0;
+    uint8_t i = 0;
+    uint8_t o = 0;
     while (i < n) {
         uint8_t code = buf[i];
-        if (code == 0 || code > n - i)
+        if (code == 0 || code > (uint8_t)(n - i))
             return -1;
         for (uint8_t k = 1; k < code; k++) {
             if (buf[i + k] == 0)
                 return -1;
             buf[o++] = buf[i + k];
         }
-        i += code;
+        i = (uint8_t)(i + code);
         if (code < COBS_MAX_CODE && i < n)
             buf[o++] = 0;
     }
-    return (int)o;
+    return o;
 }
 
 /* Payload bytes of a message type, 0 for a type this protocol version does not know. */
-static uint8_t payload_size(uint8_t type)
+static inline __attribute__((always_inline)) uint8_t payload_size(uint8_t type)
 {
     switch (type) {
     case EBM_STATE:
@@ -193,9 +172,29 @@ static bool unpack_payload(uint8_t type, const uint8_t *p, struct ebm_message *m
     }
 }
 
+/* COBS encoding one byte at a time into out: code_at points at the current group's code byte,
+ * code counts the group's bytes + 1 (groups stay under 254 bytes: frames are shorter). */
+struct cobs_writer {
+    uint8_t *out;
+    uint8_t *code_at;
+    uint8_t code;
+};
+
+static inline __attribute__((always_inline)) void cobs_put(struct cobs_writer *w, uint8_t byte)
+{
+    if (byte == 0) {
+        *w->code_at = w->code;
+        w->code_at = w->out++;
+        w->code = 1;
+    } else {
+        *w->out++ = byte;
+        w->code++;
+    }
+}
+
 uint8_t ebm_encode(const struct ebm_message *msg, uint8_t out[EBM_MAX_FRAME])
 {
-    uint8_t body[EBM_MAX_BODY];
+    uint8_t body[EBM_HEADER_SIZE + EBM_MAX_PAYLOAD];
     uint8_t size = payload_size(msg->type);
     if (size == 0)
         return 0;
@@ -204,22 +203,23 @@ uint8_t ebm_encode(const struct ebm_message *msg, uint8_t out[EBM_MAX_FRAME])
     put16(body + 2, msg->seq);
     pack_payload(msg, body + EBM_HEADER_SIZE);
     uint8_t n = (uint8_t)(EBM_HEADER_SIZE + size);
-    put16(body + n, ebm_crc16(body, n));
-    uint8_t len = (uint8_t)cobs_encode(body, n + EBM_CRC_SIZE, out);
-    out[len++] = EBM_DELIMITER;
-    return len;
+    /* CRC and COBS in one pass over the body, then the CRC's two bytes (little-endian). */
+    uint8_t hi = (uint8_t)(CRC_INIT >> 8), lo = (uint8_t)CRC_INIT;
+    struct cobs_writer w = {.out = out + 1, .code_at = out, .code = 1};
+    for (const uint8_t *p = body, *end = body + n; p != end; p++) {
+        ebm_crc_byte(&hi, &lo, *p);
+        cobs_put(&w, *p);
+    }
+    cobs_put(&w, lo);
+    cobs_put(&w, hi);
+    *w.code_at = w.code;
+    *w.out++ = EBM_DELIMITER;
+    return (uint8_t)(w.out - out);
 }
 
-enum ebm_frame_result ebm_decode(uint8_t *buf, size_t n, struct ebm_message *msg)
+/* The checks of ebm_decode() after the CRC's, on the decoded body (data bytes before the CRC). */
+static enum ebm_frame_result decode_body(const uint8_t *buf, uint8_t data, struct ebm_message *msg)
 {
-    if (n > EBM_MAX_ENCODED)
-        return EBM_FRAME_MALFORMED;
-    int len = cobs_decode(buf, n);
-    if (len < (int)(EBM_HEADER_SIZE + EBM_CRC_SIZE))
-        return EBM_FRAME_MALFORMED;
-    uint8_t data = (uint8_t)(len - EBM_CRC_SIZE);
-    if (ebm_crc16(buf, data) != get16(buf + data))
-        return EBM_FRAME_CRC_ERROR;
     uint8_t type = buf[1];
     uint8_t size = payload_size(type);
     if (buf[0] != EBM_PROTOCOL_VERSION || size == 0 || data - EBM_HEADER_SIZE != size)
@@ -231,11 +231,50 @@ enum ebm_frame_result ebm_decode(uint8_t *buf, size_t n, struct ebm_message *msg
     return EBM_FRAME_OK;
 }
 
+enum ebm_frame_result ebm_decode(uint8_t *buf, size_t n, struct ebm_message *msg)
+{
+    if (n > EBM_MAX_ENCODED)
+        return EBM_FRAME_MALFORMED;
+    int len = cobs_decode(buf, (uint8_t)n);
+    if (len < (int)(EBM_HEADER_SIZE + EBM_CRC_SIZE))
+        return EBM_FRAME_MALFORMED;
+    uint8_t data = (uint8_t)(len - EBM_CRC_SIZE);
+    if (ebm_crc16(buf, data) != get16(buf + data))
+        return EBM_FRAME_CRC_ERROR;
+    return decode_body(buf, data, msg);
+}
+
+_Static_assert(EBM_MAX_ENCODED < 0xFFu, "ebm_rx.code_at: 0xFF must be past any frame's end");
+
+/* An empty frame: the next byte is a COBS code byte. */
+static void rx_restart(struct ebm_rx *rx)
+{
+    rx->len = 0;
+    rx->decoded = 0;
+    rx->code_at = 0;
+    rx->code = COBS_MAX_CODE;         /* (no 0x00 before the first group) */
+    rx->crc_hi = (uint8_t)(CRC_INIT >> 8);
+    rx->crc_lo = (uint8_t)CRC_INIT;
+}
+
 void ebm_rx_init(struct ebm_rx *rx, uint8_t restart_type)
 {
     memset(rx, 0, sizeof *rx);
+    rx_restart(rx);
     rx->hunting = true;
     rx->restart_type = restart_type;
+}
+
+/* ebm_decode() of the frame just ended, from what ebm_rx_append() worked out. */
+static enum ebm_frame_result rx_decode(struct ebm_rx *rx, struct ebm_message *msg)
+{
+    if (rx->code_at != rx->len || rx->decoded < EBM_HEADER_SIZE + EBM_CRC_SIZE)
+        return EBM_FRAME_MALFORMED;
+    uint8_t data = (uint8_t)(rx->decoded - EBM_CRC_SIZE);
+    uint16_t crc = (uint16_t)((uint16_t)rx->crc_hi << 8 | rx->crc_lo);
+    if (crc != get16(rx->buf + data))
+        return EBM_FRAME_CRC_ERROR;
+    return decode_body(rx->buf, data, msg);
 }
 
 static void count_sequence(struct ebm_rx *rx, const struct ebm_message *msg)
@@ -251,7 +290,7 @@ static void count_sequence(struct ebm_rx *rx, const struct ebm_message *msg)
     rx->last_seq = msg->seq;
 }
 
-bool ebm_rx_byte(struct ebm_rx *rx, uint8_t byte, struct ebm_message *msg)
+bool ebm_rx_byte_slow(struct ebm_rx *rx, uint8_t byte, struct ebm_message *msg)
 {
     if (byte != EBM_DELIMITER) {
         if (rx->hunting)
@@ -260,21 +299,21 @@ bool ebm_rx_byte(struct ebm_rx *rx, uint8_t byte, struct ebm_message *msg)
             ebm_count(&rx->counters.oversized);
             rx->lost_sync = true;
             rx->hunting = true;
-            rx->len = 0;
+            rx_restart(rx);
             return false;
         }
-        rx->buf[rx->len++] = byte;
+        ebm_rx_append(rx, byte);
         return false;
     }
     if (rx->hunting) {
         rx->hunting = false;
         return false;
     }
-    uint8_t len = rx->len;
-    rx->len = 0;
-    if (len == 0)                     /* repeated delimiters: idle fill */
+    if (rx->len == 0)                 /* repeated delimiters: idle fill */
         return false;
-    switch (ebm_decode(rx->buf, len, msg)) {
+    enum ebm_frame_result result = rx_decode(rx, msg);
+    rx_restart(rx);
+    switch (result) {
     case EBM_FRAME_OK:
         break;
     case EBM_FRAME_CRC_ERROR:

@@ -79,6 +79,8 @@ struct ebm_mcu {
     uint16_t watchdog_trips;
     uint16_t cart_quadrature_errors;  /* as latched at the last tick */
     uint16_t pole_quadrature_errors;
+    struct ebm_state state;           /* the STATE of the last tick, to send if state_due */
+    bool state_due;
 };
 
 /* Starts disabled with config->watchdog_ms in effect. */
@@ -92,6 +94,15 @@ void ebm_mcu_inputs(struct ebm_mcu *mcu, uint8_t inputs);
 
 /* One timer tick: inputs, command watchdog, then STATE. */
 void ebm_mcu_tick(struct ebm_mcu *mcu, const struct ebm_tick *tick);
+
+/* The same in two halves, so that a main loop can act on received bytes in between without
+ * delaying them by the STATE's encoding: _begin does everything but sending (the STATE's status and
+ * applied_command are those at the tick, as in ebm_mcu_tick), _end sends the STATE if a _begin left
+ * one due. A COMMAND handled in between counts as after the tick, for the watchdog as for STATE;
+ * any other frame sent in between (a reply) sends the due STATE first, so frames leave in the same
+ * order as with ebm_mcu_tick. */
+void ebm_mcu_tick_begin(struct ebm_mcu *mcu, const struct ebm_tick *tick);
+void ebm_mcu_tick_end(struct ebm_mcu *mcu);
 
 struct ebm_drive ebm_mcu_drive(const struct ebm_mcu *mcu);
 
