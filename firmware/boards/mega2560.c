@@ -45,8 +45,8 @@ _Static_assert(EBM_F_CPU_HZ % (8u * EBM_BAUD) == 0, "baud rate not exact at this
 _Static_assert(EBM_TIMER3_HZ % EBM_STATE_RATE_HZ == 0 && TICK_TOP <= UINT16_MAX,
                "tick period not a whole number of Timer3 counts");
 
-/* Ring sizes: powers of two. TX holds a CONFIG, a HEARTBEAT
- * echo, a COUNTERS and a STATE frame at once; RX several host frames. */
+/* Ring sizes: powers of two. TX holds a CONFIG, a HEARTBEAT echo, a COUNTERS and a STATE frame at
+ * once; RX several host frames. */
 #define RX_RING 64u
 #define TX_RING 128u
 
@@ -73,7 +73,8 @@ _Static_assert(EBM_TIMER3_HZ % EBM_STATE_RATE_HZ == 0 && TICK_TOP <= UINT16_MAX,
 #define CART_PIN_MASK (_BV(EBM_CART_A_BIT) | _BV(EBM_CART_B_BIT))   /* PINE 0x30 */
 #define POLE_PIN_MASK (_BV(EBM_POLE_A_BIT) | _BV(EBM_POLE_B_BIT))   /* PIND 0x0C */
 
-static uint8_t pole_pins;               /* B:A in bits 1:0 */
+/* (volatile: C writes these at start-up, only the handlers' assembly reads them) */
+static volatile uint8_t pole_pins;      /* B:A in bits 1:0 */
 static volatile uint16_t pole_position;
 static volatile uint16_t cart_errors;   /* impossible steps, saturating */
 static volatile uint16_t pole_errors;
@@ -101,20 +102,19 @@ static volatile uint8_t rx_tail;        /* written by the main loop */
 static volatile uint8_t tx_head;        /* written by the main loop */
 static volatile uint8_t tx_tail;        /* written by the UDRE interrupt */
 
-/* Arrays the handlers index with Z = &array[0] + index in two instructions: each is aligned to
- * its size, so the index never carries into the high byte of the address. (Declared last and
- * largest last: avr-gcc places them first, largest first, with no padding between them.)
- *
- * Step tables, indexed by the raw pins: (new pins & mask) | old pins as B:A in bits 1:0, so that
+/* Step tables, indexed by the raw pins: (new pins & mask) | old pins as B:A in bits 1:0, so that
  * the handlers need no bit shuffling. Entries -1, 0, +1, or STEP_ERROR for an impossible step
  * (both channels changed). Built at start-up from the portable table (src/quadrature.c), the one
- * the host tests check, translating its ab = A << 1 | B to the pins' order. In RAM (LD: 2 cycles).
- * Rings: uint8_t indices that wrap with a mask. */
+ * the host tests check, translating its ab = A << 1 | B to the pins' order. In RAM (LD: 2 cycles),
+ * each aligned to its size: Z = &table[0] + index in two instructions, the index never carrying
+ * into the high byte of the address. */
 #define STEP_ERROR 0x80
-static int8_t pole_steps[16] __attribute__((aligned(16)));     /* index 0bBABA */
-static int8_t cart_steps[64] __attribute__((aligned(64)));     /* index 0bBA00BA: 0..0x33 */
-static volatile uint8_t rx_ring[RX_RING] __attribute__((aligned(RX_RING)));
-static volatile uint8_t tx_ring[TX_RING] __attribute__((aligned(TX_RING)));
+static volatile int8_t pole_steps[16] __attribute__((aligned(16)));    /* index 0bBABA */
+static volatile int8_t cart_steps[64] __attribute__((aligned(64)));    /* 0bBA00BA: 0..0x33 */
+
+/* Rings: uint8_t indices that wrap with a mask. */
+static volatile uint8_t rx_ring[RX_RING];
+static volatile uint8_t tx_ring[TX_RING];
 
 /* MCUSR survives only until we clear it, and .bss is zeroed after .init3: hence .noinit. */
 static uint8_t reset_flags __attribute__((section(".noinit")));
@@ -289,8 +289,8 @@ ISR(TIMER3_COMPA_vect, ISR_NAKED)
         "lds  r25, %[tcnt3h]        \n\t"
         "sts  %[latch], r24         \n\t"
         "sts  %[latch]+1, r25       \n\t"
-        "in   r24, %[pos_lo]   \n\t"
-        "in   r25, %[pos_hi]   \n\t"
+        "in   r24, %[pos_lo]        \n\t"
+        "in   r25, %[pos_hi]        \n\t"
         "sts  %[latch]+2, r24       \n\t"
         "sts  %[latch]+3, r25       \n\t"
         "lds  r24, %[pole]          \n\t"
@@ -323,8 +323,9 @@ ISR(USART0_RX_vect, ISR_NAKED)
         "push r31                   \n\t"
         "lds  r24, %[udr0]          \n\t"
         "lds  r30, %[head]          \n\t"
-        "ldi  r31, hi8(%[ring])     \n\t"   /* Z = &rx_ring[head] */
+        "ldi  r31, 0                \n\t"   /* Z = &rx_ring[head] */
         "subi r30, lo8(-(%[ring]))  \n\t"
+        "sbci r31, hi8(-(%[ring]))  \n\t"
         "st   Z, r24                \n\t"
         "lds  r24, %[head]          \n\t"
         "inc  r24                   \n\t"
@@ -353,8 +354,9 @@ ISR(USART0_UDRE_vect, ISR_NAKED)
         "push r30                   \n\t"
         "push r31                   \n\t"
         "lds  r30, %[tail]          \n\t"
-        "ldi  r31, hi8(%[ring])     \n\t"   /* Z = &tx_ring[tail] */
+        "ldi  r31, 0                \n\t"   /* Z = &tx_ring[tail] */
         "subi r30, lo8(-(%[ring]))  \n\t"
+        "sbci r31, hi8(-(%[ring]))  \n\t"
         "ld   r24, Z                \n\t"
         "sts  %[udr0], r24          \n\t"
         "lds  r24, %[tail]          \n\t"

@@ -30,15 +30,17 @@ int main(void)
         .watchdog_ms = EBM_WATCHDOG_MS_DEFAULT,
     };
     ebm_mcu_init(&mcu, &config, transmit, NULL);
+    mcu.defer_replies = true;
     for (;;) {
         struct ebm_tick tick;
         uint8_t bytes[RX_CHUNK];
         board_feed_watchdog();
         /* The tick first: the watchdog and the STATE's status are those at the tick. A COMMAND
          * received just before the latch but handled after it counts as after the tick: the
-         * watchdog errs late by under one loop pass, never early. The STATE is encoded and sent
-         * after the received bytes and the drive: a COMMAND waiting then reaches the pins first
-         * (the STATE waits for at most RX_CHUNKS_PER_PASS * RX_CHUNK bytes' handling). */
+         * watchdog errs late by under one loop pass, never early. The STATE (and any HEARTBEAT's
+         * reply) is encoded and sent after the received bytes and the drive: a COMMAND waiting
+         * then reaches the pins first (the STATE waits for at most RX_CHUNKS_PER_PASS * RX_CHUNK
+         * bytes' handling). */
         if (board_take_tick(&tick))
             ebm_mcu_tick_begin(&mcu, &tick);
         /* Bytes that come in meanwhile are taken at once (a frame's delimiter usually arrives
@@ -51,7 +53,7 @@ int main(void)
         }
         ebm_mcu_inputs(&mcu, board_inputs());
         board_drive(ebm_mcu_drive(&mcu));
-        ebm_mcu_tick_end(&mcu);
+        ebm_mcu_send_due(&mcu);
         board_idle();
     }
 }

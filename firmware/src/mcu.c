@@ -85,13 +85,26 @@ static void on_hello(struct ebm_mcu *mcu, const struct ebm_hello *hello)
     send(mcu, &reply, true);
 }
 
+/* The echo and the COUNTERS as they were when the HEARTBEAT came. */
+static void send_heartbeat_reply(struct ebm_mcu *mcu)
+{
+    mcu->reply_due = false;
+    mcu->reply_waited = false;
+    struct ebm_message echo = {.type = EBM_HEARTBEAT, .u.heartbeat = mcu->reply_heartbeat};
+    send(mcu, &echo, false);
+    struct ebm_message counters = {.type = EBM_COUNTERS, .u.counters = mcu->reply_counters};
+    send(mcu, &counters, false);
+}
+
 static void on_heartbeat(struct ebm_mcu *mcu, const struct ebm_heartbeat *heartbeat)
 {
-    struct ebm_message echo = {.type = EBM_HEARTBEAT, .u.heartbeat = *heartbeat};
-    send(mcu, &echo, false);
-    struct ebm_message counters = {.type = EBM_COUNTERS};
-    ebm_mcu_counters(mcu, &counters.u.counters);
-    send(mcu, &counters, false);
+    if (mcu->reply_due)               /* an earlier one still waits: it goes first */
+        send_heartbeat_reply(mcu);
+    mcu->reply_heartbeat = *heartbeat;
+    ebm_mcu_counters(mcu, &mcu->reply_counters);
+    mcu->reply_due = true;
+    if (!mcu->defer_replies)
+        send_heartbeat_reply(mcu);
 }
 
 /* A byte that is not simply appended to the frame being received: a delimiter (which may complete
@@ -158,6 +171,7 @@ void ebm_mcu_tick_begin(struct ebm_mcu *mcu, const struct ebm_tick *tick)
         .applied_command = ebm_mcu_drive(mcu).motor,
     };
     mcu->state_due = true;
+    mcu->reply_waited = mcu->reply_due;
 }
 
 void ebm_mcu_tick_end(struct ebm_mcu *mcu)
@@ -167,6 +181,13 @@ void ebm_mcu_tick_end(struct ebm_mcu *mcu)
     mcu->state_due = false;
     struct ebm_message state = {.type = EBM_STATE, .u.state = mcu->state};
     send(mcu, &state, false);
+}
+
+void ebm_mcu_send_due(struct ebm_mcu *mcu)
+{
+    ebm_mcu_tick_end(mcu);
+    if (mcu->reply_due && (mcu->rx.len == 0 || mcu->reply_waited))
+        send_heartbeat_reply(mcu);
 }
 
 void ebm_mcu_tick(struct ebm_mcu *mcu, const struct ebm_tick *tick)

@@ -81,6 +81,11 @@ struct ebm_mcu {
     uint16_t pole_quadrature_errors;
     struct ebm_state state;           /* the STATE of the last tick, to send if state_due */
     bool state_due;
+    bool defer_replies;               /* see ebm_mcu_send_due() */
+    bool reply_due;                   /* a HEARTBEAT's echo and COUNTERS, not sent yet: */
+    bool reply_waited;                /* ... since before the last tick */
+    struct ebm_heartbeat reply_heartbeat;
+    struct ebm_counters reply_counters;   /* as they were when the HEARTBEAT came */
 };
 
 /* Starts disabled with config->watchdog_ms in effect. */
@@ -103,6 +108,13 @@ void ebm_mcu_tick(struct ebm_mcu *mcu, const struct ebm_tick *tick);
  * order as with ebm_mcu_tick. */
 void ebm_mcu_tick_begin(struct ebm_mcu *mcu, const struct ebm_tick *tick);
 void ebm_mcu_tick_end(struct ebm_mcu *mcu);
+
+/* With mcu->defer_replies set (a main loop's choice; ebm_mcu_init clears it), a HEARTBEAT's echo
+ * and COUNTERS (their contents those at the HEARTBEAT) wait for this call, which sends them after
+ * a due STATE, and not while a frame is coming in (until the next tick at the latest): a COMMAND
+ * right behind the HEARTBEAT reaches the motor before two frames are encoded. A second HEARTBEAT
+ * sends the first one's reply at once. Frames keep their order. */
+void ebm_mcu_send_due(struct ebm_mcu *mcu);
 
 struct ebm_drive ebm_mcu_drive(const struct ebm_mcu *mcu);
 

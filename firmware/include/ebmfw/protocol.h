@@ -159,13 +159,6 @@ void ebm_rx_init(struct ebm_rx *rx, uint8_t restart_type);
 /* ebm_rx_byte() for a delimiter, a byte while hunting, or one that makes the run too long. */
 bool ebm_rx_byte_slow(struct ebm_rx *rx, uint8_t byte, struct ebm_message *msg);
 
-/* True if ebm_rx_byte() would only add byte to the frame being received (most bytes): then
- * ebm_rx_append() is all it does. */
-static inline bool ebm_rx_appends(const struct ebm_rx *rx, uint8_t byte)
-{
-    return byte != EBM_DELIMITER && !rx->hunting && rx->len < EBM_MAX_ENCODED;
-}
-
 /* One byte into a CRC-16/CCITT-FALSE held as two bytes (init 0xFF, 0xFF): the byte-wise form of
  * the bitwise poly-0x1021 shift register, no table,
  *     x = (crc >> 8) ^ byte;  x ^= x >> 4;
@@ -181,9 +174,16 @@ static inline __attribute__((always_inline)) void ebm_crc_byte(uint8_t *hi, uint
     *lo = (uint8_t)((uint8_t)(x << 5) ^ x);
 }
 
+/* True if ebm_rx_byte() would only add byte to the frame being received (most bytes): then
+ * ebm_rx_append() is all it does. */
+static inline bool ebm_rx_appends(const struct ebm_rx *rx, uint8_t byte)
+{
+    return byte != EBM_DELIMITER && !rx->hunting && rx->len < EBM_MAX_ENCODED;
+}
+
 /* A decoded byte into the frame; the one two places back joins the CRC (the last two are the
  * frame's CRC if the delimiter comes next). */
-static inline void ebm_rx_decoded(struct ebm_rx *rx, uint8_t byte)
+static inline __attribute__((always_inline)) void ebm_rx_decoded(struct ebm_rx *rx, uint8_t byte)
 {
     uint8_t n = rx->decoded;
     if (n >= EBM_CRC_SIZE)
@@ -193,11 +193,11 @@ static inline void ebm_rx_decoded(struct ebm_rx *rx, uint8_t byte)
 }
 
 /* Adds a byte to the frame being received (if ebm_rx_appends()): COBS decoding as in ebm_decode(),
- * a byte at a time (bytes are never 0x00 here). A code byte where one is due, preceded by the
- * 0x00 that ends the previous group unless that group was a full one (code 0xFF); data bytes
- * otherwise. The encoding was valid iff the last group ends exactly at the delimiter. Inline: it
- * runs for every byte received. */
-static inline void ebm_rx_append(struct ebm_rx *rx, uint8_t byte)
+ * a byte at a time (bytes are never 0x00 here), so that a delimiter leaves only the final checks
+ * (ebm_rx_byte_slow). A code byte where one is due, preceded by the 0x00 that ends the previous
+ * group unless that group was a full one (code 0xFF); data bytes otherwise. The encoding was valid
+ * iff the last group ends exactly at the delimiter. Inline: it runs for every byte received. */
+static inline __attribute__((always_inline)) void ebm_rx_append(struct ebm_rx *rx, uint8_t byte)
 {
     uint8_t len = rx->len;
     if (len == rx->code_at) {
