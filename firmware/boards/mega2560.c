@@ -210,6 +210,20 @@ static void save_reset_cause(void)
         [pole_steps] "i" (pole_steps), [pole_pos] "i" (&pole_position),                           \
         [pole_errors] "i" (&pole_errors)
 
+/* If a cart edge waits (its flag set while this handler ran), its step now, with the pins read
+ * now: the cart's own interrupt follows and finds them seen (a 0 step), but the pins are read
+ * the ~15 cycles of its entry and prologue sooner. For the end of a handler that has saved r24,
+ * r30, r31 and SREG. */
+#define CART_IF_WAITING(e, d)                                                                     \
+        "in   r30, %[eifr]          \n\t"                                                         \
+        "andi r30, %[cart_flags]    \n\t"                                                         \
+        "breq " d "f                \n\t"                                                         \
+        "in   r24, %[pine]          \n\t"                                                         \
+        CART_STEP(e, d)
+#define CART_IF_WAITING_OPERANDS                                                                  \
+        IO(pine, PINE), IO(eifr, EIFR), [cart_flags] "M" (_BV(INTF4) | _BV(INTF5)),               \
+        [error] "M" (STEP_ERROR), CART_OPERANDS
+
 /* Saves r24 (then loaded from the port), r30, SREG and r31; and the reverse. */
 #define ENCODER_PROLOGUE(port)                                                                    \
         "push r24                   \n\t"                                                         \
@@ -261,12 +275,7 @@ ISR(INT2_vect, ISR_NAKED)
         "5:                         \n\t"
         "in   r24, %[pind]          \n\t"
         POLE_STEP("3", "4")
-        "in   r30, %[eifr]          \n\t"
-        "andi r30, %[cart_flags]    \n\t"
-        "breq 8f                    \n\t"
-        "in   r24, %[pine]          \n\t"
-        CART_STEP("6", "7")
-        "8:                         \n\t"
+        CART_IF_WAITING("6", "7")
         ENCODER_EPILOGUE
         POLE_ERROR("3", "4")
         CART_ERROR("6", "7")
@@ -277,37 +286,41 @@ ISR(INT2_vect, ISR_NAKED)
 ISR(INT3_vect, ISR_ALIASOF(INT2_vect));
 
 /* The 500 Hz tick: latches the timer (this interrupt's latency) and both positions together, and
- * counts the tick. Nothing else: the 32-bit counts and the timestamp are the main loop's. */
+ * counts the tick. Nothing else (the 32-bit counts and the timestamp are the main loop's), but a
+ * waiting cart edge's step after the latch. */
 ISR(TIMER3_COMPA_vect, ISR_NAKED)
 {
     __asm__ __volatile__(
         "push r24                   \n\t"
         "in   r24, __SREG__         \n\t"
         "push r24                   \n\t"
-        "push r25                   \n\t"
+        "push r30                   \n\t"
+        "push r31                   \n\t"
         "lds  r24, %[tcnt3l]        \n\t"   /* low byte first: latches the high byte */
-        "lds  r25, %[tcnt3h]        \n\t"
+        "lds  r31, %[tcnt3h]        \n\t"
         "sts  %[latch], r24         \n\t"
-        "sts  %[latch]+1, r25       \n\t"
-        "in   r24, %[pos_lo]        \n\t"
-        "in   r25, %[pos_hi]        \n\t"
+        "sts  %[latch]+1, r31       \n\t"
+        "in   r24, %[cart_pos_lo]   \n\t"
+        "in   r31, %[cart_pos_hi]   \n\t"
         "sts  %[latch]+2, r24       \n\t"
-        "sts  %[latch]+3, r25       \n\t"
+        "sts  %[latch]+3, r31       \n\t"
         "lds  r24, %[pole]          \n\t"
-        "lds  r25, %[pole]+1        \n\t"
+        "lds  r31, %[pole]+1        \n\t"
         "sts  %[latch]+4, r24       \n\t"
-        "sts  %[latch]+5, r25       \n\t"
+        "sts  %[latch]+5, r31       \n\t"
         "lds  r24, %[count]         \n\t"
         "inc  r24                   \n\t"
         "sts  %[count], r24         \n\t"
-        "pop  r25                   \n\t"
+        CART_IF_WAITING("6", "7")
+        "pop  r31                   \n\t"
+        "pop  r30                   \n\t"
         "pop  r24                   \n\t"
         "out  __SREG__, r24         \n\t"
         "pop  r24                   \n\t"
         "reti                       \n\t"
-        :: MEM(tcnt3l, TCNT3L), MEM(tcnt3h, TCNT3H), IO(pos_lo, CART_POS_LO),
-           IO(pos_hi, CART_POS_HI), [latch] "i" (&latch), [pole] "i" (&pole_position),
-           [count] "i" (&tick_count));
+        CART_ERROR("6", "7")
+        :: MEM(tcnt3l, TCNT3L), MEM(tcnt3h, TCNT3H), [latch] "i" (&latch),
+           [pole] "i" (&pole_position), [count] "i" (&tick_count), CART_IF_WAITING_OPERANDS);
 }
 
 /* A received byte goes into the ring's free slot (there always is one: the ring holds
@@ -333,14 +346,16 @@ ISR(USART0_RX_vect, ISR_NAKED)
         "lds  r31, %[tail]          \n\t"
         "cpse r24, r31              \n\t"   /* next == tail: full, the byte is not kept */
         "sts  %[head], r24          \n\t"
+        CART_IF_WAITING("6", "7")
         "pop  r31                   \n\t"
         "pop  r30                   \n\t"
         "pop  r24                   \n\t"
         "out  __SREG__, r24         \n\t"
         "pop  r24                   \n\t"
         "reti                       \n\t"
+        CART_ERROR("6", "7")
         :: MEM(udr0, UDR0), [ring] "i" (rx_ring), [head] "i" (&rx_head), [tail] "i" (&rx_tail),
-           [mask] "M" (RX_RING - 1));
+           [mask] "M" (RX_RING - 1), CART_IF_WAITING_OPERANDS);
 }
 
 /* The next byte to the UART; when the ring is empty, the interrupt turns itself off (board_tx
@@ -370,15 +385,17 @@ ISR(USART0_UDRE_vect, ISR_NAKED)
         "cbr  r24, 1 << %[udrie0]   \n\t"
         "sts  %[ucsr0b], r24        \n\t"
         "1:                         \n\t"
+        CART_IF_WAITING("6", "7")
         "pop  r31                   \n\t"
         "pop  r30                   \n\t"
         "pop  r24                   \n\t"
         "out  __SREG__, r24         \n\t"
         "pop  r24                   \n\t"
         "reti                       \n\t"
+        CART_ERROR("6", "7")
         :: MEM(udr0, UDR0), MEM(ucsr0b, UCSR0B), [ring] "i" (tx_ring), [head] "i" (&tx_head),
-           [tail] "i" (&tx_tail), [mask] "M" (TX_RING - 1),
-           [udrie0] "I" (UDRIE0));
+           [tail] "i" (&tx_tail), [mask] "M" (TX_RING - 1), [udrie0] "I" (UDRIE0),
+           CART_IF_WAITING_OPERANDS);
 }
 
 static void init_uart(void)
