@@ -85,7 +85,9 @@ static void on_hello(struct ebm_mcu *mcu, const struct ebm_hello *hello)
     send(mcu, &reply, true);
 }
 
-/* The echo and the COUNTERS as they were when the HEARTBEAT came. */
+/* The echo, then the COUNTERS as they were when the HEARTBEAT came, but for the transmit
+ * overflows: those as after the echo (and a due STATE before it), as when the reply was sent at
+ * once. */
 static void send_heartbeat_reply(struct ebm_mcu *mcu)
 {
     mcu->reply_due = false;
@@ -93,6 +95,7 @@ static void send_heartbeat_reply(struct ebm_mcu *mcu)
     struct ebm_message echo = {.type = EBM_HEARTBEAT, .u.heartbeat = mcu->reply_heartbeat};
     send(mcu, &echo, false);
     struct ebm_message counters = {.type = EBM_COUNTERS, .u.counters = mcu->reply_counters};
+    counters.u.counters.value[EBM_COUNTER_TX_OVERFLOWS] = mcu->tx_overflows;
     send(mcu, &counters, false);
 }
 
