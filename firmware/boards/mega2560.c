@@ -2,17 +2,18 @@
  * settings come from mega2560_pins.h; the static assertions below tie them to the registers and
  * interrupt vectors used here.
  *
- * Interrupts, all short (cycles from the vector to RETI, plus 5 for the interrupt response; see
- * firmware/README.md, Resources):
- *   INT4/INT5   cart encoder edge: read both channels with one port read, one table step (44)
- *   INT2/INT3   pole encoder edge: same (49)
- *   TIMER3_COMPA the 500 Hz tick: latches both positions and the timer together (41): encoder
+ * Interrupts, all short, none of them nesting (cycles from the vector to RETI as the simulator
+ * harness counts them, without a cart step; firmware/README.md, Timing):
+ *   INT4/INT5   cart encoder edge: read both channels with one port read, one table step (42)
+ *   INT2/INT3   pole encoder edge: same (58)
+ *   TIMER3_COMPA the 500 Hz tick: latches both positions and the timer together (52): encoder
  *               interrupts cannot run in between; the main loop extends the positions to 32-bit
  *               counts and the tick number to the microsecond timestamp
- *   USART0_RX/UDRE  receive and transmit rings (38, 40)
- * An encoder edge must be read before the next edge of the same encoder arrives: the longest
- * stretch with interrupts blocked (one other handler, or a pole edge ahead of a cart edge, which
- * has the lower priority) bounds the edge rate. The main loop does everything else. */
+ *   USART0_RX/UDRE  receive and transmit rings (43, 45)
+ * An encoder edge must be read before the next edge of the same encoder arrives. The cart's edges
+ * are the most frequent and its vectors come after the pole's: every other handler also takes the
+ * step of a cart edge that came in while it ran (about 25 cycles more), so that a cart edge never
+ * waits for two handlers. The main loop does everything else. */
 #include <avr/interrupt.h>
 #include <avr/io.h>
 #include <avr/sleep.h>
