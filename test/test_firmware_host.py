@@ -482,6 +482,18 @@ def test_hello_zeroes_and_disables(mcu):
     assert only(answers[2], State).status == 0
 
 
+def test_enable_acts_only_after_a_hello_since_start_up(mcu):
+    """Commands a host sent before the MCU (re)started never enable it: until the first HELLO,
+    ENABLE = 1 acts as 0 (valid, feeds the watchdog); after it, as usual."""
+    host = Host()
+    answers = mcu([host.send(Command(16384, True)), host.tick(), host.send(Hello()),
+                   host.send(Command(16384, True))])
+    assert (answers[0]["motor"], answers[0]["enable"]) == (0, False)
+    state = only(answers[1], State)
+    assert not state.status & Status.ENABLED and not state.status & Status.WATCHDOG
+    assert (answers[3]["motor"], answers[3]["enable"]) == (16384, True)
+
+
 def test_state_carries_the_latched_tick(mcu):
     host = Host()
     answers = mcu([host.tick(cart=-2**31, pole=2**31 - 1, cart_errors=7, pole_errors=65535),

@@ -257,7 +257,7 @@ struct sink {
 
 struct model {
     int16_t motor;
-    bool enabled, tripped, latched;
+    bool enabled, tripped, latched, session;
     uint8_t inputs;
     uint16_t watchdog_ms;
     uint32_t ticks_since_command;
@@ -373,7 +373,7 @@ static void model_frame(const uint8_t *body)
         model.tripped = false;
         if (!enable && !fault)
             model.latched = false;
-        if (enable && !model.latched) {
+        if (enable && !model.latched && model.session) {
             model.enabled = true;
             model.motor = motor;
         } else {
@@ -385,6 +385,7 @@ static void model_frame(const uint8_t *body)
         uint16_t ms = (uint16_t)(p[0] | p[1] << 8);
         tally.hellos++;
         model_disable();
+        model.session = true;
         if (!fault)
             model.latched = false;
         if (ms)

@@ -61,7 +61,9 @@ static void on_command(struct ebm_mcu *mcu, const struct ebm_command *command)
         disable(mcu);
         if (!fault_active(mcu))
             mcu->fault_latched = false;   /* the host's acknowledgement */
-    } else if (mcu->fault_latched) {
+    } else if (mcu->fault_latched || !mcu->session) {
+        /* Held off by the fault latch, or no session yet: commands a host sent before this MCU
+         * (re)started never enable it. */
         disable(mcu);
     } else {
         mcu->enabled = true;
@@ -72,6 +74,7 @@ static void on_command(struct ebm_mcu *mcu, const struct ebm_command *command)
 static void on_hello(struct ebm_mcu *mcu, const struct ebm_hello *hello)
 {
     disable(mcu);
+    mcu->session = true;
     if (!fault_active(mcu))
         mcu->fault_latched = false;
     if (hello->watchdog_ms != 0) {

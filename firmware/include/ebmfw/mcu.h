@@ -6,7 +6,8 @@
  *   if the fault input is inactive; the reply is 0x00 + CONFIG.
  * - HEARTBEAT: echoed with the same token, then one COUNTERS frame.
  * - COMMAND (valid ones only): feeds the command watchdog and clears WATCHDOG. ENABLE = 1 enables
- *   the amplifier with that motor value unless the fault latch holds; ENABLE = 0 disables it and
+ *   the amplifier with that motor value unless the fault latch holds or no HELLO has arrived
+ *   since start-up (a host always opens a session first); ENABLE = 0 disables it and
  *   ignores the motor value, and acknowledges the fault latch if the fault input is inactive.
  * - Command watchdog, counted in ticks: while enabled, it trips at the first tick at which more
  *   than watchdog_ms have certainly passed since the last valid COMMAND: the k-th tick after it,
@@ -74,6 +75,7 @@ struct ebm_mcu {
     bool enabled;
     bool watchdog_tripped;
     bool fault_latched;
+    bool session;                     /* a HELLO arrived since start-up: ENABLE = 1 may act */
     uint8_t inputs;                   /* as in struct ebm_tick, last read */
     uint16_t tx_overflows;
     uint16_t watchdog_trips;
