@@ -1,7 +1,9 @@
 """Serial driver and rig safety layer against the firmware emulator, through a real pty."""
 from __future__ import annotations
 
+import math
 import os
+import re
 import select
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import threading
 import time
 import tty
 
+import numpy as np
 import pytest
 import serial
 
@@ -712,6 +715,104 @@ def test_homing_centres_the_cart_and_an_estop_interrupts_it(emulator):
         homing.join(WAIT)
         assert outcomes and not outcomes[0].homed and "e-stop" in outcomes[0].reason
         assert emulator.wait_until(lambda s: s.command == 0, WAIT)
+
+
+POLE_RATE_RESOLUTION = 0.07   # [rad/s] how far the rig's pole-rate estimate may sit from the
+#   true rate: a 2 pi / 4096 count per 2 ms tick is 0.77 rad/s, the 10 ms filter spreads each
+#   count into a decaying step of 0.13 rad/s, so the estimate ripples about +-0.064 around it
+
+
+def wrapped(theta: float) -> float:
+    return math.remainder(theta, 2 * math.pi)
+
+
+class TrueStates:
+    """An on_measurement callback that keeps, per measured state, the emulator's true state when
+    the host measured it and how many ticks after the STATE was sampled that was."""
+
+    def __init__(self, emulator: FirmwareEmulator) -> None:
+        self.emulator = emulator
+        self.seen: list[tuple[np.ndarray, int, np.ndarray]] = []
+
+    def __call__(self, measurement, sample: StateSample) -> None:
+        snap = self.emulator.snapshot()
+        tick = round(sample.state.timestamp_us * EMULATOR.state_rate_hz / 1e6)
+        self.seen.append((measurement.x.copy(), snap.tick - tick, snap.x))
+
+    def at(self, measured: np.ndarray | None) -> tuple[int, np.ndarray] | None:
+        """(lag in ticks, true state) for the first measured state equal to `measured`."""
+        return next(((lag, x) for x_measured, lag, x in list(self.seen)
+                     if measured is not None and np.array_equal(x_measured, measured)), None)
+
+
+def test_homing_brings_a_swinging_pole_to_rest_hanging_and_the_cart_to_the_centre(emulator):
+    cfg = hardware(emulator)
+    assert cfg.home_pole_damping > 0
+    emulator.set_state([-0.15, 0.0, 0.25, 1.0])           # off centre, the pole swinging
+    true_states = TrueStates(emulator)
+    with Rig(cfg, on_measurement=true_states) as rig:
+        assert rig.enable()
+        outcome = rig.home()
+        assert outcome.homed, outcome.reason
+        truth = true_states.at(outcome.x)                  # the state judged homed
+        assert truth is not None
+        lag, x = truth
+        drift = lag * PERIOD                               # [s] sampled -> looked at
+        assert abs(x[0]) <= cfg.home_tolerance + 0.001 + drift * cfg.home_speed_tolerance
+        assert abs(x[1]) <= cfg.home_speed_tolerance + 0.01 + drift * cfg.home_force_limit
+        assert abs(wrapped(x[2])) <= (cfg.home_pole_tolerance + cfg.radians_per_pole_count
+                                      + drift * (cfg.home_pole_speed_tolerance
+                                                 + POLE_RATE_RESOLUTION))
+        assert abs(x[3]) <= cfg.home_pole_speed_tolerance + POLE_RATE_RESOLUTION + drift * 10.0
+        assert rig.status().requested_force == 0.0 and not rig.status().homing
+
+
+def test_homing_without_pole_damping_fails_on_a_swinging_pole_and_names_it(emulator):
+    # The emulated pole has no friction: left to itself (the cart law alone couples into it a
+    # little) it is still swinging when the homing gives up, and the reason says so.
+    cfg = hardware(emulator, home_pole_damping=0.0, home_timeout=1.0)
+    emulator.set_state([0.0, 0.0, 0.25, 0.0])
+    with Rig(cfg) as rig:
+        assert rig.enable()
+        start = time.monotonic()
+        outcome = rig.home()
+        elapsed = time.monotonic() - start
+        x = emulator.snapshot().x
+    assert not outcome.homed
+    assert cfg.home_timeout <= elapsed + SCHEDULING and elapsed <= cfg.home_timeout + 1.0
+    assert "not homed within 1 s" in outcome.reason and "the pole" in outcome.reason
+    assert "home_pole_tolerance" in outcome.reason or "home_pole_speed_tolerance" in outcome.reason
+    # The pole really swings: its amplitude sqrt(theta^2 + (thetadot / omega)^2), omega at most
+    # 6.9 rad/s here, is well above what homed would allow.
+    assert math.hypot(wrapped(x[2]), x[3] / 6.9) > 3 * cfg.home_pole_tolerance
+
+
+def test_a_timeout_names_the_cart_when_it_did_not_settle(emulator):
+    cfg = hardware(emulator, home_timeout=0.05)
+    emulator.set_state([0.2, 0.0, 0.0, 0.0])
+    with Rig(cfg) as rig:
+        assert rig.enable()
+        outcome = rig.home()
+    # (the cart's first push may set the pole swinging too: then both are named)
+    assert not outcome.homed and re.search(r"the cart (and the pole )?did not settle",
+                                           outcome.reason), outcome.reason
+    reached = re.search(r"cart: \|p\| = ([0-9.]+) m > hardware.home_tolerance = 0.01 m",
+                        outcome.reason)
+    assert reached and float(reached.group(1)) > 0.1, outcome.reason
+
+
+@pytest.mark.parametrize("turns", [1, -1])
+def test_a_pole_hanging_a_whole_turn_away_counts_as_hanging(emulator, turns):
+    cfg = hardware(emulator)
+    emulator.set_state([0.05, 0.0, turns * 2 * math.pi, 0.0])
+    true_states = TrueStates(emulator)
+    with Rig(cfg, on_measurement=true_states) as rig:
+        assert rig.enable()
+        outcome = rig.home()
+        assert outcome.homed, outcome.reason
+        truth = true_states.at(outcome.x)
+        assert abs(outcome.x[2] - turns * 2 * math.pi) <= cfg.home_pole_tolerance
+        assert truth is not None and abs(truth[1][2] - turns * 2 * math.pi) < 0.05   # not swung
 
 
 def test_cli_prints_the_device_and_stops_on_ctrl_c():

@@ -89,20 +89,36 @@ class HardwareConfig(Section):
                                              "difference [s]; 0 = raw difference")
     velocity_max_gap: float = setting(0.2, 0.0, 10.0, lo_open=True,
                                       doc="samples further apart restart the estimator [s]")
-    # Homing: the reset re-centres the cart with a PD law run at the state rate.
-    home_on_reset: bool = setting(True, doc="the reset service drives the cart back to p = 0")
-    home_gain: float = setting(20.0, 0.0, None, lo_open=True,
+    # Homing: the reset re-centres the cart and brings the pole to rest, hanging (a PD law on
+    # the cart plus active pole damping, run at the state rate: rig.homing_force), and waits for
+    # both (rig.at_home).
+    home_on_reset: bool = setting(True, doc="the reset service drives the cart back to p = 0 "
+                                            "and the pole to rest, hanging")
+    home_gain: float = setting(5.0, 0.0, None, lo_open=True,
                                doc="homing stiffness: force per metre off centre [N/m]")
-    home_damping: float = setting(8.0, 0.0, None, doc="homing damping [N s/m]")
+    home_damping: float = setting(3.5, 0.0, None, doc="homing damping [N s/m]")
+    home_pole_damping: float = setting(0.5, 0.0, None,
+                                       doc="active pole damping: force per rad/s of pole rate, "
+                                           "times cos theta [N s/rad]; 0 = off: the cart alone "
+                                           "is driven, the pole must settle by itself")
     home_force_limit: float = setting(4.0, 0.0, None, lo_open=True,
                                       doc="largest |force| while homing [N]")
     home_tolerance: float = setting(0.01, 0.0, None, lo_open=True,
                                     doc="homed once |p| is within this [m] ...")
     home_speed_tolerance: float = setting(0.05, 0.0, None, lo_open=True,
-                                          doc="... and |pdot| below this [m/s]")
-    home_timeout: float = setting(4.0, 0.0, 600.0, lo_open=True,
-                                  doc="a reset that has not homed by then fails [s]; keep it "
-                                      "below execution.reset_timeout")
+                                          doc="... and |pdot| below this [m/s] ...")
+    home_pole_tolerance: float = setting(0.01, 0.0, math.pi, lo_open=True,
+                                         doc="... and the pole within this of hanging: |theta "
+                                             "wrapped to [-pi, pi]| [rad] (theta is unwrapped: "
+                                             "every whole turn hangs) ...")
+    home_pole_speed_tolerance: float = setting(0.05, 0.0, None, lo_open=True,
+                                               doc="... and |thetadot| below this [rad/s] (all "
+                                                   "judged on the estimate: at 500 Hz a 4096-"
+                                                   "count pole rate is resolved to ~0.06 rad/s)")
+    home_timeout: float = setting(8.0, 0.0, 600.0, lo_open=True,
+                                  doc="a reset that has not homed by then fails [s] (a pole "
+                                      "fallen from upright takes ~4 s to bring down on the "
+                                      "paper cart-pole); keep it below execution.reset_timeout")
     # The hardware_interface node.
     autostart: bool = setting(True,
                               doc="the node configures (opens the port) and activates (enables "

@@ -10,8 +10,9 @@ reported in a STATE (AMP_FAULT or FAULT_LATCHED) disables the host side the same
 disabled every re-sent COMMAND carries ENABLE = 0, which is also what acknowledges (clears) the
 MCU's fault latch once the fault input is inactive.
 
-Homing (what the hardware node's reset does) runs the PD law on the same path, at the state rate,
-so it needs no fast caller and stays under the soft limits and the e-stop.
+Homing (what the hardware node's reset does) runs its law (homing_force: the cart to the centre,
+the pole to rest, hanging) on the same path, at the state rate, so it needs no fast caller and
+stays under the soft limits and the e-stop; it ends once the cart and the pole are both at rest.
 """
 from __future__ import annotations
 
@@ -50,9 +51,74 @@ class RigStatus:
     fault_disables: int = 0  # times an amplifier fault in a STATE disabled the host side
 
 
+def homing_force(x: np.ndarray, config: HardwareConfig) -> float:
+    """The homing force for the measured state x = [p, pdot, theta, thetadot] [N]:
+
+        F = -home_gain p - home_damping pdot + home_pole_damping thetadot cos(theta),
+
+    limited to +-home_force_limit (the soft limits act on it afterwards, like on any force).
+
+    The pole term's sign: in the cart-pole equations (core/cartpole.py, theta = 0 hanging) the
+    force enters thddot as -6 u cos(theta) / (l den), so u = +k thetadot cos(theta) adds
+    -6 k thetadot cos^2(theta) / (l den): damping, the cart moved so as to take the swing's
+    energy out. Checked with core.cartpole.step on the paper cart-pole (0.5 kg cart, 0.5 kg /
+    0.5 m pole, friction 0.1), the cart free (no PD), from theta = 0.3 rad at rest, 2 s: with
+    k = +1 N s/rad the swing is gone (amplitude < 0.01 rad), with k = 0 it stays (0.28 rad),
+    with k = -1 it grows over the top (test_hardware_conversion.py).
+
+    The gains act together. Linearised about hanging, with the former cart law (20 N/m,
+    8 N s/m) any k > 0 slowed the pole's decay (0.77 /s at k = 0, 0.55 /s at k = 0.5, unstable
+    from k ~ 3): the cart loop's and the pole's modes mix, and the pole term alone is no proof.
+    With the defaults (5 N/m, 3.5 N s/m, k = 0.5 N s/rad) every mode decays at >= 1.8 /s (the
+    pole's 0.99 /s without k). At the state rate (500 Hz, quantised encoders, the rig's velocity
+    estimate, 4 N, the soft limits) they home the paper cart-pole from |theta| <= 0.3 rad
+    swinging and |p| <= 0.15 m in 1.5-1.7 s (cart-only, k = 0: 2.4-3.1 s; the former law:
+    2.9-4.2 s), never entering the soft limits' zone, and a pole fallen from upright in ~3.9 s.
+    """
+    cfg = config
+    p, pdot, theta, thetadot = (float(v) for v in x[:4])
+    force = (-cfg.home_gain * p - cfg.home_damping * pdot
+             + cfg.home_pole_damping * thetadot * math.cos(theta))
+    return math.copysign(min(abs(force), cfg.home_force_limit), force)
+
+
+def pole_from_hanging(theta: float) -> float:
+    """theta wrapped to [-pi, pi]: the pole's angle from the nearest hanging position (theta is
+    unwrapped, whole turns accumulate, and every multiple of 2 pi hangs)."""
+    return math.remainder(float(theta), 2.0 * math.pi)
+
+
+def _home_checks(x: np.ndarray, config: HardwareConfig) -> tuple:
+    """(part, quantity, value, tolerance, setting, unit) for each home_* tolerance."""
+    cfg = config
+    p, pdot, theta, thetadot = (float(v) for v in x[:4])
+    return (
+        ("cart", "|p|", abs(p), cfg.home_tolerance, "home_tolerance", "m"),
+        ("cart", "|pdot|", abs(pdot), cfg.home_speed_tolerance, "home_speed_tolerance", "m/s"),
+        ("pole", "|theta| from hanging", abs(pole_from_hanging(theta)), cfg.home_pole_tolerance,
+         "home_pole_tolerance", "rad"),
+        ("pole", "|thetadot|", abs(thetadot), cfg.home_pole_speed_tolerance,
+         "home_pole_speed_tolerance", "rad/s"),
+    )
+
+
+def at_home(x: np.ndarray, config: HardwareConfig) -> bool:
+    """The cart at the centre and at rest and the pole at rest, hanging, in the state x."""
+    return all(value <= tolerance for _p, _q, value, tolerance, _s, _u in _home_checks(x, config))
+
+
+def homing_shortfall(x: np.ndarray, config: HardwareConfig) -> list[str]:
+    """What keeps the measured state x from counting as homed, one entry per home_* tolerance it
+    misses (each names the part, the tolerance and the value reached); empty: homed."""
+    return [f"{part}: {what} = {value:.3f} {unit} > hardware.{name} = {tolerance:g} {unit}"
+            for part, what, value, tolerance, name, unit in _home_checks(x, config)
+            if not value <= tolerance]
+
+
 @dataclass(frozen=True)
 class HomingOutcome:
-    """How a homing ended: at the centre and at rest, or why not; x is the last measured state."""
+    """How a homing ended: the cart at the centre and at rest and the pole at rest, hanging, or why
+    not; x is the last measured state."""
 
     homed: bool
     reason: str
@@ -139,11 +205,14 @@ class Rig:
         self._send()
 
     def home(self, timeout: float | None = None) -> HomingOutcome:
-        """Drive the cart to p = 0 and wait until it is there and at rest (home_* settings).
+        """Drive the cart to p = 0 and the pole to rest, hanging, and wait until both are there
+        and at rest, all in one measured state (home_* settings; homing_force, at_home).
 
-        The PD force is computed for every STATE in place of the requested force (set_force is
-        ignored meanwhile), soft limits still apply, and the requested force is zero afterwards.
-        Ends early, not homed, on e-stop, disable, an amplifier fault or a lost link.
+        The homing force is computed for every STATE in place of the requested force (set_force
+        is ignored meanwhile), soft limits still apply, and the requested force is zero
+        afterwards. Ends early, not homed, on e-stop, disable, an amplifier fault or a lost link.
+        Not homed within the timeout: the reason names what did not settle (the cart, the pole
+        or both: each tolerance missed and the value reached) in the last measured state.
         """
         cfg = self.config
         limit = cfg.home_timeout if timeout is None else timeout
@@ -171,10 +240,16 @@ class Rig:
             return HomingOutcome(True, "homed", x)
         if interrupted:
             return HomingOutcome(False, f"homing interrupted: {interrupted}", x)
-        where = "no state" if x is None else f"p = {x[0]:.3f} m, pdot = {x[1]:.3f} m/s"
-        return HomingOutcome(False, f"not homed within {limit:g} s ({where}; hardware."
-                                    f"home_tolerance = {cfg.home_tolerance} m, "
-                                    f"home_speed_tolerance = {cfg.home_speed_tolerance} m/s)", x)
+        if x is None:
+            return HomingOutcome(False, f"not homed within {limit:g} s (no state measured)", x)
+        missed = homing_shortfall(x, cfg)
+        parts = [part for part in ("cart", "pole") if any(m.startswith(part) for m in missed)]
+        what = (f"the {' and the '.join(parts)} did not settle" if parts
+                else "no new state with estimated velocities came during the homing")
+        last = (f"last state p = {x[0]:.3f} m, pdot = {x[1]:.3f} m/s, theta = {x[2]:.3f} rad, "
+                f"thetadot = {x[3]:.3f} rad/s")
+        return HomingOutcome(False, f"not homed within {limit:g} s: {what} "
+                                    f"({'; '.join(missed + [last])})", x)
 
     def refusal(self) -> str | None:
         """Why enable() would be refused now, None if it would not."""
@@ -247,19 +322,16 @@ class Rig:
         return None if self._measurement is None else self._measurement.x.copy()
 
     def _homed(self) -> bool:
-        """At the centre and at rest (lock held)."""
+        """The cart at the centre and at rest, the pole at rest hanging (lock held)."""
         m = self._measurement
-        return (m is not None and m.valid and abs(float(m.x[0])) <= self.config.home_tolerance
-                and abs(float(m.x[1])) <= self.config.home_speed_tolerance)
+        return m is not None and m.valid and at_home(m.x, self.config)
 
     def _homing_force(self) -> float:
-        """The PD force towards p = 0 (lock held); zero until velocities are estimated."""
+        """homing_force for the latest state (lock held); zero until velocities are estimated."""
         m = self._measurement
         if m is None or not m.valid:
             return 0.0
-        cfg = self.config
-        force = -cfg.home_gain * float(m.x[0]) - cfg.home_damping * float(m.x[1])
-        return math.copysign(min(abs(force), cfg.home_force_limit), force)
+        return homing_force(m.x, self.config)
 
     def _on_state(self, sample: StateSample) -> None:
         with self._lock:

@@ -78,9 +78,10 @@ class ExecutionConfig(Section):
                                                "reset_timeout")
     reset_before_trial: bool = setting(True,
                                        doc="call the plant's reset service before each trial")
-    reset_timeout: float = setting(5.0, 0.0, 600.0, lo_open=True,
+    reset_timeout: float = setting(10.0, 0.0, 600.0, lo_open=True,
                                    doc="the reset must answer, and a state sampled after it "
-                                       "arrive, within this [s]")
+                                       "arrive, within this [s]; above hardware.home_timeout "
+                                       "(a rig's reset homes the cart and the pole)")
     switch_interval: float = setting(0.0002, 0.00001, 0.1,
                                      doc="Python's thread switch interval in this process [s]: "
                                          "how long the control thread may wait for the "
