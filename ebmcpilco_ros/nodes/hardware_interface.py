@@ -14,9 +14,9 @@ lifecycle manager. Joint states are published from the rig's measurement callbac
 STATE, at the MCU's rate (the MCU is the clock; velocities come from its timestamps, the stamp is
 the host time the STATE arrived). Commands go to Rig.set_force as they arrive, from a thread of
 their own (common.SampleListener); the rig re-sends the (watchdog-checked, soft-limited) command
-with every STATE. The reset service clears the e-stop latch,
-enables the amplifier and homes the cart; the e-stop service zeroes and disables until the next
-reset. On shutdown, a signal or a failed executor, run_node calls close(): zero, disable, close.
+with every STATE. The reset service clears the e-stop latch, enables the amplifier and homes
+(the cart centred, the pole at rest, hanging); the e-stop service zeroes and disables until the
+next reset. On shutdown, a signal or a failed executor, run_node calls close(): zero, disable, close.
 """
 from __future__ import annotations
 
