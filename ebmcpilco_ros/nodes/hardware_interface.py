@@ -16,7 +16,8 @@ the host time the STATE arrived). Commands go to Rig.set_force as they arrive, f
 their own (common.SampleListener); the rig re-sends the (watchdog-checked, soft-limited) command
 with every STATE. The reset service clears the e-stop latch, enables the amplifier and homes
 (the cart centred, the pole at rest, hanging); the e-stop service zeroes and disables until
-the next reset. On shutdown, a signal or a failed executor, run_node calls close(): zero, disable, close.
+the next reset. On shutdown, a signal or a failed executor, run_node calls close(): zero,
+disable, close.
 """
 from __future__ import annotations
 
