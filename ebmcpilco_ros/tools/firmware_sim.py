@@ -582,8 +582,8 @@ class FirmwareSim:
         return float(self.status()["t"])
 
     def set_state(self, x: Sequence[float]) -> dict:
-        """Place the plant. The encoder lines follow with edges, at most one per 25 us per
-        encoder (what the firmware's interrupts keep up with): wait for `enc.*.pending` == 0."""
+        """Place the plant. The encoder lines follow with edges, at most one per 10 us per
+        encoder (the harness's --edge-min-us): wait for `enc.*.pending` == 0."""
         values = [float(v) for v in x]
         if len(values) != 4 or not all(math.isfinite(v) for v in values):
             raise ValueError("set_state needs 4 finite values [p, pdot, theta, thetadot]")
