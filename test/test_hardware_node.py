@@ -6,7 +6,6 @@ round-trip benchmarks. The emulator runs in the test process, so its snapshots a
 from __future__ import annotations
 
 import dataclasses
-import math
 import signal
 import subprocess
 import sys
@@ -23,8 +22,8 @@ from ebmcpilco_ros.hardware.config import load_hardware_config
 from ebmcpilco_ros.hardware.emulator import EmulatorConfig, FirmwareEmulator
 from ebmcpilco_ros.hardware.protocol import Status
 
-from graph_helpers import (STARTUP_TIMEOUT, Probe, describe_failure, isolated_domain,
-                           ros_environment, wait_event)
+from graph_helpers import (STARTUP_TIMEOUT, Probe, RigDiagnostics, can_run_trial,
+                           describe_failure, isolated_domain, ros_environment, wait_event)
 
 RIG_CONFIG = find_config("rig_example")
 PLANT = load_config(RIG_CONFIG).plant
@@ -44,35 +43,6 @@ WAIT = 30.0
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------
-
-class RigDiagnostics:
-    """The hardware node's /diagnostics values, as they arrive (monotonic time, values)."""
-
-    def __init__(self, client: GraphClient) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        self.cond = threading.Condition()
-        self.reports: list[tuple[float, str, dict[str, str]]] = []
-        client.node.create_subscription(DiagnosticArray, "/diagnostics", self._on, 50)
-
-    def _on(self, msg: Any) -> None:
-        for status in msg.status:
-            if status.hardware_id == "hardware_interface":
-                with self.cond:
-                    self.reports.append((time.monotonic(), status.message,
-                                         {kv.key: kv.value for kv in status.values}))
-                    self.cond.notify_all()
-
-    def wait(self, predicate: Callable[[dict[str, str]], bool], timeout: float,
-             after: float = -math.inf) -> tuple[float, dict[str, str]] | None:
-        """The first report after `after` whose values satisfy `predicate`."""
-        def found() -> tuple[float, dict[str, str]] | None:
-            return next(((t, v) for t, _m, v in self.reports if t > after and predicate(v)),
-                        None)
-        with self.cond:
-            self.cond.wait_for(lambda: found() is not None, timeout)
-            return found()
-
 
 class Rig:
     """Everything a test needs: the emulator, the node processes, a client and probes."""
@@ -148,13 +118,6 @@ class Rig:
         self.client.close()
         self.graph.stop()
         self.emulator.stop()
-
-
-def can_run_trial(status: dict[str, Any]) -> bool:
-    """Idle, and nothing run_trial needs is missing (the learning nodes are not started)."""
-    waiting = status.get("waiting_for", ["startup"])
-    return (status.get("state") == "idle" and "startup" not in waiting
-            and not any("state" in w or "policy_execution" in w for w in waiting))
 
 
 def start_trial(rig: Rig) -> float:
