@@ -1,5 +1,6 @@
 """The plant: energy conservation, friction dissipation, trial recording and success."""
 import numpy as np
+import pytest
 
 from ebmcpilco_ros.core import cartpole
 from ebmcpilco_ros.core.config import PlantConfig, SuccessConfig
@@ -85,3 +86,10 @@ def test_trial_round_trips_through_dict():
     np.testing.assert_array_equal(back.states, t.states)
     np.testing.assert_array_equal(back.true_states, t.true_states)
     assert (back.kind, back.index, back.meta) == ("random", 2, {"a": 1})
+
+
+def test_hanging_turns_is_the_nearest_multiple_of_two_pi():
+    two_pi = 2 * np.pi
+    for turns in (-3, -1, 0, 1, 12):
+        for offset in (-3.0, -0.01, 0.0, 0.01, 3.0):
+            assert cartpole.hanging_turns(turns * two_pi + offset) == pytest.approx(turns * two_pi)

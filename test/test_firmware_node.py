@@ -220,6 +220,9 @@ def test_a_trial_through_run_trial_drives_the_pins_with_what_the_policy_asked(ri
     while not rig.client.statuses.empty():
         rig.client.statuses.get_nowait()
     records = len(rig.probe.records)
+    # The pole hangs after two whole turns (its encoder kept counting): the trial's angles are
+    # taken from the hanging position it starts at, as a simulated reset's are.
+    rig.sim.set_state([0.0, 0.0, 4 * np.pi, 0.0])
     since = int(rig.sim.status()["cycle"])
     ok, message = rig.client.call("run_trial")
     assert ok, message
@@ -230,6 +233,7 @@ def test_a_trial_through_run_trial_drives_the_pins_with_what_the_policy_asked(ri
     assert states.shape == (PLANT.steps + 1, 4) and inputs.shape == (PLANT.steps,)
     assert abs(np.diff(times).mean() - PLANT.control_period) < 1e-3
     assert abs(states[0, 0]) <= HARDWARE.home_tolerance + 0.005 and np.ptp(states[:, 0]) > 0.01
+    assert abs(states[0, 2]) <= HARDWARE.home_pole_tolerance + 0.01, states[0]
     done = wait_event(rig.client, ("trial_done", "failed"), 30)
     assert done is not None and done["event"] == "trial_done", done
     # Every drive the firmware put on the pins during the trial is one the host asked for: a

@@ -18,6 +18,15 @@ import numpy as np
 from .config import PlantConfig
 
 
+def hanging_turns(theta: float) -> float:
+    """The multiple of 2 pi nearest theta: the hanging position a pole at theta is closest to.
+
+    theta is continuous, and a rig's pole encoder accumulates whole turns across trials (a swing
+    over the top, a spin while homing); subtracting this at a trial's start makes the trial's
+    angles relative to the hanging position it starts from, as a simulated reset's are."""
+    return 2.0 * np.pi * round(float(theta) / (2.0 * np.pi))
+
+
 def state_derivative(x: np.ndarray, u: np.ndarray | float, plant: PlantConfig) -> np.ndarray:
     """dx/dt for states (..., 4) and forces broadcastable to (...)."""
     m1, m2, l, b, g = (plant.cart_mass, plant.pole_mass, plant.pole_length, plant.friction,

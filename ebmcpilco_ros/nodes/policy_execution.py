@@ -23,6 +23,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
+from ..core import cartpole
 from ..core.controllers import Controller, controller_from_dict
 from ..core.trial import Trial
 from .common import (ANSWER_EVENTS, EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TOPIC,
@@ -61,6 +62,15 @@ class TrialRun:
     ticks: list[float] = field(default_factory=list)
     outcome: str = "finished"
     reason: str = ""
+
+
+def _unwind(x: np.ndarray, turns: float) -> np.ndarray:
+    """x with `turns` (a multiple of 2 pi) taken off the pole angle."""
+    if not turns:
+        return x
+    x = x.copy()
+    x[2] -= turns
+    return x
 
 
 class PolicyExecution(GraphNode):
@@ -257,6 +267,7 @@ class PolicyExecution(GraphNode):
         period, u_max = self.plant.control_period, self.plant.u_max
         run.controller.reset()
         start = time.monotonic()
+        turns = 0.0   # whole pole turns at the start, taken off every angle of the trial
         for k in range(run.steps + 1):
             deadline = start + k * period
             if self.abort.wait(max(0.0, deadline - time.monotonic())):
@@ -271,6 +282,9 @@ class PolicyExecution(GraphNode):
                               f"(execution.state_timeout = {self.exe.state_timeout} s)")
                 return
             x, _received, stamp = latest
+            if k == 0:
+                turns = cartpole.hanging_turns(x[2])
+            x = _unwind(x, turns)
             run.states.append(x)
             run.times.append(woke - start)
             if k < run.steps:
@@ -285,7 +299,8 @@ class PolicyExecution(GraphNode):
                 run.compute.append(sent - woke)
                 run.state_age.append(age)
                 run.ticks.append(woke)
-            run.true_states.append(self._true_state(stamp))  # after the command: not urgent
+            true_state = self._true_state(stamp)             # after the command: not urgent
+            run.true_states.append(None if true_state is None else _unwind(true_state, turns))
 
     def _finish(self, run: TrialRun) -> None:
         n = len(run.states)
