@@ -733,16 +733,24 @@ class TrueStates:
     def __init__(self, emulator: FirmwareEmulator) -> None:
         self.emulator = emulator
         self.seen: list[tuple[np.ndarray, int, np.ndarray]] = []
+        self.cond = threading.Condition()
 
     def __call__(self, measurement, sample: StateSample) -> None:
         snap = self.emulator.snapshot()
         tick = round(sample.state.timestamp_us * EMULATOR.state_rate_hz / 1e6)
-        self.seen.append((measurement.x.copy(), snap.tick - tick, snap.x))
+        with self.cond:
+            self.seen.append((measurement.x.copy(), snap.tick - tick, snap.x))
+            self.cond.notify_all()
 
     def at(self, measured: np.ndarray | None) -> tuple[int, np.ndarray] | None:
-        """(lag in ticks, true state) for the first measured state equal to `measured`."""
-        return next(((lag, x) for x_measured, lag, x in list(self.seen)
-                     if measured is not None and np.array_equal(x_measured, measured)), None)
+        """(lag in ticks, true state) for the first measured state equal to `measured`; waits
+        for it (the rig wakes its waiters before it runs this callback for the same state)."""
+        def found() -> tuple[int, np.ndarray] | None:
+            return next(((lag, x) for x_measured, lag, x in self.seen
+                         if measured is not None and np.array_equal(x_measured, measured)), None)
+        with self.cond:
+            self.cond.wait_for(lambda: found() is not None, WAIT)
+            return found()
 
 
 def test_homing_brings_a_swinging_pole_to_rest_hanging_and_the_cart_to_the_centre(emulator):

@@ -49,6 +49,7 @@ BUILD_TIMEOUT = 300.0
 START_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+RUN_EDGE_MIN_US = 10.0    # [us] closest encoder edges in a run: a learning run's cart reaches 4 m/s
 PACKAGES = "gcc-avr avr-libc binutils-avr simavr libsimavr-dev libelf-dev pkg-config make"
 
 _built: set[Path] = set()
@@ -582,7 +583,7 @@ class FirmwareSim:
         return float(self.status()["t"])
 
     def set_state(self, x: Sequence[float]) -> dict:
-        """Place the plant. The encoder lines follow with edges, at most one per 10 us per
+        """Place the plant. The encoder lines follow with edges, at most one per 25 us per
         encoder (the harness's --edge-min-us): wait for `enc.*.pending` == 0."""
         values = [float(v) for v in x]
         if len(values) != 4 or not all(math.isfinite(v) for v in values):
@@ -729,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             section = read_parameters(path).get(EmulatorConfig._section) or {}
             emulator = section_from_mapping(EmulatorConfig, section)
         sim = FirmwareSim(plant, emulator, x0=args.x0, link=args.link, speed=args.speed,
-                          trace=False)
+                          trace=False, extra_args=[f"--edge-min-us={RUN_EDGE_MIN_US:g}"])
         print(sim.start(), flush=True)
     except (ConfigError, FirmwareSimError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -151,7 +151,7 @@ static config_t C = {
     .cart_sign = 1, .pole_sign = 1, .motor_sign = 1,
     .motor_force_max = 10.0, .motor_time_constant = 0.005, .track_half_length = 0.45,
     .limit_switch_position = 0.42,
-    .step_us = 25, .io_us = 250, .speed = 1.0, .max_lag_ms = 20, .edge_min_us = 10,
+    .step_us = 25, .io_us = 250, .speed = 1.0, .max_lag_ms = 20, .edge_min_us = 25,
     .glitch_us = 20, .f_cpu = EBM_F_CPU_HZ, .seed = 1,
     .sample_vector = 32,                 /* TIMER3_COMPA: the STATE tick (mega2560_pins.h) */
 };
@@ -1161,7 +1161,7 @@ static void usage(FILE *f) {
         "  sim:     --f-cpu HZ --step-us US (plant step, 25) --io-us US (pty/control poll, 250)\n"
         "           --speed F (1 = real time, 0 = as fast as possible) --max-lag-ms MS (20;\n"
         "           further behind real time and simulated time slips; 0 = never)\n"
-        "           --edge-min-us US (10: closest edges of one encoder) --glitch-us US (20) --seed N\n"
+        "           --edge-min-us US (25: closest edges of one encoder) --glitch-us US (20) --seed N\n"
         "  io:      --link PATH (symlink to the current pty) --trace FILE\n"
         "           --sample-vector N (32 = TIMER3_COMPA: a P line at each entry; 0 = none)\n");
 }
