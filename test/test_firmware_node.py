@@ -160,6 +160,16 @@ def allowed_drive(drive: float, duties: set[float]) -> bool:
     return any(abs(drive - d) <= PWM_STEP for d in duties)
 
 
+def assert_firmware_watchdog_stopped(trace: Any, after: int) -> None:
+    """ENABLE fell after `after` within watchdog_ms and a tick of the last COMMAND that reached
+    the firmware, and not before the watchdog time: the firmware's watchdog, in simulated time."""
+    fell = trace.enable_fell(after)
+    assert fell is not None
+    last = [c for c, _f in trace.commands() if c < fell.cycle][-1]
+    waited = trace.seconds(fell.cycle - last)
+    assert WATCHDOG_S <= waited <= WATCHDOG_S + 2 * TICK_S, waited
+
+
 def bad_frames(values: dict[str, str], keys: tuple[str, ...]) -> int:
     return sum(int(values[k]) for k in keys)
 
@@ -359,14 +369,7 @@ def test_disconnect_stops_the_motor_and_the_node_reconnects_disabled(rig):
         cut_wall = time.monotonic()
         rig.sim.disconnect(0.5)
         rig.pins(stopped, "off after the disconnect")
-        trace = rig.sim.trace()
-        fell = trace.enable_fell(cut)
-        assert fell is not None
-        last = [c for c, _f in trace.commands() if c < fell.cycle][-1]
-        # The firmware's watchdog, in simulated time: within watchdog_ms and a tick of the last
-        # command that reached it, and not before the watchdog time.
-        waited = trace.seconds(fell.cycle - last)
-        assert WATCHDOG_S <= waited <= WATCHDOG_S + 2 * TICK_S, waited
+        assert_firmware_watchdog_stopped(rig.sim.trace(), cut)
         back = rig.diagnostics.wait(lambda v: v.get("connected") == "True"
                                     and int(v.get("reconnects", 0)) >= 1, WAIT, cut_wall)
         assert back is not None, rig.failure()
@@ -391,12 +394,7 @@ def test_killing_the_hardware_node_lets_the_firmware_watchdog_stop_the_motor(rig
         rig.pins(stopped, "off after the host died")
     finally:
         rig.push_force = None
-    trace = rig.sim.trace()
-    fell = trace.enable_fell(int(status["cycle"]))
-    assert fell is not None
-    last = [c for c, f in trace.commands() if c < fell.cycle][-1]
-    waited = trace.seconds(fell.cycle - last)
-    assert WATCHDOG_S <= waited <= WATCHDOG_S + 2 * TICK_S, waited
+    assert_firmware_watchdog_stopped(rig.sim.trace(), int(status["cycle"]))
     # The node comes back: a new session (HELLO) on the same firmware, and a reset homes.
     rig.graph.processes["hardware_interface"].wait(timeout=10)
     since = time.monotonic()
