@@ -71,16 +71,7 @@ static bool sink_send(void *context, const uint8_t *bytes, uint8_t n)
 
 static void mcu_reset(uint8_t reset_cause)
 {
-    const struct ebm_config config = {
-        .fw_major = EBM_FW_MAJOR,
-        .fw_minor = EBM_FW_MINOR,
-        .fw_patch = EBM_FW_PATCH,
-        .reset_cause = reset_cause,
-        .cart_counts_per_m = EBM_CART_COUNTS_PER_M,
-        .pole_counts_per_rev = EBM_POLE_COUNTS_PER_REV,
-        .state_rate_hz = EBM_STATE_RATE_HZ,
-        .watchdog_ms = EBM_WATCHDOG_MS_DEFAULT,
-    };
+    const struct ebm_config config = ebm_build_config(reset_cause);
     sink.n = 0;
     sink.full = false;
     ebm_mcu_init(&mcu, &config, sink_send, &sink);

@@ -437,16 +437,7 @@ static void model_tick(const struct ebm_tick *tick)
 
 static void reset_all(void)
 {
-    const struct ebm_config config = {
-        .fw_major = EBM_FW_MAJOR,
-        .fw_minor = EBM_FW_MINOR,
-        .fw_patch = EBM_FW_PATCH,
-        .reset_cause = 0x08,
-        .cart_counts_per_m = EBM_CART_COUNTS_PER_M,
-        .pole_counts_per_rev = EBM_POLE_COUNTS_PER_REV,
-        .state_rate_hz = EBM_STATE_RATE_HZ,
-        .watchdog_ms = EBM_WATCHDOG_MS_DEFAULT,
-    };
+    const struct ebm_config config = ebm_build_config(0x08);
     actual.n = 0;
     actual.room = SIZE_MAX;
     ebm_mcu_init(&mcu, &config, sink_send, &actual);

@@ -19,16 +19,7 @@ int main(void)
 {
     static struct ebm_mcu mcu;
     board_init();
-    const struct ebm_config config = {
-        .fw_major = EBM_FW_MAJOR,
-        .fw_minor = EBM_FW_MINOR,
-        .fw_patch = EBM_FW_PATCH,
-        .reset_cause = board_reset_cause(),
-        .cart_counts_per_m = EBM_CART_COUNTS_PER_M,
-        .pole_counts_per_rev = EBM_POLE_COUNTS_PER_REV,
-        .state_rate_hz = EBM_STATE_RATE_HZ,
-        .watchdog_ms = EBM_WATCHDOG_MS_DEFAULT,
-    };
+    const struct ebm_config config = ebm_build_config(board_reset_cause());
     ebm_mcu_init(&mcu, &config, transmit, NULL);
     mcu.defer_replies = true;
     for (;;) {

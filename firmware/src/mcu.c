@@ -42,6 +42,20 @@ static void send(struct ebm_mcu *mcu, struct ebm_message *msg, bool lead)
         ebm_count(&mcu->tx_overflows);
 }
 
+struct ebm_config ebm_build_config(uint8_t reset_cause)
+{
+    return (struct ebm_config){
+        .fw_major = EBM_FW_MAJOR,
+        .fw_minor = EBM_FW_MINOR,
+        .fw_patch = EBM_FW_PATCH,
+        .reset_cause = reset_cause,
+        .cart_counts_per_m = EBM_CART_COUNTS_PER_M,
+        .pole_counts_per_rev = EBM_POLE_COUNTS_PER_REV,
+        .state_rate_hz = EBM_STATE_RATE_HZ,
+        .watchdog_ms = EBM_WATCHDOG_MS_DEFAULT,
+    };
+}
+
 void ebm_mcu_init(struct ebm_mcu *mcu, const struct ebm_config *config, ebm_send_fn send_fn,
                   void *send_context)
 {

@@ -90,6 +90,10 @@ struct ebm_mcu {
     struct ebm_counters reply_counters;   /* as they were when the HEARTBEAT came */
 };
 
+/* The CONFIG this build reports (version, resolutions, rate, watchdog default: the defines
+ * above) with the given reset cause. */
+struct ebm_config ebm_build_config(uint8_t reset_cause);
+
 /* Starts disabled with config->watchdog_ms in effect. */
 void ebm_mcu_init(struct ebm_mcu *mcu, const struct ebm_config *config, ebm_send_fn send,
                   void *send_context);
