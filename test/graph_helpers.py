@@ -165,3 +165,16 @@ def can_run_trial(status: dict[str, Any]) -> bool:
     waiting = status.get("waiting_for", ["startup"])
     return (status.get("state") == "idle" and "startup" not in waiting
             and not any("state" in w or "policy_execution" in w for w in waiting))
+
+
+def call_trigger(client: Any, timeout: float) -> tuple[bool, str]:
+    """Call a std_srvs/Trigger service client; (success, message), asserting it answers."""
+    from std_srvs.srv import Trigger
+
+    name = client.srv_name
+    assert client.wait_for_service(timeout_sec=timeout), f"no {name} service"
+    done = threading.Event()
+    future = client.call_async(Trigger.Request())
+    future.add_done_callback(lambda _f: done.set())
+    assert done.wait(timeout) and future.result() is not None, f"{name} did not answer"
+    return bool(future.result().success), str(future.result().message)

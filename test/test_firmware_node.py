@@ -25,7 +25,7 @@ from ebmcpilco_ros.hardware.emulator import EmulatorConfig
 from ebmcpilco_ros.hardware.protocol import COMMAND_FULL_SCALE, Command, Status
 from ebmcpilco_ros.tools.firmware_sim import FirmwareSim, build, toolchain_missing
 
-from graph_helpers import (STARTUP_TIMEOUT, Probe, RigDiagnostics, can_run_trial,
+from graph_helpers import (STARTUP_TIMEOUT, Probe, RigDiagnostics, call_trigger, can_run_trial,
                            describe_failure, isolated_domain, ros_environment, wait_event)
 
 RIG_CONFIG = find_config("rig_example")
@@ -116,13 +116,7 @@ class FirmwareRig:
             return found[0] if found else None
 
     def call(self, name: str, timeout: float = WAIT) -> tuple[bool, str]:
-        client = self.services[name]
-        assert client.wait_for_service(timeout_sec=timeout), f"no {name} service"
-        done = threading.Event()
-        future = client.call_async(self.trigger.Request())
-        future.add_done_callback(lambda _f: done.set())
-        assert done.wait(timeout) and future.result() is not None, f"{name} did not answer"
-        return bool(future.result().success), str(future.result().message)
+        return call_trigger(self.services[name], timeout)
 
     def pins(self, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
         """Wait until the motor pins satisfy predicate; the harness status then."""

@@ -22,7 +22,7 @@ from ebmcpilco_ros.hardware.config import load_hardware_config
 from ebmcpilco_ros.hardware.emulator import EmulatorConfig, FirmwareEmulator
 from ebmcpilco_ros.hardware.protocol import Status
 
-from graph_helpers import (STARTUP_TIMEOUT, Probe, RigDiagnostics, can_run_trial,
+from graph_helpers import (STARTUP_TIMEOUT, Probe, RigDiagnostics, call_trigger, can_run_trial,
                            describe_failure, isolated_domain, ros_environment, wait_event)
 
 RIG_CONFIG = find_config("rig_example")
@@ -103,13 +103,7 @@ class Rig:
             self.command_pub.publish(Float64MultiArray(data=[self.push_force]))
 
     def call(self, name: str, timeout: float = WAIT) -> tuple[bool, str]:
-        client = self.services[name]
-        assert client.wait_for_service(timeout_sec=timeout), f"no {name} service"
-        done = threading.Event()
-        future = client.call_async(self.trigger.Request())
-        future.add_done_callback(lambda _f: done.set())
-        assert done.wait(timeout) and future.result() is not None, f"{name} did not answer"
-        return bool(future.result().success), str(future.result().message)
+        return call_trigger(self.services[name], timeout)
 
     def failure(self) -> str:
         return describe_failure(self.graph)
