@@ -94,7 +94,11 @@ def test_native_and_torch_float32_errors_are_below_monte_carlo_noise(model):
 
 
 def test_kernel_runs_on_scipy_blas_where_torch_exports_none(model):
-    """Torch builds without an exported sgemm_ (not x86 MKL) get scipy's: same results."""
+    """Torch builds without an exported sgemm_ (not x86 MKL) get scipy's: the same results to
+    float32 rounding. The two BLAS libraries sum in different orders (MKL picks its code path by
+    CPU: bit-identical to OpenBLAS on one CI machine, up to 2e-3 of the largest final state
+    apart on an AVX2 EPYC after 10 steps of dynamics that amplify rounding); a wrongly wired
+    sgemm gives differences of order one."""
     _, policy32, noise, x0, dyn = _setup(model, torch.float32, 48, 20, 10, 0.25, 1)
     noise, x0 = _cast(noise, torch.float32), x0.float()
     ops = GradientOperands.build(policy32, dyn, noise.keep_scale)
@@ -103,7 +107,7 @@ def test_kernel_runs_on_scipy_blas_where_torch_exports_none(model):
                                                       native_rollout.scipy_sgemm_address())
     for a, b in zip(mkl.cost_and_gradient(ops, dyn, x0, noise, 10, CostConfig()),
                     scipy_kernel.cost_and_gradient(ops, dyn, x0, noise, 10, CostConfig())):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert float((a - b).abs().max()) <= 5e-3 * float(a.abs().max()), (a, b)
 
 
 def test_optimisation_with_the_native_kernel_lowers_the_cost(model):

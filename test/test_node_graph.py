@@ -41,7 +41,8 @@ def test_run_trial_records_a_trial_of_the_right_length_and_period(graph):
     assert probe.wait_for(lambda: any(r["meta"]["run_id"].startswith("manual")
                                       for r in probe.records), 60), describe_failure(g)
     record = next(r for r in probe.records if r["meta"]["run_id"].startswith("manual"))
-    assert record["format"] == "ebmcpilco.trial/1" and not record["failed"]
+    assert record["format"] == "ebmcpilco.trial/1"
+    assert not record["failed"], f'{record["meta"]["reason"]}\n{describe_failure(g)}'
     states, inputs, times = (np.array(record[k]) for k in ("states", "inputs", "times"))
     assert states.shape == (PLANT.steps + 1, 4) and inputs.shape == (PLANT.steps,)
     assert np.array(record["true_states"]).shape == states.shape
