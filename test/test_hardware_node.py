@@ -202,6 +202,48 @@ def test_run_trial_on_the_rig_records_a_trial_like_the_simulated_plant(rig):
 
 
 @pytest.mark.timeout(240)
+def test_a_trial_records_the_force_the_rig_applied_not_the_one_asked_for(rig):
+    """A plan that pushes with u_max all trial long: the soft limits refuse the outward force
+    once the cart is in the braking zone and brake it there, and the record's inputs say so (the asked-for forces
+    stay in meta.requested_inputs); a model fitted on them sees a cart held, not pushed."""
+    from std_msgs.msg import String
+
+    from ebmcpilco_ros.core.controllers import FeedbackPlan, FeedbackPlanController
+    from ebmcpilco_ros.nodes.common import (TRIAL_REQUEST_FORMAT, TRIAL_REQUEST_TOPIC,
+                                            reliable_qos, to_json)
+    assert rig.client.wait_status(can_run_trial, STARTUP_TIMEOUT), rig.failure()
+    steps = PLANT.steps
+    push = FeedbackPlanController(FeedbackPlan(
+        X=np.zeros((steps + 1, 4)), U=np.full((steps, 1), PLANT.u_max),
+        K=np.zeros((steps, 1, 4)), sigma=np.zeros(steps), u_max=PLANT.u_max))
+    requests = rig.client.node.create_publisher(String, TRIAL_REQUEST_TOPIC, reliable_qos(10))
+    records = len(rig.probe.records)
+    request = {"format": TRIAL_REQUEST_FORMAT, "request_id": "push-1", "run_id": "push",
+               "index": 0, "kind": "exploration", "controller": push.to_dict()}
+    # Published until the record comes: the discovery of a new publisher takes a moment, and
+    # the execution node answers a repeated request id without running it again.
+    deadline = time.monotonic() + 60
+    while not rig.probe.wait_for(lambda: len(rig.probe.records) > records, 2.0):
+        assert time.monotonic() < deadline, rig.failure()
+        requests.publish(String(data=to_json(request)))
+    record = next(r for r in rig.probe.records[records:] if r["meta"]["run_id"] == "push")
+    assert not record["failed"], record["meta"]
+    states, inputs = np.array(record["states"]), np.array(record["inputs"])
+    requested = np.array(record["meta"]["requested_inputs"])
+    assert inputs.shape == requested.shape == (steps,)
+    assert np.all(requested == PLANT.u_max)
+    edge = HARDWARE.cart_position_limit - HARDWARE.soft_limit_margin
+    free = np.flatnonzero(states[1:, 0] < edge - 0.05)   # steps that ended well inside
+    assert len(free) >= 2 and np.all(inputs[free[1:]] > 0.8 * PLANT.u_max), inputs
+    # Held at the braking zone's edge (outward force refused inside, allowed outside: the cart
+    # chatters across the edge), where the force applied on average is about nothing.
+    last_second = int(round(1.0 / PLANT.control_period))
+    assert np.all(np.abs(states[-last_second:, 0] - edge) < 0.03), states[-last_second:, 0]
+    assert abs(np.mean(inputs[-last_second:])) < 0.3 * PLANT.u_max, inputs
+    assert states[:, 0].max() < HARDWARE.cart_position_limit + 0.05
+
+
+@pytest.mark.timeout(240)
 def test_link_cut_mid_trial_zeroes_both_sides_fails_the_trial_and_reconnects(rig):
     emulator = rig.emulator
     records = len(rig.probe.records)

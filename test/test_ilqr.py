@@ -214,6 +214,41 @@ def test_cost_derivatives_match_finite_differences(hessian):
                                                                  np.zeros((1, 1))).l_xx[0])
 
 
+def test_track_penalty_derivatives_match_finite_differences():
+    cost = SwingUpCost(CONFIG.q, CONFIG.r, CONFIG.q_final, track_limit=0.5, track_weight=1e4)
+    free = SwingUpCost(CONFIG.q, CONFIG.r, CONFIG.q_final)
+    rng = np.random.default_rng(5)
+    X = rng.normal(scale=1.0, size=(40, 4))
+    X = X[np.abs(np.abs(X[:, 0]) - 0.5) > 1e-3]          # off the kink at |p| = p_lim
+    U = np.zeros((len(X), 1))
+    beyond = np.maximum(0.0, np.abs(X[:, 0]) - 0.5)
+    assert np.any(beyond > 0) and np.any(beyond == 0)
+    np.testing.assert_allclose(cost.running(X, U) - free.running(X, U), 0.5e4 * beyond ** 2)
+    np.testing.assert_allclose(cost.final(X) - free.final(X), 0.5e4 * beyond ** 2)
+    h, eye = 1e-7, np.eye(4)
+    d = cost.running_derivatives(X, U)
+    fd_x = np.stack([(cost.running(X + h * eye[i], U) - cost.running(X - h * eye[i], U)) / (2 * h)
+                     for i in range(4)], axis=-1)
+    np.testing.assert_allclose(d.l_x, fd_x, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(d.l_xx[:, 0, 0] - free.running_derivatives(X, U).l_xx[:, 0, 0],
+                               1e4 * (beyond > 0))
+    l_x_final, l_xx_final = cost.final_derivatives(X[0])
+    assert l_xx_final[0, 0] == pytest.approx(CONFIG.q_final[0] + 1e4 * (beyond[0] > 0))
+
+
+@pytest.mark.timeout(60)
+def test_a_track_limit_keeps_the_swing_up_on_the_track(swing_up, true_dynamics):
+    """The free swing-up travels about 0.7 m; with a 0.3 m track the plan swings up within it."""
+    free, _ = swing_up
+    assert np.abs(free.X[:, 0]).max() > 0.5
+    config = ilqr.ILQRConfig(track_limit=0.3)
+    plan = ilqr.solve(true_dynamics, config.cost(), np.zeros(4), PLANT.u_max,
+                      horizon=PLANT.steps, config=config)
+    assert plan.converged, plan.message
+    assert np.abs(plan.X[:, 0]).max() < 0.3 + 0.01
+    assert upright_error(plan.X[-1, 2]) < THETA_TOL and abs(plan.X[-1, 0]) < P_TOL
+
+
 def test_hanging_at_rest_is_stationary_and_the_kick_breaks_the_tie(true_dynamics):
     """With no kick, U = 0 from the hanging state is a fixed point of iLQR (zero gradient by
     symmetry); that is why symmetry_kick exists."""

@@ -50,6 +50,16 @@ def test_run_trial_records_a_trial_of_the_right_length_and_period(graph):
     assert abs(period.mean() - PLANT.control_period) < 1e-3
     assert np.all(np.abs(period - PLANT.control_period) < 0.02)  # a tick late on a busy box
     assert np.all(np.abs(inputs) <= PLANT.u_max)
+    # The simulated plant applies what it is asked (no limits): each recorded input, the mean
+    # force that followed command k, lies between command k - 1 (still applied until command k
+    # arrives) and command k, and mostly at command k.
+    requested = np.array(record["meta"]["requested_inputs"])
+    before = np.concatenate([[0.0], requested[:-1]])
+    low, high = np.minimum(before, requested), np.maximum(before, requested)
+    inside = (inputs >= low - 1e-6) & (inputs <= high + 1e-6)  # requested: 6 decimals
+    assert np.all(inside), [(k, before[k], requested[k], inputs[k]) for k in np.flatnonzero(~inside)]
+    share_of_previous = np.abs(inputs - requested) / np.maximum(high - low, 1e-9)
+    assert np.median(share_of_previous) < 0.15, share_of_previous
     assert len(record["meta"]["timing"]["lateness_s"]) == PLANT.steps
     done = wait_event(client, ("trial_done", "failed"), 30)
     assert done is not None and done["event"] == "trial_done", done

@@ -226,6 +226,12 @@ class ILQRConfig(Section):
         (50.0, 5.0, 200.0, 200.0, 5.0), 0.0, None, doc="terminal weights Q_f on e(x_T)")
     hessian: str = setting("gauss_newton", choices=HESSIANS,
                            doc="cost Hessian wrt x: Gauss-Newton E^T Q E, or exact")
+    track_limit: float = setting(0.0, 0.0, None,
+                                 doc="[m] plans are penalised for |p| beyond this (a rig's "
+                                     "track; inside its soft limits); 0 = no track")
+    track_weight: float = setting(1.0e4, 0.0, None,
+                                  doc="[1/m^2] weight W of 1/2 W (|p| - track_limit)^2 beyond "
+                                      "the limit, at every step and the end")
     max_iterations: int = setting(100, 1, 100000, doc="outer iterations (backward+forward passes)")
     tolerance: float = setting(1e-6, 0.0, None, lo_open=True,
                                doc="converged when an accepted step changes J by less than this "
@@ -273,7 +279,8 @@ class ILQRConfig(Section):
         """The quadratic swing-up cost these weights define."""
         from .ilqr_cost import SwingUpCost
 
-        return SwingUpCost(self.q, self.r, self.q_final, hessian=self.hessian)
+        return SwingUpCost(self.q, self.r, self.q_final, hessian=self.hessian,
+                           track_limit=self.track_limit, track_weight=self.track_weight)
 
 
 @dataclass(frozen=True)

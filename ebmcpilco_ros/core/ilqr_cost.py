@@ -10,6 +10,12 @@ in theta - pi prefers +pi over -pi (the pole would always swing one way, or unwi
 with Q, Q_f diagonal (5 weights each). Every term is even under the mirror x -> -x (p, pdot,
 sin theta and thetadot change sign, cos theta does not), so J(x0, U) = J(-x0, -U) exactly.
 
+A rig's track (the paper's simulated cart-pole has none) adds, to c and c_f alike,
+
+    c_track(x) = 1/2 W max(0, |p| - p_lim)^2                    (0 inside the track)
+
+whose Hessian W 1[|p| > p_lim] is exact and positive semidefinite; it is even in p as well.
+
 Derivatives wrt x use the chain rule through E(x) = de/dx (5 x 4):
     l_x  = E^T Q e
     l_xx = E^T Q E                          (Gauss-Newton: always positive semidefinite)
@@ -48,7 +54,12 @@ class SwingUpCost:
     """c(x, u) = 1/2 e(x)^T Q e(x) + 1/2 R u^2, c_f(x) = 1/2 e(x)^T Q_f e(x); see module doc."""
 
     def __init__(self, q: np.ndarray | tuple[float, ...], r: float,
-                 q_final: np.ndarray | tuple[float, ...], hessian: str = "gauss_newton") -> None:
+                 q_final: np.ndarray | tuple[float, ...], hessian: str = "gauss_newton",
+                 track_limit: float = 0.0, track_weight: float = 0.0) -> None:
+        if track_limit < 0 or track_weight < 0:
+            raise ValueError("track_limit and track_weight must be non-negative")
+        self.track_limit = float(track_limit)
+        self.track_weight = float(track_weight) if track_limit > 0 else 0.0
         self.q = np.asarray(q, dtype=float).reshape(ERROR_DIM)
         self.q_final = np.asarray(q_final, dtype=float).reshape(ERROR_DIM)
         self.r = float(r)
@@ -80,17 +91,26 @@ class SwingUpCost:
         jac[..., E_THETADOT, THETADOT] = 1.0
         return jac
 
+    def _beyond_track(self, x: np.ndarray) -> np.ndarray:
+        """max(0, |p| - p_lim) for states (..., 4); zeros without a track."""
+        p = np.asarray(x, dtype=float)[..., P]
+        if self.track_weight == 0.0:
+            return np.zeros_like(p)
+        return np.maximum(0.0, np.abs(p) - self.track_limit)
+
     # -- values ---------------------------------------------------------------------------
     def running(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
         """c(x_t, u_t) for x (..., 4), u (..., 1) -> (...)."""
         e = self.error(x)
         u = np.asarray(u, dtype=float)
-        return 0.5 * np.sum(self.q * e * e, axis=-1) + 0.5 * self.r * np.sum(u * u, axis=-1)
+        return (0.5 * np.sum(self.q * e * e, axis=-1) + 0.5 * self.r * np.sum(u * u, axis=-1)
+                + 0.5 * self.track_weight * self._beyond_track(x) ** 2)
 
     def final(self, x: np.ndarray) -> np.ndarray:
         """c_f(x_T) for x (..., 4) -> (...)."""
         e = self.error(x)
-        return 0.5 * np.sum(self.q_final * e * e, axis=-1)
+        return (0.5 * np.sum(self.q_final * e * e, axis=-1)
+                + 0.5 * self.track_weight * self._beyond_track(x) ** 2)
 
     def total(self, X: np.ndarray, U: np.ndarray) -> float:
         """J(x0, U) = sum_{t<T} c(x_t, u_t) + c_f(x_T) for X (T+1, 4), U (T, 1)."""
@@ -109,6 +129,11 @@ class SwingUpCost:
             th = np.asarray(x, dtype=float)[..., THETA]
             # d^2(1 + cos)/dtheta^2 = -cos, d^2 sin/dtheta^2 = -sin.
             hess[..., THETA, THETA] += -we[..., E_COS] * np.cos(th) - we[..., E_SIN] * np.sin(th)
+        if self.track_weight > 0.0:
+            beyond = self._beyond_track(x)
+            p = np.asarray(x, dtype=float)[..., P]
+            grad[..., P] += self.track_weight * beyond * np.sign(p)
+            hess[..., P, P] += self.track_weight * (beyond > 0.0)
         return grad, hess
 
     def running_derivatives(self, X: np.ndarray, U: np.ndarray) -> RunningDerivatives:

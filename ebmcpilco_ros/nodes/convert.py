@@ -1,6 +1,7 @@
 """Messages <-> arrays: JointState <-> x = [p, pdot, theta, thetadot], force <-> command."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -37,6 +38,16 @@ def state_from_message(msg: JointState, joint_names: Sequence[str]) -> tuple[np.
         raise ValueError("joint state is not finite")
     stamp = msg.header.stamp.sec * NANOSECONDS + msg.header.stamp.nanosec
     return x, stamp
+
+
+def effort_from_message(msg: JointState, joint_names: Sequence[str]) -> float | None:
+    """The force on the cart the plant reports applying [N], or None where it reports none."""
+    names = list(msg.name)
+    try:
+        force = float(msg.effort[names.index(joint_names[0])])
+    except (ValueError, IndexError):
+        return None
+    return force if math.isfinite(force) else None
 
 
 def command_message(force: float) -> Float64MultiArray:

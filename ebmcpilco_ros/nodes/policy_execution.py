@@ -7,6 +7,12 @@ the reason: a trial is running, no fresh state, a bad payload), resets the plant
 steady-clock loop at plant.control_period in its own thread: read the latest state, evaluate the
 controller, publish the force, record. The command goes to zero at the end, on abort and on any
 error; the finished trial record (core.trial.Trial.to_dict) goes out on ebmcpilco/trial_records.
+
+The record's inputs are the forces the plant applied, not the ones asked for: a rig's soft limits
+brake the cart and its command limit clips, and a model fitted on the asked-for force would learn
+that a push moved the cart when a brake held it. Input k is the mean JointState effort of the
+samples stamped after command k went out, up to the state of step k + 1 (the asked-for force
+where no sample reports an effort); the asked-for forces stay in meta.requested_inputs.
 """
 from __future__ import annotations
 
@@ -31,13 +37,16 @@ from .common import (ANSWER_EVENTS, EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TO
                      Diagnostics, GraphNode, Heartbeat, SampleReader, decode, encode, event,
                      reliable_qos, run_node, sampler_node, sensor_qos, set_dds_receive_priority,
                      set_realtime_priority)
-from .convert import command_message, state_from_message
+from .convert import command_message, effort_from_message, state_from_message
 from .params import declare_config
 
 NAME = "policy_execution"
 # Queue depth of the measured state (only the newest matters) and of the noise-free state (a few
 # samples, to pair the one with the measured sample's stamp); true states kept for that pairing.
 STATE_DEPTH, TRUE_STATE_DEPTH, TRUE_STATE_HISTORY = 1, 8, 64
+# Every state sample's reported effort, taken after each command (not urgent): 128 ms of a 500 Hz
+# sensor queued, and the last 0.5 s kept to average over each control period.
+EFFORT_DEPTH, EFFORT_HISTORY = 64, 256
 # How often the reset waits look for a state sampled after the reset [s] (a 500 Hz sensor period).
 RESET_POLL = 0.002
 
@@ -54,7 +63,10 @@ class TrialRun:
     steps: int
     states: list[np.ndarray] = field(default_factory=list)
     true_states: list[np.ndarray | None] = field(default_factory=list)
-    inputs: list[float] = field(default_factory=list)
+    inputs: list[float] = field(default_factory=list)        # asked for
+    applied: list[float] = field(default_factory=list)       # reported by the plant
+    sent_ns: list[int] = field(default_factory=list)         # when each command went out
+    stamps: list[int] = field(default_factory=list)          # each step's state stamp
     times: list[float] = field(default_factory=list)
     lateness: list[float] = field(default_factory=list)
     compute: list[float] = field(default_factory=list)
@@ -85,6 +97,7 @@ class PolicyExecution(GraphNode):
         sys.setswitchinterval(self.exe.switch_interval)
         self.latest: tuple[np.ndarray, int, int] | None = None  # (x, reception ns, stamp ns)
         self.true_states: deque[tuple[int, np.ndarray]] = deque(maxlen=TRUE_STATE_HISTORY)
+        self.efforts: deque[tuple[int, float]] = deque(maxlen=EFFORT_HISTORY)  # (stamp, N)
         self.bad_states = 0
         self.abort = threading.Event()
         self.lock = threading.Lock()
@@ -105,6 +118,9 @@ class PolicyExecution(GraphNode):
         self.state_reader = SampleReader(self.sampler, JointState,
                                          self.resolve_topic_name(self.names.state_topic),
                                          STATE_DEPTH)
+        self.effort_reader = SampleReader(self.sampler, JointState,
+                                          self.resolve_topic_name(self.names.state_topic),
+                                          EFFORT_DEPTH)
         self.true_reader = SampleReader(self.sampler, JointState,
                                         self.resolve_topic_name(self.names.true_state_topic),
                                         TRUE_STATE_DEPTH)
@@ -141,6 +157,22 @@ class PolicyExecution(GraphNode):
             except ValueError:
                 continue
             self.true_states.append((stamp, x))
+
+    def _take_efforts(self) -> None:
+        for msg, _received in self.effort_reader.take():
+            try:
+                _x, stamp = state_from_message(msg, self.names.joint_names)
+            except ValueError:
+                continue
+            force = effort_from_message(msg, self.names.joint_names)
+            if force is not None:
+                self.efforts.append((stamp, force))
+
+    def _applied_force(self, after_ns: int, until_ns: int) -> float | None:
+        """Mean reported effort of the samples stamped in (after_ns, until_ns]; None if none."""
+        self._take_efforts()
+        forces = [f for s, f in self.efforts if after_ns < s <= until_ns]
+        return sum(forces) / len(forces) if forces else None
 
     def _true_state(self, stamp: int) -> np.ndarray | None:
         self._take_true_states()
@@ -286,6 +318,7 @@ class PolicyExecution(GraphNode):
                 turns = cartpole.hanging_turns(x[2])
             x = _unwind(x, turns)
             run.states.append(x)
+            run.stamps.append(stamp)
             run.times.append(woke - start)
             if k < run.steps:
                 u = float(run.controller(k, x))
@@ -294,12 +327,16 @@ class PolicyExecution(GraphNode):
                 u = min(max(u, -u_max), u_max)
                 self.command_pub.publish(command_message(u))
                 sent = time.monotonic()
+                run.sent_ns.append(time.time_ns())
                 run.inputs.append(u)
                 run.lateness.append(woke - deadline)
                 run.compute.append(sent - woke)
                 run.state_age.append(age)
                 run.ticks.append(woke)
-            true_state = self._true_state(stamp)             # after the command: not urgent
+            if k > 0:                                        # after the command: not urgent
+                applied = self._applied_force(run.sent_ns[k - 1], stamp)
+                run.applied.append(run.inputs[k - 1] if applied is None else applied)
+            true_state = self._true_state(stamp)
             run.true_states.append(None if true_state is None else _unwind(true_state, turns))
 
     def _finish(self, run: TrialRun) -> None:
@@ -314,13 +351,14 @@ class PolicyExecution(GraphNode):
                 "controller": getattr(run.controller, "kind", "unknown"),
                 "outcome": run.outcome, "reason": run.reason,
                 "period": self.plant.control_period, "state_topic": self.names.state_topic,
+                "requested_inputs": [round(u, 6) for u in run.inputs[:n_in]],
             }
             if self.exe.record_timing:
                 meta["timing"] = {name: [round(v, 7) for v in values[:n_in]] for name, values in
                                   (("lateness_s", run.lateness), ("compute_s", run.compute),
                                    ("state_age_s", run.state_age), ("tick_s", run.ticks))}
                 self.last_timing = _timing_summary(run)
-            trial = Trial(states=np.array(run.states), inputs=np.array(run.inputs[:n_in]),
+            trial = Trial(states=np.array(run.states), inputs=np.array(run.applied[:n_in]),
                           times=np.array(run.times), kind=run.kind, index=run.index,
                           true_states=np.array(run.true_states) if have_true else None,
                           failed=run.outcome != "finished", meta=meta)
