@@ -15,7 +15,7 @@ from ebmcpilco_ros.bringup import graph_environment, ros_value
 from ebmcpilco_ros.core.config import SECTIONS, ConfigError
 from ebmcpilco_ros.nodes.config import (NODE_SECTIONS, SimPlantConfig, build_node_section,
                                         check_sim_plant, load_node_sections)
-from ebmcpilco_ros.nodes.params import declare_config
+from ebmcpilco_ros.nodes.params import command_line, declare_config, parse_override
 
 from graph_helpers import CONFIG, isolated_domain
 
@@ -106,6 +106,10 @@ def test_parameter_values_are_written_as_ros_parses_them():
     ("policy_optimization", "optimizer.device", "tpu", "optimizer.device = 'tpu': must be"),
     ("policy_execution", "execution.state_timeout", "0.0",
      "execution.state_timeout = 0.0: must be in (0.0, 10.0]"),
+    # rcl itself drops an override whose type differs from the file's value: not silently here
+    ("sim_plant", "plant.u_max", "abc", "plant.u_max = 'abc': must be a number"),
+    ("model_learning", "model_learning:model.fit_iterations", "1.5",
+     "model.fit_iterations = 1.5: must be an integer"),
 ])
 def test_a_node_with_an_invalid_parameter_exits_with_the_message(node, parameter, value, message):
     env = graph_environment(domain_id=isolated_domain(4))
@@ -114,3 +118,25 @@ def test_a_node_with_an_invalid_parameter_exits_with_the_message(node, parameter
                           env=env, capture_output=True, text=True, timeout=100)
     assert done.returncode == 2, done.stderr
     assert f"{node}: configuration error: {message}" in done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_params_file_exits_with_the_message():
+    env = graph_environment(domain_id=isolated_domain(4))
+    done = subprocess.run([sys.executable, "-m", "ebmcpilco_ros.nodes.sim_plant", "--ros-args",
+                           "--params-file", "/nonexistent/params.yaml"],
+                          env=env, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 2, done.stderr
+    assert ("sim_plant: configuration error: --params-file /nonexistent/params.yaml: no such file"
+            in done.stderr)
+    assert "Traceback" not in done.stderr
+
+
+def test_command_line_parameters_are_read_as_rcl_reads_them():
+    line = command_line(["prog", "--ros-args", "--params-file", "a.yaml", "-p", "plant.u_max:=8",
+                         "--param", "sim_plant:plant.friction:=0.2", "-r", "__ns:=/x", "--",
+                         "-p", "ignored:=1", "--ros-args", "--params-file", "b.yaml"])
+    assert line.params_files == ("a.yaml", "b.yaml")
+    assert line.overrides == ((None, "plant.u_max", "8"), ("sim_plant", "plant.friction", "0.2"))
+    assert [parse_override(v) for v in ("8", "1e-3", "true", "cpu", "'1.0'", "[1.0, 2.0]")] == \
+        [8, 1e-3, True, "cpu", "1.0", [1.0, 2.0]]

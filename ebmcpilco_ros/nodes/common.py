@@ -30,6 +30,7 @@ from std_msgs.msg import String
 from ..core.config import ConfigError
 from ..hardware.driver import set_thread_priority
 from .config import NodesConfig
+from .params import check_params_files
 
 # -- topics and services (relative names: they resolve inside the node's namespace) -------------
 LEARN_SERVICE = "ebmcpilco/learn"
@@ -474,6 +475,11 @@ def run_node(factory: Callable[[], GraphNode], args: Iterable[str] | None = None
     rclpy.init (a node whose services block, like the rig's homing reset, wants a
     MultiThreadedExecutor).
     """
+    try:
+        check_params_files(sys.argv if args is None else list(args))
+    except ConfigError as exc:
+        print(f"{name}: configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
     rclpy.init(args=list(args) if args is not None else None,
                signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()

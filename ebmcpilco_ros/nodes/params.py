@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Mapping
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)
@@ -103,6 +107,78 @@ def _unknown_overrides(node: Node, sections: Iterable[str],
                 raise ConfigError(f"{name}: unknown parameter (known: {', '.join(sorted(known))})")
 
 
+@dataclasses.dataclass(frozen=True)
+class CommandLine:
+    """The parameter sources on a node's command line (inside --ros-args)."""
+
+    params_files: tuple[str, ...]
+    overrides: tuple[tuple[str | None, str, str], ...]  # (node name or None, name, raw value)
+
+
+def command_line(argv: Sequence[str]) -> CommandLine:
+    """`--params-file F` and `-p [node:]name:=value` / `--param ...` of the --ros-args parts."""
+    files: list[str] = []
+    overrides: list[tuple[str | None, str, str]] = []
+    inside, i = False, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--ros-args":
+            inside = True
+        elif arg == "--":
+            inside = False
+        elif inside and arg in ("--params-file", "-p", "--param") and i + 1 < len(argv):
+            i += 1
+            if arg == "--params-file":
+                files.append(argv[i])
+            else:
+                target, sep, value = argv[i].partition(":=")
+                if sep:
+                    node, colon, name = target.rpartition(":")
+                    overrides.append((node if colon else None, name, value))
+        i += 1
+    return CommandLine(tuple(files), tuple(overrides))
+
+
+def check_params_files(argv: Sequence[str]) -> None:
+    """Each --params-file must exist and be YAML: ConfigError naming it (rcl's own error is a
+    traceback from rclpy.init)."""
+    for name in command_line(argv).params_files:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"--params-file {name}: no such file")
+        try:
+            yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"--params-file {name}: not readable YAML ({exc})") from exc
+
+
+def _command_line_values(node: Node, argv: Sequence[str]) -> dict[str, Any]:
+    """`-p` values meant for this node, as rcl parses them (YAML). rcl drops an override whose
+    type differs from a parameter file's value for the same name (`-p plant.u_max:=abc` over a
+    file's 10.0), so they are taken from the command line and validated like any other value."""
+    values: dict[str, Any] = {}
+    for target, name, raw in command_line(argv).overrides:
+        if target in (None, node.get_name(), node.get_fully_qualified_name()):
+            values[name] = parse_override(raw)
+    return values
+
+
+def parse_override(raw: str) -> Any:
+    """A `-p` value as rcl reads it: bool, integer, double (1e-3 included), list, or string."""
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return value if isinstance(value, (list, str)) else raw   # 'quoted' -> quoted text
+
+
 def declare_config(node: Node, core_sections: Iterable[str], node_sections: Iterable[str]
                    ) -> tuple[ExperimentConfig, dict[str, Any]]:
     """Declare the given sections' parameters on `node`, validate, and build the configs.
@@ -129,6 +205,10 @@ def declare_config(node: Node, core_sections: Iterable[str], node_sections: Iter
                 ParameterDescriptor(name=name, dynamic_typing=True))
             values[f.name] = _python_value(param.value)
         raw[section] = values
+    for name, value in _command_line_values(node, sys.argv).items():
+        section, _, key = name.partition(".")
+        if section in raw and key in raw[section]:
+            raw[section][key] = value
     config = config_from_dict({s: raw[s] for s in core_sections})
     parts = {s: build_node_section(s, raw[s]) for s in node_sections}
     # Re-declare with the validated value and the full descriptor (type, range, read-only).
