@@ -54,3 +54,46 @@ def test_random_controller_payload_and_bad_payloads():
         controller_from_dict({"format": "nope"})
     with pytest.raises(ValueError, match="unknown controller kind"):
         controller_from_dict({"format": "ebmcpilco.controller/1", "kind": "lqr"})
+
+
+def _policy_payload():
+    policy = SquashedRBFPolicy(PolicyConfig(num_basis=4), 10.0,
+                               generator=torch.Generator().manual_seed(0))
+    return json.loads(json.dumps(PolicyController(policy.parameters_snapshot()).to_dict()))
+
+
+def _plan_payload():
+    T = 5
+    plan = FeedbackPlan(np.zeros((T + 1, 4)), np.ones(T), np.zeros((T, 4)), np.full(T, 0.1), 5.0)
+    return json.loads(json.dumps(FeedbackPlanController(plan).to_dict()))
+
+
+@pytest.mark.parametrize("build, edit, message", [  # None: a NaN or inf, as it travels
+    (_policy_payload, lambda d: d["policy"]["weights"].__setitem__(1, None),
+     r"squashed_rbf controller: field 'weights'\[1\] is not finite"),
+    (_policy_payload, lambda d: d["policy"]["centres"][2].__setitem__(4, None),
+     r"field 'centres'\[2\]\[4\] is not finite"),
+    (_policy_payload, lambda d: d["policy"].__setitem__("centres", d["policy"]["centres"][:3]),
+     r"field 'centres' must have shape \(4, 5\)"),
+    (_policy_payload, lambda d: d["policy"]["lengthscales"].__setitem__(0, 0.0),
+     "field 'lengthscales' must be > 0"),
+    (_policy_payload, lambda d: d["policy"].__setitem__("u_max", None),
+     "field 'u_max' must be a finite number > 0"),
+    (_plan_payload, lambda d: d["K"][3].__setitem__(0, None),
+     r"feedback_plan controller: field 'K'\[3\]\[0\] is not finite"),
+    (_plan_payload, lambda d: d["X"].pop(), r"field 'X' must have shape \(6, 4\)"),
+    (_plan_payload, lambda d: d["sigma"].__setitem__(0, -1.0), "field 'sigma' must be >= 0"),
+    (_plan_payload, lambda d: d.update(U=[], X=[[0.0] * 4], K=[], sigma=[]),
+     "at least one step"),
+    (_plan_payload, lambda d: d.__setitem__("seed", 1.5), "field 'seed' must be an integer"),
+    (lambda: RandomController(10.0, seed=1).to_dict(),
+     lambda d: d.__setitem__("u_max", float("inf")), "random controller: field 'u_max'"),
+    (lambda: RandomController(10.0, seed=1).to_dict(), lambda d: d.pop("seed"),
+     "field 'seed' must be an integer"),
+])
+def test_controller_payloads_that_are_malformed_or_not_finite_are_refused(build, edit, message):
+    data = build()
+    controller_from_dict(dict(data))    # the unedited payload is fine
+    edit(data)
+    with pytest.raises(ValueError, match=message):
+        controller_from_dict(data)

@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 import torch
 
+from ebmcpilco_ros.core import gp as gp_module
 from ebmcpilco_ros.core.config import ModelConfig
-from ebmcpilco_ros.core.gp import (GPPosterior, SEHyperparameters, fit_gp, fit_hyperparameters,
-                                   negative_log_marginal_likelihood, select_subset)
+from ebmcpilco_ros.core.gp import (GPFitError, GPPosterior, NotPositiveDefinite, SEHyperparameters,
+                                   fit_gp, fit_hyperparameters, negative_log_marginal_likelihood,
+                                   robust_cholesky, select_subset)
 
 
 def _data(n=150, noise=0.05, seed=0):
@@ -77,3 +79,79 @@ def test_sod_subset_shrinks_as_threshold_grows_and_keeps_accuracy():
 def test_fit_rejects_too_little_data():
     with pytest.raises(ValueError, match="at least 2 samples"):
         fit_gp(np.zeros((1, 6)), np.zeros(1), ModelConfig())
+
+
+def _duplicated(seed, repeats, min_noise_std):
+    """A noise-free function on points repeated `repeats` times, noise floor `min_noise_std`:
+    the fit drives the noise to its floor and the signal up until K is singular to rounding."""
+    X = np.repeat(np.random.default_rng(seed).uniform(-2, 2, size=(20, 3)), repeats, axis=0)
+    y = np.sin(X[:, 0]) + 0.5 * X[:, 1] ** 2
+    return X, y, ModelConfig(min_noise_std=min_noise_std, init_noise_std=1e-6)
+
+
+# (seed, repeats, noise floor): data on which the plain Cholesky fails during the fit here.
+DUPLICATED = [(s, r, n) for s in range(2) for r, n in ((1, 1e-4), (5, 1e-6), (20, 1e-8))]
+
+
+def _plain_cholesky_fails(case, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(gp_module, "robust_cholesky", torch.linalg.cholesky)
+        try:
+            fit_hyperparameters(*_duplicated(*case))
+        except torch.linalg.LinAlgError:
+            return True
+    return False
+
+
+@pytest.mark.timeout(300)
+def test_fit_survives_a_line_search_step_whose_kernel_matrix_is_indefinite(monkeypatch):
+    failing = [c for c in DUPLICATED if _plain_cholesky_fails(c, monkeypatch)]
+    assert failing, "no data set makes the plain Cholesky fail: the test checks nothing"
+    for case in failing:
+        X, y, config = _duplicated(*case)
+        post = fit_gp(X, y, config)     # jitter where rounding makes K indefinite
+        assert np.all(np.isfinite(post.alpha))
+        assert post.hyp.noise_std >= 0.999 * config.min_noise_std
+        assert np.max(np.abs(post.mean(X) - y)) < 1e-2, case
+        # Without any jitter, a step with an indefinite K gets a large loss and the line search
+        # backs off: the fit still ends at usable hyperparameters.
+        with monkeypatch.context() as m:
+            m.setattr(gp_module, "_JITTER_LADDER", ())
+            hyp = fit_hyperparameters(X, y, config)
+        assert np.all(np.isfinite(hyp.lengthscales)) and np.isfinite(hyp.signal_std)
+        assert np.max(np.abs(GPPosterior.build(X, y, hyp).mean(X) - y)) < 1e-2, case
+
+
+def test_robust_cholesky_equals_the_plain_one_where_that_succeeds_and_says_why_otherwise():
+    A = torch.as_tensor(np.random.default_rng(0).normal(size=(6, 6)))
+    K = A @ A.T + torch.eye(6)
+    assert torch.equal(robust_cholesky(K), torch.linalg.cholesky(K))
+    ones = torch.ones(5, 5, dtype=torch.float64) - 1e-14 * torch.eye(5, dtype=torch.float64)
+    L = robust_cholesky(ones)           # singular to rounding: a jitter of ~1e-12 helps
+    assert torch.allclose(L @ L.T, ones, atol=1e-9)
+    with pytest.raises(NotPositiveDefinite, match="not positive definite"):
+        robust_cholesky(-torch.eye(3, dtype=torch.float64))
+    with pytest.raises(NotPositiveDefinite, match="not finite"):
+        robust_cholesky(torch.full((3, 3), float("nan"), dtype=torch.float64))
+
+
+def test_a_fit_that_cannot_start_says_why():
+    """Inputs far from the origin relative to their spread: rounding in the squared distances
+    makes K indefinite at the starting point itself, where the fit has nothing to back off to."""
+    rng = np.random.default_rng(0)
+    X = 1e3 + 1e-3 * rng.uniform(size=(40, 2))
+    y = np.sin(1e3 * (X[:, 0] - 1e3))
+    with pytest.raises(GPFitError, match=r"not positive definite.*starting hyperparameters.*"
+                                         r"40 samples"):
+        fit_gp(X, y, ModelConfig(init_noise_std=1e-6, min_noise_std=1e-8))
+
+
+def test_fit_refuses_non_finite_data():
+    X, y, _ = _data(n=20)
+    X[3, 1] = np.nan
+    with pytest.raises(ValueError, match="inputs are not finite at sample 3"):
+        fit_gp(X, y, ModelConfig())
+    X, y, _ = _data(n=20)
+    y[7] = np.inf
+    with pytest.raises(ValueError, match="targets are not finite at sample 7"):
+        fit_hyperparameters(X, y, ModelConfig())

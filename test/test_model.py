@@ -1,10 +1,11 @@
 """Speed-integration model: learns the plant, analytic A and B, payload round trip."""
 import numpy as np
+import pytest
 import torch
 
 from ebmcpilco_ros.core import cartpole
 from ebmcpilco_ros.core.config import PlantConfig
-from ebmcpilco_ros.core.model import SpeedIntegrationModel, gp_inputs
+from ebmcpilco_ros.core.model import SpeedIntegrationModel, check_model_dict, gp_inputs
 
 from helpers import fitted_model, random_trials
 
@@ -72,3 +73,41 @@ def test_model_payload_round_trip_rebuilds_identical_predictions():
     assert back.version == model.version
     var = model.predictive_variance(x, np.ones(5))
     assert var.shape == (5, 2) and np.all(var >= 0)
+
+
+def _payload(edit):
+    import json
+
+    from ebmcpilco_ros.nodes.common import to_json
+
+    data = json.loads(to_json(fitted_model(count=1, seed=2).to_dict()))
+    edit(data)
+    return json.loads(to_json(data))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["gps"][0]["support"][3].__setitem__(2, float("nan")),
+     r"gps\[0\]: field 'support'\[3\]\[2\] is not finite"),
+    (lambda d: d["gps"][1]["targets"].__setitem__(0, float("inf")),
+     r"gps\[1\]: field 'targets'\[0\] is not finite"),
+    (lambda d: d["gps"][1]["hyperparameters"].__setitem__("noise_std", float("nan")),
+     r"gps\[1\]: field 'noise_std' must be a finite number > 0"),
+    (lambda d: d["gps"][0]["hyperparameters"]["lengthscales"].__setitem__(0, -1.0),
+     r"gps\[0\]: field 'lengthscales' must be > 0"),
+    (lambda d: d["gps"][0]["hyperparameters"].__setitem__("lengthscales", [1.0] * 5),
+     r"gps\[0\]: field 'lengthscales' must have shape \(6,\)"),
+    (lambda d: d["gps"][0].__setitem__("targets", d["gps"][0]["targets"][:-1]),
+     r"gps\[0\]: field 'targets' must have shape"),
+    (lambda d: d["gps"][0].__setitem__("support", [row[:5] for row in d["gps"][0]["support"]]),
+     r"gps\[0\]: field 'support' must be \(N >= 1, 6\)"),
+    (lambda d: d.__setitem__("gps", d["gps"][:1]), "must list 2 GPs"),
+    (lambda d: d.__setitem__("dt", float("nan")), "field 'dt' must be a finite number > 0"),
+    (lambda d: d.__setitem__("version", "1"), "field 'version' must be an integer"),
+    (lambda d: d.__setitem__("format", "ebmcpilco.model/0"), "not a model of format"),
+])
+def test_model_payloads_that_are_malformed_or_not_finite_are_refused(edit, message):
+    data = _payload(edit)
+    with pytest.raises(ValueError, match=message):
+        check_model_dict(data)
+    with pytest.raises(ValueError, match=message):
+        SpeedIntegrationModel.from_dict(data)

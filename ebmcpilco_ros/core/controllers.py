@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .policy import POLICY_FORMAT, PolicyParameters
+from .validate import finite_array, finite_number, is_integer
 
 CONTROLLER_FORMAT = "ebmcpilco.controller/1"
 
@@ -121,21 +122,42 @@ class FeedbackPlanController:
 
 
 def controller_from_dict(data: dict[str, Any]) -> Controller:
-    """Rebuild a controller from its payload; refuses unknown formats and kinds."""
-    if data.get("format") != CONTROLLER_FORMAT:
-        raise ValueError(f"not a controller of format {CONTROLLER_FORMAT}: "
-                         f"{data.get('format')!r}")
+    """Rebuild a controller from its payload; ValueError (naming the field) for unknown formats
+    and kinds, missing or mistyped fields, wrong shapes and values that are not finite."""
+    if not isinstance(data, dict) or data.get("format") != CONTROLLER_FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"not a controller of format {CONTROLLER_FORMAT}: {got!r}")
     kind = data.get("kind")
-    if kind == RandomController.kind:
-        return RandomController(float(data["u_max"]), seed=int(data["seed"]))
-    if kind == PolicyController.kind:
-        policy = data["policy"]
-        if policy.get("format") != POLICY_FORMAT:
-            raise ValueError(f"policy payload of unknown format {policy.get('format')!r}")
-        return PolicyController(PolicyParameters.from_dict(policy))
-    if kind == FeedbackPlanController.kind:
-        return FeedbackPlanController(FeedbackPlan(
-            X=np.array(data["X"]), U=np.array(data["U"]), K=np.array(data["K"]),
-            sigma=np.array(data["sigma"]), u_max=float(data["u_max"]),
-            seed=int(data.get("seed", 0)), version=int(data.get("version", 0))))
+    try:
+        if kind == RandomController.kind:
+            return RandomController(finite_number(data, "u_max", 0.0, low_open=True),
+                                    seed=_integer(data, "seed"))
+        if kind == PolicyController.kind:
+            policy = data.get("policy")
+            if not isinstance(policy, dict) or policy.get("format") != POLICY_FORMAT:
+                got = policy.get("format") if isinstance(policy, dict) else policy
+                raise ValueError(f"policy payload of unknown format {got!r}")
+            return PolicyController(PolicyParameters.from_dict(policy))
+        if kind == FeedbackPlanController.kind:
+            U = finite_array(data, "U", ndim=1)
+            T = len(U)
+            if T < 1:
+                raise ValueError("field 'U' must hold at least one step")
+            sigma = finite_array(data, "sigma", shape=(T,))
+            if np.any(sigma < 0):
+                raise ValueError("field 'sigma' must be >= 0")
+            return FeedbackPlanController(FeedbackPlan(
+                X=finite_array(data, "X", shape=(T + 1, 4)), U=U,
+                K=finite_array(data, "K", shape=(T, 4)), sigma=sigma,
+                u_max=finite_number(data, "u_max", 0.0, low_open=True),
+                seed=_integer(data, "seed", 0), version=_integer(data, "version", 0)))
+    except ValueError as exc:
+        raise ValueError(f"{kind} controller: {exc}") from None
     raise ValueError(f"unknown controller kind {kind!r}")
+
+
+def _integer(data: dict[str, Any], name: str, default: int | None = None) -> int:
+    value = data.get(name, default)
+    if not is_integer(value):
+        raise ValueError(f"field {name!r} must be an integer, got {value!r}")
+    return int(value)

@@ -23,6 +23,48 @@ from torch import Tensor
 from .config import ModelConfig
 
 _JITTER = 1e-9
+# A kernel matrix whose Cholesky factorisation fails (duplicated or quantised inputs with noise
+# near its floor: K is singular to rounding) is retried with these jitters, relative to its mean
+# diagonal: the size of float64 rounding in K, far below any noise the fit could learn.
+_JITTER_LADDER = (1e-12, 1e-11, 1e-10, 1e-9)
+# The loss of a line-search step whose kernel matrix stays indefinite: far above any marginal
+# likelihood (per point) the fit sees, finite so that the line search's cubic interpolation
+# stays finite, with zero gradient: the search backs off to a shorter step.
+_REJECTED_LOSS = 1e10
+
+
+class GPFitError(RuntimeError):
+    """The GP could not be fitted or built; the message says why."""
+
+
+class NotPositiveDefinite(GPFitError):
+    """A kernel matrix stayed indefinite (or non-finite) even with the largest jitter."""
+
+
+def robust_cholesky(K: Tensor) -> Tensor:
+    """The lower Cholesky factor of K; where the factorisation fails, of K + jitter I with the
+    smallest jitter of _JITTER_LADDER (relative to K's mean diagonal) that succeeds.
+
+    Identical to torch.linalg.cholesky where that succeeds. NotPositiveDefinite, saying why,
+    where K is not finite or no jitter helps.
+    """
+    if not bool(torch.isfinite(K).all()):
+        raise NotPositiveDefinite(f"the {K.shape[-1]}x{K.shape[-1]} kernel matrix is not "
+                                  f"finite (hyperparameters overflowed)")
+    L, info = torch.linalg.cholesky_ex(K)
+    if int(info) == 0:
+        return L
+    scale = float(torch.diagonal(K).mean().detach())
+    eye = torch.eye(K.shape[-1], dtype=K.dtype)
+    for relative in _JITTER_LADDER:
+        L, info = torch.linalg.cholesky_ex(K + (relative * scale) * eye)
+        if int(info) == 0:
+            return L
+    largest = _JITTER_LADDER[-1] if _JITTER_LADDER else 0.0
+    raise NotPositiveDefinite(
+        f"the {K.shape[-1]}x{K.shape[-1]} kernel matrix is not positive definite, even with a "
+        f"jitter of {largest:g} times its mean diagonal {scale:.3g} (leading minor "
+        f"{int(info)} fails)")
 
 
 @dataclass(frozen=True)
@@ -52,11 +94,12 @@ def se_kernel(a: Tensor, b: Tensor, lengthscales: Tensor, signal_var: Tensor | f
 
 def negative_log_marginal_likelihood(X: Tensor, y: Tensor, log_ls: Tensor, log_sf: Tensor,
                                      log_sn: Tensor) -> Tensor:
-    """-log p(y | X) / N, via a Cholesky factor (constant dropped)."""
+    """-log p(y | X) / N, via a Cholesky factor (constant dropped); NotPositiveDefinite where
+    K stays indefinite with jitter (robust_cholesky)."""
     n = X.shape[0]
     K = se_kernel(X, X, log_ls.exp(), (2 * log_sf).exp())
     K = K + ((2 * log_sn).exp() + _JITTER) * torch.eye(n, dtype=X.dtype)
-    L = torch.linalg.cholesky(K)
+    L = robust_cholesky(K)
     a = torch.cholesky_solve(y.unsqueeze(-1), L).squeeze(-1)
     return (0.5 * (y @ a) + torch.log(torch.diagonal(L)).sum()) / n
 
@@ -66,7 +109,13 @@ def fit_hyperparameters(X: np.ndarray, y: np.ndarray, config: ModelConfig) -> SE
 
     Lengthscales start at init_lengthscale times the std of each input, so inputs in different
     units (m, rad/s, N) start on an equal footing; the paper is silent here.
+
+    A line-search step whose kernel matrix stays indefinite even with jitter (robust_cholesky)
+    gets a large loss with zero gradient, so the search backs off to a shorter step instead of
+    failing the fit. GPFitError, saying why, where the starting point itself is indefinite or
+    the result is not finite.
     """
+    _check_finite(X, y)
     Xt = torch.as_tensor(X, dtype=torch.float64)
     yt = torch.as_tensor(y, dtype=torch.float64)
     x_std = np.maximum(X.std(axis=0), 1e-3)
@@ -81,19 +130,59 @@ def fit_hyperparameters(X: np.ndarray, y: np.ndarray, config: ModelConfig) -> SE
                             line_search_fn="strong_wolfe", tolerance_grad=1e-7,
                             tolerance_change=1e-10)
     min_log_sn = math.log(config.min_noise_std)
+    evaluations = [0]
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = negative_log_marginal_likelihood(Xt, yt, log_ls, log_sf,
-                                                log_sn.clamp_min(min_log_sn))
+        try:
+            loss = negative_log_marginal_likelihood(Xt, yt, log_ls, log_sf,
+                                                    log_sn.clamp_min(min_log_sn))
+            if not bool(torch.isfinite(loss)):
+                raise NotPositiveDefinite(f"the marginal likelihood is not finite ({loss})")
+        except NotPositiveDefinite as exc:
+            if evaluations[0] == 0:  # no accepted point to back off to
+                raise GPFitError(f"{exc} at the starting hyperparameters "
+                                 f"({_describe(log_ls, log_sf, log_sn, min_log_sn)}); "
+                                 f"{_describe_data(X)}") from exc
+            evaluations[0] += 1
+            # No backward: the gradients stay None, which L-BFGS reads as zero.
+            return torch.tensor(_REJECTED_LOSS, dtype=torch.float64)
+        evaluations[0] += 1
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
-        return SEHyperparameters(lengthscales=log_ls.exp().numpy().copy(),
-                                 signal_std=float(log_sf.exp()),
-                                 noise_std=float(log_sn.clamp_min(min_log_sn).exp()))
+        hyp = SEHyperparameters(lengthscales=log_ls.exp().numpy().copy(),
+                                signal_std=float(log_sf.exp()),
+                                noise_std=float(log_sn.clamp_min(min_log_sn).exp()))
+    if not (np.all(np.isfinite(hyp.lengthscales)) and np.all(hyp.lengthscales > 0)
+            and math.isfinite(hyp.signal_std) and hyp.signal_std > 0
+            and math.isfinite(hyp.noise_std) and hyp.noise_std > 0):
+        raise GPFitError(f"the hyperparameter fit ended at unusable values "
+                         f"({_describe(log_ls, log_sf, log_sn, min_log_sn)}); {_describe_data(X)}")
+    return hyp
+
+
+def _check_finite(X: np.ndarray, y: np.ndarray) -> None:
+    """Training data must be finite: ValueError naming the first bad sample."""
+    for name, a in (("inputs", X), ("targets", y)):
+        bad = np.argwhere(~np.isfinite(np.asarray(a, dtype=float)))
+        if len(bad):
+            raise ValueError(f"GP training {name} are not finite at sample {int(bad[0][0])}")
+
+
+def _describe(log_ls: Tensor, log_sf: Tensor, log_sn: Tensor, min_log_sn: float) -> str:
+    with torch.no_grad():
+        ls = np.array2string(log_ls.exp().numpy(), precision=3)
+        return (f"lengthscales {ls}, signal std {float(log_sf.exp()):.3g}, noise std "
+                f"{float(log_sn.clamp_min(min_log_sn).exp()):.3g}")
+
+
+def _describe_data(X: np.ndarray) -> str:
+    duplicates = len(X) - len(np.unique(X, axis=0))
+    return (f"{len(X)} samples, {duplicates} of them repeating an earlier input"
+            f"{' (quantised or duplicated data)' if duplicates else ''}")
 
 
 def select_subset(X: np.ndarray, hyp: SEHyperparameters, threshold: float,
@@ -150,7 +239,12 @@ class GPPosterior:
         X = torch.as_tensor(support, dtype=torch.float64)
         K = se_kernel(X, X, torch.as_tensor(hyp.lengthscales), hyp.signal_std**2)
         K = K + (hyp.noise_std**2 + _JITTER) * torch.eye(len(support), dtype=torch.float64)
-        L = torch.linalg.cholesky(K)
+        try:
+            L = robust_cholesky(K)
+        except NotPositiveDefinite as exc:
+            raise GPFitError(f"cannot build the GP posterior on {len(support)} support points "
+                             f"(noise std {hyp.noise_std:.3g}, signal std "
+                             f"{hyp.signal_std:.3g}): {exc}") from exc
         k_inv = torch.cholesky_inverse(L)
         alpha = torch.cholesky_solve(torch.as_tensor(targets).reshape(-1, 1), L).reshape(-1)
         return cls(np.asarray(support, dtype=float), np.asarray(targets, dtype=float), hyp,
@@ -202,6 +296,7 @@ def fit_gp(X: np.ndarray, y: np.ndarray, config: ModelConfig) -> GPPosterior:
     """Hyperparameters on all data, posterior on the SoD subset."""
     if len(X) < 2:
         raise ValueError(f"a GP needs at least 2 samples, got {len(X)}")
+    _check_finite(X, y)
     hyp = fit_hyperparameters(X, y, config)
     keep = select_subset(X, hyp, config.sod_threshold, config.max_points)
     return GPPosterior.build(X[keep], y[keep], hyp)

@@ -12,13 +12,14 @@ exploration noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .config import ModelConfig
-from .gp import GPPosterior, SEHyperparameters, fit_gp
+from .gp import GPFitError, GPPosterior, SEHyperparameters, fit_gp
 from .trial import Trial
+from .validate import finite_array, finite_number, is_integer
 
 MODEL_FORMAT = "ebmcpilco.model/1"
 INPUT_NAMES = ("p", "pdot", "thetadot", "sin_theta", "cos_theta", "u")
@@ -38,6 +39,7 @@ def training_data(trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray]:
     for trial in trials:
         if trial.failed or trial.steps == 0:
             continue
+        trial.check_finite()  # non-finite data is never fitted
         s = trial.states
         xs.append(gp_inputs(s[:-1], trial.inputs))
         ys.append(s[1:, [1, 3]] - s[:-1, [1, 3]])
@@ -59,7 +61,13 @@ class SpeedIntegrationModel:
     def fit(cls, trials: Sequence[Trial], dt: float, config: ModelConfig,
             version: int = 0) -> "SpeedIntegrationModel":
         X, Y = training_data(trials)
-        gps = tuple(fit_gp(X, Y[:, i], config) for i in range(2))
+        gps = []
+        for i, name in enumerate(TARGET_NAMES):
+            try:
+                gps.append(fit_gp(X, Y[:, i], config))
+            except GPFitError as exc:
+                raise GPFitError(f"the GP of {name} on {len(X)} transitions: {exc}") from exc
+        gps = tuple(gps)
         return cls(gps=gps, dt=dt, version=version, num_data=len(X))  # type: ignore[arg-type]
 
     # -- deterministic mean dynamics (iLQR) ------------------------------------------------
@@ -135,11 +143,50 @@ class SpeedIntegrationModel:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SpeedIntegrationModel":
-        if data.get("format") != MODEL_FORMAT:
-            raise ValueError(f"not a model of format {MODEL_FORMAT}: {data.get('format')!r}")
+        """The model of a payload; ValueError naming the field where it is malformed or not
+        finite (check_model_dict), GPFitError where its kernel matrix is indefinite."""
+        check_model_dict(data)
         gps = tuple(GPPosterior.build(np.asarray(g["support"], dtype=float),
                                       np.asarray(g["targets"], dtype=float),
                                       SEHyperparameters.from_dict(g["hyperparameters"]))
                     for g in data["gps"])
         return cls(gps=gps, dt=float(data["dt"]), version=int(data["version"]),  # type: ignore
                    num_data=int(data.get("num_data", 0)))
+
+
+def check_model_dict(data: Any) -> None:
+    """A model payload's shapes and values, without building it (cheap enough for a
+    subscription callback): ValueError naming the field that is missing, of the wrong shape or
+    type, or not finite (NaN and inf travel as null in JSON), or a hyperparameter not > 0."""
+    if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"not a model of format {MODEL_FORMAT}: {got!r}")
+    finite_number(data, "dt", 0.0, low_open=True)
+    version = data.get("version")
+    if not is_integer(version):
+        raise ValueError(f"model field 'version' must be an integer, got {version!r}")
+    gps = data.get("gps")
+    if not isinstance(gps, list) or len(gps) != len(TARGET_NAMES):
+        raise ValueError(f"model field 'gps' must list {len(TARGET_NAMES)} GPs "
+                         f"({', '.join(TARGET_NAMES)})")
+    for i, g in enumerate(gps):
+        try:
+            _check_gp_dict(g)
+        except ValueError as exc:
+            raise ValueError(f"model field gps[{i}]: {exc}") from None
+
+
+def _check_gp_dict(g: Any) -> None:
+    if not isinstance(g, dict) or not isinstance(g.get("hyperparameters"), dict):
+        raise ValueError("must be an object with 'support', 'targets' and 'hyperparameters'")
+    support = finite_array(g, "support", ndim=2)
+    if support.shape[0] < 1 or support.shape[1] != len(INPUT_NAMES):
+        raise ValueError(f"field 'support' must be (N >= 1, {len(INPUT_NAMES)}), got "
+                         f"{support.shape}")
+    finite_array(g, "targets", shape=(support.shape[0],))
+    hyp = g["hyperparameters"]
+    ls = finite_array(hyp, "lengthscales", shape=(len(INPUT_NAMES),))
+    if np.any(ls <= 0):
+        raise ValueError("field 'lengthscales' must be > 0")
+    for name in ("signal_std", "noise_std"):
+        finite_number(hyp, name, 0.0, low_open=True)

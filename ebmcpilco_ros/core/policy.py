@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import PolicyConfig
+from .validate import finite_array, finite_number, is_integer
 
 POLICY_FORMAT = "ebmcpilco.policy/1"
 MAX_EXPONENT = 78.0  # exp(-78) ~ 1e-34: beyond it float32 exp enters the (slow) denormal range
@@ -56,12 +57,21 @@ class PolicyParameters:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PolicyParameters":
-        if data.get("format") != POLICY_FORMAT:
-            raise ValueError(f"not a policy of format {POLICY_FORMAT}: {data.get('format')!r}")
-        return cls(np.asarray(data["weights"], dtype=float),
-                   np.asarray(data["centres"], dtype=float).reshape(-1, 5),
-                   np.asarray(data["lengthscales"], dtype=float), float(data["u_max"]),
-                   int(data.get("version", 0)))
+        """ValueError naming the field where the payload is malformed or not finite."""
+        if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"not a policy of format {POLICY_FORMAT}: {got!r}")
+        weights = finite_array(data, "weights", ndim=1)
+        n_in = len(POLICY_INPUTS)
+        centres = finite_array(data, "centres", shape=(len(weights), n_in))
+        lengthscales = finite_array(data, "lengthscales", shape=(n_in,))
+        if np.any(lengthscales <= 0):
+            raise ValueError("policy field 'lengthscales' must be > 0")
+        u_max = finite_number(data, "u_max", 0.0, low_open=True)
+        version = data.get("version", 0)
+        if not is_integer(version):
+            raise ValueError(f"policy field 'version' must be an integer, got {version!r}")
+        return cls(weights, centres, lengthscales, u_max, int(version))
 
 
 def rbf_activations(features: Tensor, centres: Tensor, inv_ls: Tensor) -> Tensor:

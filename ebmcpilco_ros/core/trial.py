@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 
 from .config import SuccessConfig
+from .validate import check_finite as check_array_finite
+from .validate import finite_array, is_integer
 
 TRIAL_FORMAT = "ebmcpilco.trial/1"
 
@@ -62,12 +64,45 @@ class Trial:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trial":
-        if data.get("format") != TRIAL_FORMAT:
-            raise ValueError(f"not a trial record of format {TRIAL_FORMAT}: {data.get('format')!r}")
-        return cls(states=np.array(data["states"]), inputs=np.array(data["inputs"]),
-                   times=np.array(data["times"]), kind=data["kind"], index=int(data["index"]),
-                   true_states=(np.array(data["true_states"]) if "true_states" in data else None),
-                   failed=bool(data.get("failed", False)), meta=dict(data.get("meta", {})))
+        """The trial of a record; ValueError naming the field where the record is malformed:
+        a missing or mistyped field, arrays of the wrong shape, any value not finite (NaN and
+        inf travel as null in JSON). Such a record is never stored or fitted."""
+        if not isinstance(data, dict) or data.get("format") != TRIAL_FORMAT:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"not a trial record of format {TRIAL_FORMAT}: {got!r}")
+        states = finite_array(data, "states", ndim=2)
+        steps = len(states) - 1
+        if steps < 0 or states.shape[1] != 4:
+            raise ValueError(f"trial record field 'states' must be (T+1, 4), got "
+                             f"{states.shape}")
+        inputs = finite_array(data, "inputs", shape=(steps,))
+        times = finite_array(data, "times", shape=(steps + 1,))
+        true_states = (finite_array(data, "true_states", shape=(steps + 1, 4))
+                       if data.get("true_states") is not None else None)
+        kind, index = data.get("kind"), data.get("index")
+        if not isinstance(kind, str):
+            raise ValueError(f"trial record field 'kind' must be a string, got {kind!r}")
+        if not is_integer(index) or index < 0:
+            raise ValueError(f"trial record field 'index' must be an integer >= 0, got "
+                             f"{index!r}")
+        failed, meta = data.get("failed", False), data.get("meta", {})
+        if not isinstance(failed, bool):
+            raise ValueError(f"trial record field 'failed' must be true or false, got "
+                             f"{failed!r}")
+        if not isinstance(meta, dict):
+            raise ValueError(f"trial record field 'meta' must be an object, got "
+                             f"{type(meta).__name__}")
+        return cls(states=states, inputs=inputs, times=times, kind=kind, index=int(index),
+                   true_states=true_states, failed=failed, meta=dict(meta))
+
+    def check_finite(self) -> None:
+        """ValueError naming the first non-finite value of states, inputs, times (true_states
+        too, where present): such a trial is never fitted."""
+        for name in ("states", "inputs", "times", "true_states"):
+            value = getattr(self, name)
+            if value is not None:
+                check_array_finite(np.asarray(value, dtype=float),
+                                   f"trial {self.index}: {name}")
 
 
 def swing_up_success(trial: Trial, criterion: SuccessConfig) -> bool:
