@@ -44,6 +44,7 @@ from .common import (Diagnostics, GraphNode, SampleListener, run_node, sampler_n
                      sensor_qos, set_dds_receive_priority)
 from .config import NodesConfig, check_hardware
 from .convert import state_message
+from .hygiene import Refusals, command_fault
 from .params import declare_config
 
 NAME = "hardware_interface"
@@ -77,6 +78,8 @@ class HardwareInterface(LifecycleNode, GraphNode):
         self.last_error = ""
         self.counts = {"states": 0, "commands": 0, "rejected": 0, "ignored": 0, "resets": 0,
                        "homing_failures": 0, "estops": 0}
+        # Refused commands: counted in counts["rejected"], logged at a bounded rate.
+        self.refusals = Refusals(self.get_logger().warning)
         self.state_pub = self.create_publisher(JointState, self.names.state_topic, sensor_qos())
         # Commands go from DDS to the rig on a thread of their own (SCHED_FIFO with
         # hardware.realtime_priority), never behind the executor's other callbacks.
@@ -201,6 +204,9 @@ class HardwareInterface(LifecycleNode, GraphNode):
         data = msg.data
         if len(data) != 1 or not math.isfinite(data[0]):
             self.counts["rejected"] += 1
+            fault, reason = command_fault(data)
+            self.refusals.refuse("commands", f"a command on {self.names.command_topic}", reason,
+                                 key=fault)
             return
         rig = self.rig
         if rig is None or not self.active or self.estopped:

@@ -20,6 +20,7 @@ from .common import (ANSWER_EVENTS, FIT_REQUEST_FORMAT, FIT_REQUEST_TOPIC, MODEL
                      MODEL_TOPIC, MODEL_UPDATE_FORMAT, TRIAL_RECORDS_TOPIC, Answers, Diagnostics,
                      GraphNode, Heartbeat, decode, encode, event, latched_qos, reliable_qos,
                      run_node, set_torch_threads)
+from .hygiene import Refusals, check_fit_request, record_label
 from .params import declare_config
 
 NAME = "model_learning"
@@ -42,6 +43,7 @@ class ModelLearningNode(GraphNode):
         self.lock = threading.Lock()
         self.trials: dict[str, Trial] = {}
         self.duplicates = 0
+        self.refusals = Refusals(self.get_logger().warning, ("records", "fit_requests"))
         self.version = 0
         self.busy: str | None = None
         self.last_fit_s = 0.0
@@ -65,10 +67,19 @@ class ModelLearningNode(GraphNode):
         self.events_pub.publish(encode(payload))
 
     def _on_record(self, msg: String) -> None:
+        """Keep a record once; a malformed or non-finite one (Trial.from_dict) is refused:
+        counted, logged, never stored, so no fit can use it (a request naming it gets
+        "missing")."""
         try:
-            trial = Trial.from_dict(decode(msg, TRIAL_FORMAT))
+            record = decode(msg, TRIAL_FORMAT)
+        except ValueError as exc:
+            self.refusals.refuse("records", f"a trial record on {TRIAL_RECORDS_TOPIC}", exc)
+            return
+        try:
+            trial = Trial.from_dict(record)
         except (ValueError, KeyError, TypeError) as exc:
-            self.get_logger().warning(f"ignoring a malformed trial record: {exc}")
+            self.refusals.refuse("records", f"trial record {record_label(record)} on "
+                                            f"{TRIAL_RECORDS_TOPIC}", exc)
             return
         key = trial_key(trial)
         with self.lock:
@@ -82,9 +93,10 @@ class ModelLearningNode(GraphNode):
     def _on_fit_request(self, msg: String) -> None:
         try:
             req = decode(msg, FIT_REQUEST_FORMAT)
+            check_fit_request(req)
             request_id, keys = str(req["request_id"]), [str(k) for k in req["trials"]]
         except (ValueError, KeyError, TypeError) as exc:
-            self.get_logger().warning(f"ignoring a malformed fit request: {exc}")
+            self.refusals.refuse("fit_requests", f"a fit request on {FIT_REQUEST_TOPIC}", exc)
             return
         answered = self.answers.get(request_id)
         if answered is not None:  # the same request again: the same answer
@@ -126,8 +138,10 @@ class ModelLearningNode(GraphNode):
                 "model": model.to_dict()}))
             self.get_logger().info(f"model v{version} fitted on {len(keys)} trials in "
                                    f"{self.last_fit_s:.1f} s")
-        except Exception as exc:  # noqa: BLE001 - reported to the requester
-            self._send_event(request_id, "failed", reason=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - logged here and reported to the requester
+            reason = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"fit {request_id} on {len(keys)} trials failed: {reason}")
+            self._send_event(request_id, "failed", reason=reason)
         finally:
             with self.lock:
                 self.busy = None
@@ -137,7 +151,8 @@ class ModelLearningNode(GraphNode):
             stored, busy = len(self.trials), self.busy
         return "ok", (f"fitting for {busy}" if busy else "idle"), {
             "trials": stored, "duplicates_ignored": self.duplicates,
-            "model_version": self.version, "last_fit_s": round(self.last_fit_s, 3)}
+            "model_version": self.version, "last_fit_s": round(self.last_fit_s, 3),
+            **self.refusals.values()}
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from .common import (ANSWER_EVENTS, EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TO
                      reliable_qos, run_node, sampler_node, sensor_qos, set_dds_receive_priority,
                      set_realtime_priority)
 from .convert import command_message, effort_from_message, state_from_message
+from .hygiene import Refusals, check_trial_request
 from .params import declare_config
 
 NAME = "policy_execution"
@@ -99,6 +100,7 @@ class PolicyExecution(GraphNode):
         self.true_states: deque[tuple[int, np.ndarray]] = deque(maxlen=TRUE_STATE_HISTORY)
         self.efforts: deque[tuple[int, float]] = deque(maxlen=EFFORT_HISTORY)  # (stamp, N)
         self.bad_states = 0
+        self.refusals = Refusals(self.get_logger().warning, ("requests",))
         self.abort = threading.Event()
         self.lock = threading.Lock()
         self.current: TrialRun | None = None
@@ -204,7 +206,7 @@ class PolicyExecution(GraphNode):
             req = decode(msg, TRIAL_REQUEST_FORMAT)
             request_id = str(req["request_id"])
         except (ValueError, KeyError) as exc:
-            self.get_logger().warning(f"ignoring a malformed trial request: {exc}")
+            self.refusals.refuse("requests", "a trial request", exc)
             return
         answered = self.answers.get(request_id)
         if answered is not None:  # the same request again: the same answer
@@ -213,9 +215,16 @@ class PolicyExecution(GraphNode):
         reason = self._refusal(req)
         if reason is None:
             try:
+                check_trial_request(req)
+            except ValueError as exc:
+                reason = f"malformed trial request: {exc}"
+        if reason is None:
+            try:
                 controller = controller_from_dict(req["controller"])
             except (ValueError, KeyError, TypeError) as exc:
                 reason = f"bad controller payload: {exc}"
+        if reason is not None and reason.startswith(("malformed", "bad controller")):
+            self.refusals.refuse("requests", f"trial request {request_id[:80]!r}", reason)
         if reason is not None:
             self._send_event(request_id, "refused", reason=reason)
             return
@@ -382,7 +391,8 @@ class PolicyExecution(GraphNode):
                    else "idle" if fresh else "no fresh state")
         return level, message, {"state_age_ms": f"{age * 1e3:.1f}" if math.isfinite(age)
                                 else "never", "trials": self.trials_run,
-                                "bad_states": self.bad_states, **self.last_timing}
+                                "bad_states": self.bad_states, **self.refusals.values(),
+                                **self.last_timing}
 
     def close(self) -> None:
         with self.lock:

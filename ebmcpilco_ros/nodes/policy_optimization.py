@@ -29,6 +29,7 @@ from .common import (ANSWER_EVENTS, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT, 
                      OPTIMIZATION_REQUEST_FORMAT, OPTIMIZATION_REQUEST_TOPIC, Answers,
                      Diagnostics, GraphNode, Heartbeat, decode, encode, event, latched_qos,
                      reliable_qos, run_node, set_torch_threads)
+from .hygiene import Refusals, check_model_update, check_optimization_request
 from .params import declare_config
 
 NAME = "policy_optimization"
@@ -75,6 +76,7 @@ class PolicyOptimizationNode(GraphNode):
         self.names = parts["nodes"]
         self.models: dict[str, dict[str, Any]] = {}  # fit request id -> model update payload
         self.models_cond = threading.Condition()
+        self.refusals = Refusals(self.get_logger().warning, ("models", "requests"))
         self.lock = threading.Lock()
         self.busy: str | None = None
         self.cancel = threading.Event()
@@ -114,9 +116,10 @@ class PolicyOptimizationNode(GraphNode):
     def _on_model(self, msg: String) -> None:
         try:
             update = decode(msg, MODEL_UPDATE_FORMAT)
+            check_model_update(update)  # malformed or not finite: never kept
             key = str(update["request_id"])
         except (ValueError, KeyError) as exc:
-            self.get_logger().warning(f"ignoring a malformed model update: {exc}")
+            self.refusals.refuse("models", "a model update", exc)
             return
         with self.models_cond:
             self.models[key] = update
@@ -128,7 +131,7 @@ class PolicyOptimizationNode(GraphNode):
         try:
             req = decode(msg, OPTIMIZATION_REQUEST_FORMAT)
         except ValueError as exc:
-            self.get_logger().warning(f"ignoring a malformed optimisation request: {exc}")
+            self.refusals.refuse("requests", "an optimisation request", exc)
             return
         request_id = str(req.get("request_id", ""))
         answered = self.answers.get(request_id)
@@ -136,10 +139,11 @@ class PolicyOptimizationNode(GraphNode):
             self.events_pub.publish(encode(answered))
             return
         try:
+            check_optimization_request(req)
             request = OptimizationRequest(**req["request"])
-            str(req["model_request_id"])
-        except (KeyError, TypeError) as exc:
-            self._send_event(request_id, "refused", reason=f"malformed request: {exc!r}")
+        except (ValueError, KeyError, TypeError) as exc:
+            self.refusals.refuse("requests", f"optimisation request {request_id[:80]!r}", exc)
+            self._send_event(request_id, "refused", reason=f"malformed request: {exc}")
             return
         with self.lock:
             if self.busy is not None:
@@ -225,6 +229,7 @@ class PolicyOptimizationNode(GraphNode):
         busy = self.busy
         return "ok", (f"optimising for {busy}" if busy else "idle"), {
             "device": self.config.optimizer.device, "controller_version": self.version,
+            **self.refusals.values(),
             **{f"last_{k}": v for k, v in self.progress.items()}}
 
     def close(self) -> None:

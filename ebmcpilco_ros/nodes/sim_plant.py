@@ -25,6 +25,7 @@ from .common import (Diagnostics, GraphNode, SampleReader, run_node, sampler_nod
                      sensor_qos, set_dds_receive_priority, set_realtime_priority)
 from .config import check_sim_plant
 from .convert import state_message
+from .hygiene import Refusals, command_fault
 from .params import declare_config
 
 NAME = "sim_plant"
@@ -52,6 +53,8 @@ class SimPlant(GraphNode):
         self.applied = 0.0
         self.counts = {"commands": 0, "rejected": 0, "watchdog": 0, "resets": 0, "skips": 0}
         self.watchdog_tripped = False
+        # Refused commands: counted in counts["rejected"], logged at a bounded rate.
+        self.refusals = Refusals(self.get_logger().warning)
         self.pending: deque[tuple[float, np.ndarray, np.ndarray, float]] = deque()
         self.state_pub = self.create_publisher(JointState, self.names.state_topic, sensor_qos())
         self.true_pub = (self.create_publisher(JointState, self.names.true_state_topic,
@@ -77,6 +80,9 @@ class SimPlant(GraphNode):
             data = msg.data
             if len(data) != 1 or not math.isfinite(data[0]):
                 self.counts["rejected"] += 1
+                fault, reason = command_fault(data)
+                self.refusals.refuse("commands", f"a command on {self.names.command_topic}",
+                                     reason, key=fault)
                 continue
             arrival = time.monotonic() - max(0.0, (time.time_ns() - received_ns) * 1e-9)
             force = float(np.clip(data[0], -self.plant.u_max, self.plant.u_max))

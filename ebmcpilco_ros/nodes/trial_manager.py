@@ -12,6 +12,7 @@ directory (rundir.py) gets every trial, model and controller and a JSON-lines lo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import threading
 import time
@@ -36,6 +37,8 @@ from .common import (ABORT_SERVICE, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT,
                      TRIAL_RECORDS_TOPIC, TRIAL_REQUEST_TOPIC, Aborted, Diagnostics, GraphNode,
                      PeerWatch, Replies, decode, encode, heartbeat_topic, latched_qos,
                      reliable_qos, run_node)
+from .hygiene import (Refusals, check_controller_update, check_event, check_heartbeat,
+                      check_model_update, record_label)
 from .params import declare_config
 from .remote import (EXECUTION, MODEL_LEARNING, OPTIMIZATION, Link, RemoteModelLearning,
                      RemoteOptimization, RemoteSystem)
@@ -71,6 +74,8 @@ class TrialManager(GraphNode):
         self.manual_run = time.strftime("manual-%Y%m%d-%H%M%S")
         self.manual_trials = 0
         self.waiting_for: list[str] = ["startup"]
+        self.refusals = Refusals(self.get_logger().warning, (
+            "events", "records", "models", "controllers", "heartbeats"))
         self.closing = False
         # Requests out, replies in.
         self.request_pubs = {
@@ -86,13 +91,16 @@ class TrialManager(GraphNode):
         self.status_pub = self.create_publisher(String, STATUS_TOPIC,
                                                 latched_qos(self.names.status_depth))
         for topic in (EXECUTION_EVENTS_TOPIC, MODEL_EVENTS_TOPIC, OPTIMIZATION_EVENTS_TOPIC):
-            self.create_subscription(String, topic, self._on_event, reliable_qos(depth))
+            self.create_subscription(String, topic, functools.partial(self._on_event, topic=topic),
+                                     reliable_qos(depth))
         self.create_subscription(String, TRIAL_RECORDS_TOPIC, self._on_record,
                                  reliable_qos(depth))
         self.create_subscription(String, MODEL_TOPIC, self._on_model, latched_qos())
         self.create_subscription(String, CONTROLLER_TOPIC, self._on_controller, latched_qos())
         for role in self.request_pubs:
-            self.create_subscription(String, heartbeat_topic(role), self._on_heartbeat,
+            self.create_subscription(String, heartbeat_topic(role),
+                                     functools.partial(self._on_heartbeat,
+                                                       topic=heartbeat_topic(role)),
                                      latched_qos())
         self.create_service(Trigger, LEARN_SERVICE, self._on_learn)
         self.create_service(Trigger, RUN_TRIAL_SERVICE, self._on_run_trial)
@@ -106,20 +114,24 @@ class TrialManager(GraphNode):
         self._publish_status("started")
 
     # -- incoming -------------------------------------------------------------------------------
-    def _on_heartbeat(self, msg: String) -> None:
+    def _on_heartbeat(self, msg: String, topic: str = "") -> None:
         """A worker node is alive (the execution node also says whether its state is fresh)."""
         try:
             beat = decode(msg, HEARTBEAT_FORMAT)
-            role = str(beat["role"])
-        except (ValueError, KeyError):
+            check_heartbeat(beat, self.request_pubs)
+        except ValueError as exc:
+            self.refusals.refuse("heartbeats", f"a heartbeat on {topic}", exc, key=topic)
             return
+        role = str(beat["role"])
         self.heartbeats[role] = beat
         self.heard[role] = time.monotonic()
 
-    def _on_event(self, msg: String) -> None:
+    def _on_event(self, msg: String, topic: str = "") -> None:
         try:
             ev = decode(msg, EVENT_FORMAT)
-        except ValueError:
+            check_event(ev)
+        except ValueError as exc:
+            self.refusals.refuse("events", f"an event on {topic}", exc, key=topic)
             return
         request_id = str(ev.get("request_id", ""))
         self.replies.post(request_id, {"type": "event", **ev})
@@ -130,9 +142,17 @@ class TrialManager(GraphNode):
     def _on_record(self, msg: String) -> None:
         try:
             record = decode(msg, TRIAL_FORMAT)
-        except ValueError:
+        except ValueError as exc:
+            self.refusals.refuse("records", f"a trial record on {TRIAL_RECORDS_TOPIC}", exc)
             return
-        meta = record.get("meta") or {}
+        meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+        try:
+            Trial.from_dict(record)  # malformed or not finite: never written, never used
+        except (ValueError, KeyError, TypeError) as exc:
+            self.refusals.refuse("records", f"trial record {record_label(record)} on "
+                                            f"{TRIAL_RECORDS_TOPIC}", exc)
+            self._fail_request(meta.get("request_id"), f"invalid trial record: {exc}")
+            return
         run_dir = self.run_dirs.get(str(meta.get("run_id", "")))
         if run_dir is not None:
             run_dir.write_json(f"trials/trial_{int(record.get('index', 0)):03d}.json", record)
@@ -141,7 +161,15 @@ class TrialManager(GraphNode):
     def _on_model(self, msg: String) -> None:
         try:
             update = decode(msg, MODEL_UPDATE_FORMAT)
-        except ValueError:
+        except ValueError as exc:
+            self.refusals.refuse("models", f"a model update on {MODEL_TOPIC}", exc)
+            return
+        try:
+            check_model_update(update)
+        except ValueError as exc:
+            self.refusals.refuse("models", f"model update {update.get('version')!r} on "
+                                           f"{MODEL_TOPIC}", exc)
+            self._fail_request(update.get("request_id"), f"invalid model update: {exc}")
             return
         run_dir = self.run_dirs.get(str(update.get("run_id", "")))
         if run_dir is not None:
@@ -151,7 +179,15 @@ class TrialManager(GraphNode):
     def _on_controller(self, msg: String) -> None:
         try:
             update = decode(msg, CONTROLLER_UPDATE_FORMAT)
-        except ValueError:
+        except ValueError as exc:
+            self.refusals.refuse("controllers", f"a controller update on {CONTROLLER_TOPIC}", exc)
+            return
+        try:
+            check_controller_update(update)
+        except ValueError as exc:
+            self.refusals.refuse("controllers", f"controller update {update.get('version')!r} "
+                                                f"on {CONTROLLER_TOPIC}", exc)
+            self._fail_request(update.get("request_id"), f"invalid controller update: {exc}")
             return
         self.controller_update = update
         run_dir = self.run_dirs.get(str(update.get("run_id", "")))
@@ -159,6 +195,13 @@ class TrialManager(GraphNode):
             run_dir.write_json(f"controllers/controller_v{int(update.get('version', 0)):03d}.json",
                                update)
         self.replies.post(str(update.get("request_id", "")), {"type": "controller", **update})
+
+    def _fail_request(self, request_id: Any, reason: str) -> None:
+        """A refused result for a request the worker waits on ends that wait at once, with the
+        reason (as the node's own "failed" event would), instead of at its timeout."""
+        if isinstance(request_id, str) and request_id:
+            self.replies.post(request_id, {"type": "event", "event": "failed", "node": NAME,
+                                           "request_id": request_id, "reason": reason})
 
     # -- readiness and status -------------------------------------------------------------------
     def _readiness(self) -> list[str]:
@@ -350,7 +393,7 @@ class TrialManager(GraphNode):
         message = self.activity if not self.waiting_for else (
             "waiting for " + ", ".join(self.waiting_for))
         return level, message, {"run_id": self.run_id, "phase": self.phase,
-                                "trials": self.trials_done}
+                                "trials": self.trials_done, **self.refusals.values()}
 
     def close(self) -> None:
         self.closing = True
