@@ -204,8 +204,9 @@ def test_run_trial_on_the_rig_records_a_trial_like_the_simulated_plant(rig):
 @pytest.mark.timeout(240)
 def test_a_trial_records_the_force_the_rig_applied_not_the_one_asked_for(rig):
     """A plan that pushes with u_max all trial long: the soft limits refuse the outward force
-    once the cart is in the braking zone and brake it there, and the record's inputs say so (the asked-for forces
-    stay in meta.requested_inputs); a model fitted on them sees a cart held, not pushed."""
+    in the braking zone and brake outward motion, and the record's inputs say so (the
+    asked-for forces stay in meta.requested_inputs): a model fitted on them sees a cart held,
+    not pushed."""
     from std_msgs.msg import String
 
     from ebmcpilco_ros.core.controllers import FeedbackPlan, FeedbackPlanController
@@ -234,13 +235,15 @@ def test_a_trial_records_the_force_the_rig_applied_not_the_one_asked_for(rig):
     assert np.all(requested == PLANT.u_max)
     edge = HARDWARE.cart_position_limit - HARDWARE.soft_limit_margin
     free = np.flatnonzero(states[1:, 0] < edge - 0.05)   # steps that ended well inside
-    assert len(free) >= 2 and np.all(inputs[free[1:]] > 0.8 * PLANT.u_max), inputs
-    # Held at the braking zone's edge (outward force refused inside, allowed outside: the cart
-    # chatters across the edge), where the force applied on average is about nothing.
-    last_second = int(round(1.0 / PLANT.control_period))
-    assert np.all(np.abs(states[-last_second:, 0] - edge) < 0.03), states[-last_second:, 0]
-    assert abs(np.mean(inputs[-last_second:])) < 0.3 * PLANT.u_max, inputs
-    assert states[:, 0].max() < HARDWARE.cart_position_limit + 0.05
+    assert len(free) >= 2 and np.max(inputs[free]) > 0.8 * PLANT.u_max, inputs  # pushed
+    # Then the rig refuses the outward force in the braking zone and brakes outward motion
+    # (the swinging pole keeps moving the cart in and out of the zone): for a second or more
+    # of the trial it applied about nothing, or braked, while u_max was asked for throughout.
+    refused = inputs < 0.1 * PLANT.u_max
+    assert np.sum(refused) * PLANT.control_period >= 1.0, inputs
+    # Not a hard bound: braked at 10 N from 1.5 m/s with the pole swinging, the cart has gone
+    # up to 0.11 m past the 0.3 m soft limit (runs differ), still short of the switches.
+    assert states[:, 0].max() < EMULATOR.limit_switch_position
 
 
 @pytest.mark.timeout(240)
@@ -542,6 +545,9 @@ def test_diagnostics_report_the_mcu_recheck_the_calibration_and_latch_a_fault(tm
      "hardware.command_watchdog_timeout = 0.04: must be > plant.control_period"),
     ("hardware.soft_limit_margin", "0.5", "hardware.soft_limit_margin = 0.5: must be < "
                                           "cart_position_limit"),
+    # 3 m/s braked at 10 N takes 0.45 m with the 1 kg cart-pole
+    ("hardware.cart_velocity_limit", "3.0", "hardware.soft_limit_margin = 0.12: must be >= the "
+                                            "stopping distance"),
 ])
 def test_an_invalid_hardware_parameter_is_refused_at_start(parameter, value, message):
     env = graph_environment(domain_id=isolated_domain(7))

@@ -74,7 +74,7 @@ class HardwareConfig(Section):
                                          doc="soft limit |p| [m], inside the hard end stops")
     cart_velocity_limit: float = setting(1.5, 0.0, None, lo_open=True,
                                          doc="soft limit |pdot| [m/s]: no force speeding it up")
-    soft_limit_margin: float = setting(0.1, 0.0, None,
+    soft_limit_margin: float = setting(0.12, 0.0, None,
                                        doc="zone before the position limit where outward force "
                                            "is refused and outward motion braked [m]")
     soft_limit_brake_force: float = setting(10.0, 0.0, None,
