@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from . import ilqr
+from .cancel import StopCheck
 from .config import ExperimentConfig, ExplorationConfig
 from .controllers import FeedbackPlan
 from .model import SpeedIntegrationModel
@@ -30,18 +31,20 @@ def exploration_noise(model: SpeedIntegrationModel, X: np.ndarray, U: np.ndarray
 
 
 def plan_swing_up(model: SpeedIntegrationModel, config: ExperimentConfig,
-                  previous: ilqr.ILQRPlan | None = None) -> ilqr.ILQRPlan:
+                  previous: ilqr.ILQRPlan | None = None,
+                  should_stop: StopCheck = None) -> ilqr.ILQRPlan:
     """iLQR through the GP mean from the nominal start (pole down, at rest).
 
     Solved from scratch (as the paper recommends, to avoid stagnating in the previous plan) and,
     with exploration.warm_start, also from the previous plan's inputs; the cheaper plan wins.
+    `should_stop`: see ilqr.solve.
     """
     x0 = np.zeros(4)
     horizon = config.plant.steps
 
     def solve(U_init: np.ndarray | None) -> ilqr.ILQRPlan:
         return ilqr.solve(model, config.ilqr.cost(), x0, config.plant.u_max, horizon=horizon,
-                          U_init=U_init, config=config.ilqr)
+                          U_init=U_init, config=config.ilqr, should_stop=should_stop)
 
     plan = solve(None)
     if config.exploration.warm_start and previous is not None and previous.horizon == horizon:
@@ -52,10 +55,10 @@ def plan_swing_up(model: SpeedIntegrationModel, config: ExperimentConfig,
 
 
 def exploration_plan(model: SpeedIntegrationModel, config: ExperimentConfig, iteration: int,
-                     previous: ilqr.ILQRPlan | None,
-                     seed: int) -> tuple[ilqr.ILQRPlan, FeedbackPlan]:
+                     previous: ilqr.ILQRPlan | None, seed: int,
+                     should_stop: StopCheck = None) -> tuple[ilqr.ILQRPlan, FeedbackPlan]:
     """The iLQR plan for exploration iteration j and its executable form with noise."""
-    plan = plan_swing_up(model, config, previous)
+    plan = plan_swing_up(model, config, previous, should_stop)
     sigma = exploration_noise(model, plan.X, plan.U, iteration, config.exploration,
                               config.plant.u_max)
     return plan, plan.feedback_plan(sigma=sigma, seed=seed, version=iteration)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .cancel import StopCheck, check
 from .config import ModelConfig
 
 _JITTER = 1e-9
@@ -104,8 +105,10 @@ def negative_log_marginal_likelihood(X: Tensor, y: Tensor, log_ls: Tensor, log_s
     return (0.5 * (y @ a) + torch.log(torch.diagonal(L)).sum()) / n
 
 
-def fit_hyperparameters(X: np.ndarray, y: np.ndarray, config: ModelConfig) -> SEHyperparameters:
-    """Maximise the marginal likelihood with L-BFGS from a data-scaled starting point.
+def fit_hyperparameters(X: np.ndarray, y: np.ndarray, config: ModelConfig,
+                        should_stop: StopCheck = None) -> SEHyperparameters:
+    """Maximise the marginal likelihood with L-BFGS from a data-scaled starting point;
+    `should_stop` is asked at every evaluation (True raises core.cancel.Cancelled).
 
     Lengthscales start at init_lengthscale times the std of each input, so inputs in different
     units (m, rad/s, N) start on an equal footing; the paper is silent here.
@@ -133,6 +136,7 @@ def fit_hyperparameters(X: np.ndarray, y: np.ndarray, config: ModelConfig) -> SE
     evaluations = [0]
 
     def closure() -> Tensor:
+        check(should_stop, "during the GP hyperparameter fit")
         opt.zero_grad()
         try:
             loss = negative_log_marginal_likelihood(Xt, yt, log_ls, log_sf,
@@ -292,11 +296,14 @@ class GPPosterior:
         return -diff_weighted / self.hyp.lengthscales**2
 
 
-def fit_gp(X: np.ndarray, y: np.ndarray, config: ModelConfig) -> GPPosterior:
-    """Hyperparameters on all data, posterior on the SoD subset."""
+def fit_gp(X: np.ndarray, y: np.ndarray, config: ModelConfig,
+           should_stop: StopCheck = None) -> GPPosterior:
+    """Hyperparameters on all data, posterior on the SoD subset (`should_stop`: see
+    fit_hyperparameters)."""
     if len(X) < 2:
         raise ValueError(f"a GP needs at least 2 samples, got {len(X)}")
     _check_finite(X, y)
-    hyp = fit_hyperparameters(X, y, config)
+    hyp = fit_hyperparameters(X, y, config, should_stop)
+    check(should_stop, "before the GP subset selection")
     keep = select_subset(X, hyp, config.sod_threshold, config.max_points)
     return GPPosterior.build(X[keep], y[keep], hyp)

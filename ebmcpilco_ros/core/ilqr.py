@@ -32,6 +32,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from .cancel import StopCheck, check
 from .config import ILQRConfig, PlantConfig
 from .controllers import FeedbackPlan, FeedbackPlanController
 from .ilqr_cost import INPUT_DIM, STATE_DIM, THETA, RunningDerivatives, SwingUpCost
@@ -370,7 +371,7 @@ def _best_predicted_reduction(dV1: float, dV2: float) -> float:
 
 
 def _optimise(dynamics: Dynamics, cost: Cost, x0: np.ndarray, U: np.ndarray, u_max: float,
-              config: ILQRConfig) -> tuple[ILQRPlan, bool]:
+              config: ILQRConfig, should_stop: StopCheck = None) -> tuple[ILQRPlan, bool]:
     """The iLQR loop from U; also says whether U was already a stationary point."""
     X = rollout(dynamics, x0, U)
     J = _total(cost, X, U)
@@ -382,6 +383,7 @@ def _optimise(dynamics: Dynamics, cost: Cost, x0: np.ndarray, U: np.ndarray, u_m
     iterations = 0
     fresh = False  # do k, K belong to the current nominal (X, U)?
     for iterations in range(1, config.max_iterations + 1):
+        check(should_stop, f"at iLQR iteration {iterations}")
         bp = _regularised_backward_pass(dynamics, cost, X, U, u_max, mu)
         k, K, fresh = bp.k, bp.K, True
         if float(np.max(np.abs(k))) / u_max < config.grad_tolerance:
@@ -431,13 +433,13 @@ def _optimise(dynamics: Dynamics, cost: Cost, x0: np.ndarray, U: np.ndarray, u_m
 
 
 def _solve_fixed(dynamics: Dynamics, cost: Cost, x0: np.ndarray, U0: np.ndarray, u_max: float,
-                 config: ILQRConfig) -> ILQRPlan:
+                 config: ILQRConfig, should_stop: StopCheck = None) -> ILQRPlan:
     """One horizon: iLQR from U0, with the symmetry kick if U0 is a stationary point."""
-    plan, stationary = _optimise(dynamics, cost, x0, U0, u_max, config)
+    plan, stationary = _optimise(dynamics, cost, x0, U0, u_max, config, should_stop)
     if not (stationary and config.symmetry_kick > 0.0):
         return plan
     U_kick = np.clip(U0 + config.symmetry_kick, -u_max, u_max)
-    kicked, _ = _optimise(dynamics, cost, x0, U_kick, u_max, config)
+    kicked, _ = _optimise(dynamics, cost, x0, U_kick, u_max, config, should_stop)
     best = kicked if kicked.cost < plan.cost else plan
     note = "symmetry kick" if best is kicked else "symmetry kick rejected"
     return dataclasses.replace(
@@ -447,7 +449,7 @@ def _solve_fixed(dynamics: Dynamics, cost: Cost, x0: np.ndarray, U0: np.ndarray,
 
 def solve(dynamics: Dynamics, cost: Cost, x0: np.ndarray, u_max: float,
           horizon: int | None = None, U_init: np.ndarray | None = None,
-          config: ILQRConfig | None = None) -> ILQRPlan:
+          config: ILQRConfig | None = None, should_stop: StopCheck = None) -> ILQRPlan:
     """Minimise J(x0, U) over T = horizon steps s.t. x_{t+1} = f(x_t, u_t), |u_t| <= u_max.
 
     U_init (T0, 1) with T0 <= T is the initial guess, clipped into the box (box-DDP needs a
@@ -460,6 +462,8 @@ def solve(dynamics: Dynamics, cost: Cost, x0: np.ndarray, u_max: float,
     direction-neutral cost has zero gradient there by symmetry), that stage is also solved from
     guess + symmetry_kick and the better plan kept; the kick only breaks the tie between the two
     mirror-image swing-ups. Raises ILQRError on a degenerate model; all loops are bounded.
+    `should_stop` is asked at every iteration (a node shutting down must not wait for a plan):
+    True raises Cancelled.
     """
     config = ILQRConfig() if config is None else config
     x0 = np.asarray(x0, dtype=float).reshape(STATE_DIM)
@@ -480,7 +484,7 @@ def solve(dynamics: Dynamics, cost: Cost, x0: np.ndarray, u_max: float,
 
     stages: list[tuple[int, int, float]] = []
     while True:  # bounded: the horizon grows by continuation_step >= 1 each stage
-        plan = _solve_fixed(dynamics, cost, x0, U, u_max, config)
+        plan = _solve_fixed(dynamics, cost, x0, U, u_max, config, should_stop)
         stages.append((plan.horizon, plan.iterations, plan.cost))
         if plan.horizon >= horizon:
             break

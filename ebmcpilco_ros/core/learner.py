@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from .cancel import StopCheck, check
 from .config import ExperimentConfig
 from .cost import trajectory_cost
 from .mcpilco import (OptimizationResult, model_costs, optimize_policy, torch_dtype,
@@ -102,13 +103,19 @@ class LocalPolicyOptimization:
     phase "policy":  MC-PILCO on a policy that persists across trials (a fresh Adam each
                      trial), optionally pretrained first on an iLQR plan through the current
                      model (EB-MC-PILCO's warm start).
+    `should_stop` is asked at every iteration of iLQR, pretraining and MC-PILCO (True raises
+    core.cancel.Cancelled: a node shutting down); `on_stage` hears each stage as it starts
+    ("ilqr", "pretrain", "policy"), for progress reports.
     """
 
     def __init__(self, config: ExperimentConfig, rng: np.random.Generator,
-                 on_step: Callable | None = None) -> None:
+                 on_step: Callable | None = None, should_stop: StopCheck = None,
+                 on_stage: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.rng = rng
         self.on_step = on_step
+        self.should_stop = should_stop
+        self.on_stage = on_stage
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         self.policy = SquashedRBFPolicy(config.policy, config.plant.u_max, generator=generator,
                                         dtype=torch_dtype(config.optimizer.dtype))
@@ -123,10 +130,17 @@ class LocalPolicyOptimization:
             return self._policy(model, request)
         raise ValueError(f"unknown optimisation phase {request.phase!r}")
 
+    def _stage(self, stage: str) -> None:
+        check(self.should_stop, f"before {stage}")
+        if self.on_stage is not None:
+            self.on_stage(stage)
+
     def _explore(self, model: SpeedIntegrationModel, iteration: int) -> ControllerUpdate:
         started = time.perf_counter()
+        self._stage("ilqr")
         plan, feedback = exploration_plan(model, self.config, iteration, self.last_plan,
-                                          seed=int(self.rng.integers(2**31)))
+                                          seed=int(self.rng.integers(2**31)),
+                                          should_stop=self.should_stop)
         self.last_plan = plan
         return ControllerUpdate(
             controller=FeedbackPlanController(feedback), phase="ilqr",
@@ -140,17 +154,21 @@ class LocalPolicyOptimization:
         on the first policy trial, later only if its model cost J is lower (common random
         numbers), so a policy stuck in a poor optimum can restart from a fresh plan."""
         started = time.perf_counter()
-        plan = plan_swing_up(model, self.config, self.last_plan)
+        self._stage("ilqr")
+        plan = plan_swing_up(model, self.config, self.last_plan, self.should_stop)
         self.last_plan = plan
         wall["ilqr"] = time.perf_counter() - started
         candidate = copy.deepcopy(self.policy)
+        self._stage("pretrain")
         result = pretrain_policy(candidate, plan, self.config.pretrain, self.rng,
-                                 dropout=self.config.optimizer.dropout)
+                                 dropout=self.config.optimizer.dropout,
+                                 should_stop=self.should_stop)
         wall["pretrain"] = result.wall_s
         info.update({"pretrain_rms_error": result.rms_error,
                      "pretrain_nominal_error": result.nominal_error})
         keep = iteration == 0
         if not keep:
+            check(self.should_stop, "before the warm start's cost comparison")
             started = time.perf_counter()
             costs = model_costs((self.policy, candidate), model, self.config.optimizer,
                                 self.config.cost, self.config.plant.initial_state_std,
@@ -170,9 +188,10 @@ class LocalPolicyOptimization:
             self._warm_start(model, request.iteration, wall, info)
         opt = self.config.optimizer
         max_steps = opt.max_steps_first if request.iteration == 0 else opt.max_steps
+        self._stage("policy")
         result_opt: OptimizationResult = optimize_policy(
             self.policy, model, opt, self.config.cost, self.config.plant.initial_state_std,
-            max_steps, self.rng, self.on_step)
+            max_steps, self.rng, self.on_step, self.should_stop)
         wall["policy"] = result_opt.wall_s
         if result_opt.restarts:
             info["restarts"] = result_opt.restarts

@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .cancel import StopCheck, check
 from .config import CostConfig, OptimizerConfig
 from .model import SpeedIntegrationModel
 from .policy import SquashedRBFPolicy
@@ -197,11 +198,12 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                     config: OptimizerConfig, cost: CostConfig, initial_state_std: float,
                     max_steps: int, rng: np.random.Generator,
                     on_step: Callable[[int, RolloutGradient, ConvergenceMonitor], None] | None
-                    = None) -> OptimizationResult:
+                    = None, should_stop: StopCheck = None) -> OptimizationResult:
     """Adam on the particle cost until the monitor stops it or `max_steps`; updates `policy`.
 
     Fresh particles, sampling noise and dropout masks every step (no fixed PEGASUS seeds), a new
     Adam each call (the policy itself carries over between trials), as MC-PILCO.
+    `should_stop` is asked before every rollout; True raises core.cancel.Cancelled.
     """
     dtype, device = torch_dtype(config.dtype), torch.device(config.device)
     policy.to(dtype=dtype, device=device)
@@ -221,6 +223,7 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
         for step in range(max_steps):
             grad = None
             for _ in range(MAX_BAD_DRAWS):
+                check(should_stop, f"at optimisation step {step}")
                 x0 = initial_particles(config.particles, initial_state_std, rng, dtype, device)
                 noise = RolloutNoise.draw(config.horizon, config.particles, policy.num_basis,
                                           monitor.dropout, rng, dtype, device)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .cancel import StopCheck
 from .config import ModelConfig
 from .gp import GPFitError, GPPosterior, SEHyperparameters, fit_gp
 from .trial import Trial
@@ -59,12 +60,14 @@ class SpeedIntegrationModel:
 
     @classmethod
     def fit(cls, trials: Sequence[Trial], dt: float, config: ModelConfig,
-            version: int = 0) -> "SpeedIntegrationModel":
+            version: int = 0, should_stop: StopCheck = None) -> "SpeedIntegrationModel":
+        """Both GPs on the trials' transitions; `should_stop` is asked at every iteration of
+        the hyperparameter fits (True raises core.cancel.Cancelled: a node shutting down)."""
         X, Y = training_data(trials)
         gps = []
         for i, name in enumerate(TARGET_NAMES):
             try:
-                gps.append(fit_gp(X, Y[:, i], config))
+                gps.append(fit_gp(X, Y[:, i], config, should_stop))
             except GPFitError as exc:
                 raise GPFitError(f"the GP of {name} on {len(X)} transitions: {exc}") from exc
         gps = tuple(gps)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .cancel import StopCheck, check
 from .config import PolicyConfig, PretrainConfig
 from .ilqr import ILQRPlan
 from .policy import SquashedRBFPolicy, state_features
@@ -66,7 +67,7 @@ def _init_on_data(policy: SquashedRBFPolicy, feats: torch.Tensor,
 
 def pretrain_bayes(policy: SquashedRBFPolicy, states: np.ndarray, targets: np.ndarray,
                    config: PretrainConfig, rng: np.random.Generator,
-                   dropout: float = 0.0) -> None:
+                   dropout: float = 0.0, should_stop: StopCheck = None) -> None:
     """Bayesian RBF regression of z = u_max atanh(u / u_max) on the features Phi:
         z = Phi w + N(0, sigma^2),   w ~ N(0, Sigma_w),
         Sigma_w^-1 = I / s^2 + (p / (1 - p)) diag(Phi^T Phi) / sigma^2.
@@ -109,7 +110,8 @@ def pretrain_bayes(policy: SquashedRBFPolicy, states: np.ndarray, targets: np.nd
 
     params = [work.centres, work.log_lengthscales, log_s, log_sigma]
     opt = torch.optim.Adam(params, lr=config.lr)
-    for _ in range(config.steps):
+    for step in range(config.steps):
+        check(should_stop, f"at pretraining step {step}")
         opt.zero_grad()
         loss = nlml()
         loss.backward()
@@ -122,7 +124,7 @@ def pretrain_bayes(policy: SquashedRBFPolicy, states: np.ndarray, targets: np.nd
 
 def pretrain_mse(policy: SquashedRBFPolicy, states: np.ndarray, targets: np.ndarray,
                  config: PretrainConfig, rng: np.random.Generator,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, should_stop: StopCheck = None) -> None:
     """Adam on the squared control error over all policy parameters, with the same dropout on
     the activations that MC-PILCO will apply (so the fit does not rely on cancellations)."""
     dtype = policy.weights.dtype
@@ -131,7 +133,8 @@ def pretrain_mse(policy: SquashedRBFPolicy, states: np.ndarray, targets: np.ndar
     _init_on_data(policy, feats, rng)
     opt = torch.optim.Adam(policy.parameters(), lr=config.lr)
     scale = 1.0 / (1.0 - dropout) if dropout > 0 else 1.0
-    for _ in range(config.steps):
+    for step in range(config.steps):
+        check(should_stop, f"at pretraining step {step}")
         opt.zero_grad()
         keep = (torch.rand(len(feats), policy.num_basis, dtype=dtype) >= dropout).to(dtype) \
             if dropout > 0 else None
@@ -145,14 +148,17 @@ def _policy_config(policy: SquashedRBFPolicy) -> PolicyConfig:
 
 
 def pretrain_policy(policy: SquashedRBFPolicy, plan: ILQRPlan, config: PretrainConfig,
-                    rng: np.random.Generator, dropout: float = 0.0) -> PretrainResult:
-    """Fit `policy` in place to the plan's feedback law; reports the fit error."""
+                    rng: np.random.Generator, dropout: float = 0.0,
+                    should_stop: StopCheck = None) -> PretrainResult:
+    """Fit `policy` in place to the plan's feedback law; reports the fit error.
+    `should_stop` is asked at every step; True raises core.cancel.Cancelled (a node shutting
+    down), leaving `policy` part-fitted."""
     started = time.perf_counter()
     states, targets = plan_training_pairs(plan, config, rng)
     if config.method == "bayes":
-        pretrain_bayes(policy, states, targets, config, rng, dropout)
+        pretrain_bayes(policy, states, targets, config, rng, dropout, should_stop)
     elif config.method == "mse":
-        pretrain_mse(policy, states, targets, config, rng, dropout)
+        pretrain_mse(policy, states, targets, config, rng, dropout, should_stop)
     elif config.method != "none":
         raise ValueError(f"pretrain.method = {config.method!r}: must be none, mse or bayes")
     snapshot = policy.parameters_snapshot()
