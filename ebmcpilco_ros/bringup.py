@@ -10,6 +10,7 @@ starts), on a serial port, on the firmware emulator or on the firmware ELF in si
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -21,18 +22,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
 from .core.config import ExperimentConfig, config_from_dict, read_parameters
-from .nodes import NODE_NAMES, RIG_NODE_NAMES
+from .nodes import NODE_NAMES, RIG_NODE_NAMES, STOP_BOUND_S
 from .nodes.config import NODE_SECTIONS, build_node_section
 
 SIM_NODES = NODE_NAMES  # sim_plant, policy_execution, model_learning, policy_optimization,
 #                         trial_manager
 RIG_NODES = RIG_NODE_NAMES  # hardware_interface in place of sim_plant
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+# A node ends within STOP_BOUND_S of SIGINT (it exits 1 itself at the bound); SIGTERM, then
+# SIGKILL, follow only if it has not after this long.
+STOP_GRACE = STOP_BOUND_S + 2.0
 STAND_IN_STOP_TIMEOUT = 10.0  # [s] for `ebmcpilco rig`'s emulator or simulator to exit on SIGINT
 
 
@@ -128,7 +132,7 @@ class Graph:
         if process.poll() is None:
             process.send_signal(sig)
 
-    def stop(self, grace: float = 5.0) -> dict[str, int]:
+    def stop(self, grace: float = STOP_GRACE) -> dict[str, int]:
         """SIGINT every node (they zero actuators on the way out), then SIGTERM, then SIGKILL."""
         for sig in STOP_SIGNALS:
             alive = [p for p in self.processes.values() if p.poll() is None]
@@ -222,10 +226,15 @@ class GraphClient:
         return bool(future.result().success), str(future.result().message)
 
     def close(self) -> None:
+        """Stop spinning and wait for the spin thread before destroying anything: a thread
+        still inside rclpy's C++ when the interpreter exits aborts the process ("terminate
+        called without an active exception")."""
         import rclpy
 
         self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
+        self.thread.join(timeout=2.0)
+        if not self.thread.is_alive():
+            self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 
 
@@ -280,17 +289,38 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
         return _follow(client, graph, log, verbose, interrupted)
     except KeyboardInterrupt:
         log("interrupted: aborting")
-        if client is not None:
-            client.call("abort", timeout=2.0)
+        with _shielded():
+            if client is not None:
+                client.call("abort", timeout=2.0)
         return 130
     except _NodeDied as exc:
         log(str(exc))
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if client is not None:
-            client.close()
-        graph.stop()
+        with _shielded():  # another Ctrl-C must not leave the nodes running
+            signal.signal(signal.SIGTERM, previous)
+            if client is not None:
+                client.close()
+            codes = graph.stop()
+            failed = {n: c for n, c in codes.items() if c not in (0, None)}
+            if failed:
+                log("stopping the graph: " + ", ".join(
+                    f"{n} exited with code {c}" for n, c in failed.items())
+                    + f" (node logs in {log_dir})")
+
+
+@contextlib.contextmanager
+def _shielded() -> Iterator[None]:
+    """SIGINT ignored inside (the graph's teardown is bounded: Graph.stop), when called from the
+    main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class StandIn(enum.Enum):

@@ -356,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ebmcpilco: configuration error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling (sim: while starting)
+        print("ebmcpilco: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

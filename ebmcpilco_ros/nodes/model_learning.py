@@ -14,12 +14,13 @@ from typing import Any, Sequence
 
 from std_msgs.msg import String
 
+from ..core.cancel import Cancelled
 from ..core.model import SpeedIntegrationModel
 from ..core.trial import TRIAL_FORMAT, Trial
 from .common import (ANSWER_EVENTS, FIT_REQUEST_FORMAT, FIT_REQUEST_TOPIC, MODEL_EVENTS_TOPIC,
                      MODEL_TOPIC, MODEL_UPDATE_FORMAT, TRIAL_RECORDS_TOPIC, Answers, Diagnostics,
-                     GraphNode, Heartbeat, decode, encode, event, latched_qos, reliable_qos,
-                     run_node, set_torch_threads)
+                     GraphNode, Heartbeat, decode, encode, event, latched_qos,
+                     preload_lazy_imports, reliable_qos, run_node, set_torch_threads)
 from .hygiene import Refusals, check_fit_request, record_label
 from .params import declare_config
 
@@ -38,6 +39,7 @@ class ModelLearningNode(GraphNode):
         super().__init__(NAME)
         config, parts = declare_config(self, ["plant", "model", "optimizer"], ["nodes"])
         set_torch_threads(config.optimizer.threads)
+        preload_lazy_imports()
         self.config = config
         self.names = parts["nodes"]
         self.lock = threading.Lock()
@@ -46,6 +48,8 @@ class ModelLearningNode(GraphNode):
         self.refusals = Refusals(self.get_logger().warning, ("records", "fit_requests"))
         self.version = 0
         self.busy: str | None = None
+        self.stopping = threading.Event()  # shutdown: the fit checks it every iteration
+        self.worker: threading.Thread | None = None
         self.last_fit_s = 0.0
         depth = self.names.record_depth
         self.model_pub = self.create_publisher(String, MODEL_TOPIC, latched_qos())
@@ -103,7 +107,9 @@ class ModelLearningNode(GraphNode):
             self.events_pub.publish(encode(answered))
             return
         with self.lock:
-            if self.busy is not None:
+            if self.stopping.is_set():
+                reason = f"{NAME} is shutting down"
+            elif self.busy is not None:
                 reason = f"busy fitting for request {self.busy}"
             elif not keys:
                 reason = "the request names no trials"
@@ -118,9 +124,17 @@ class ModelLearningNode(GraphNode):
         elif missing:
             self._send_event(request_id, "missing", missing=missing)
         else:
-            self._send_event(request_id, "accepted", trials=len(trials))
-            threading.Thread(target=self._fit, args=(request_id, req, keys, trials),
-                             name="fit", daemon=True).start()
+            with self.lock:  # started under the lock: close() joins whatever runs
+                if self.stopping.is_set():
+                    self.busy = None
+                else:
+                    self._send_event(request_id, "accepted", trials=len(trials))
+                    self.worker = threading.Thread(target=self._fit,
+                                                   args=(request_id, req, keys, trials),
+                                                   name="fit", daemon=True)
+                    self.worker.start()
+                    return
+            self._send_event(request_id, "refused", reason=f"{NAME} is shutting down")
 
     def _fit(self, request_id: str, req: dict[str, Any], keys: list[str],
              trials: list[Trial]) -> None:
@@ -128,7 +142,8 @@ class ModelLearningNode(GraphNode):
             started = time.perf_counter()
             version = self.version + 1
             model = SpeedIntegrationModel.fit(trials, self.config.plant.control_period,
-                                              self.config.model, version=version)
+                                              self.config.model, version=version,
+                                              should_stop=self.stopping.is_set)
             self.last_fit_s = time.perf_counter() - started
             self.version = version
             self.model_pub.publish(encode({
@@ -138,6 +153,10 @@ class ModelLearningNode(GraphNode):
                 "model": model.to_dict()}))
             self.get_logger().info(f"model v{version} fitted on {len(keys)} trials in "
                                    f"{self.last_fit_s:.1f} s")
+        except Cancelled as exc:
+            self.get_logger().info(f"fit {request_id} {exc} ({NAME} shutting down)")
+            self._send_event(request_id, "failed", reason=f"{exc} ({NAME} shutting down)",
+                             cancelled=True)
         except Exception as exc:  # noqa: BLE001 - logged here and reported to the requester
             reason = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"fit {request_id} on {len(keys)} trials failed: {reason}")
@@ -153,6 +172,13 @@ class ModelLearningNode(GraphNode):
             "trials": stored, "duplicates_ignored": self.duplicates,
             "model_version": self.version, "last_fit_s": round(self.last_fit_s, 3),
             **self.refusals.values()}
+
+    def close(self) -> None:
+        """Stop the running fit (it checks the flag at every iteration) and wait for it."""
+        with self.lock:
+            self.stopping.set()
+            worker = self.worker
+        self.join_worker(worker, "the fit worker")
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from sensor_msgs.msg import JointState
@@ -282,14 +282,25 @@ class PolicyExecution(GraphNode):
             self.command_pub.publish(command_message(0.0))
         self._finish(run)
 
+    def _wait_unless_aborted(self, ready: Callable[[], bool], timeout: float) -> bool:
+        """Poll `ready` every RESET_POLL until it holds (True) or `timeout` passes (False);
+        RuntimeError on abort or shutdown, so close() never waits for a reset timeout."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                return False
+            if self.abort.wait(RESET_POLL):
+                raise RuntimeError("aborted during the plant reset")
+        return True
+
     def _reset_plant(self) -> None:
         timeout = self.exe.reset_timeout
-        if not self.reset_client.wait_for_service(timeout_sec=timeout):
+        if not self._wait_unless_aborted(self.reset_client.service_is_ready, timeout):
             raise RuntimeError(f"no reset service {self.reset_client.srv_name} within {timeout} s")
         done = threading.Event()
         future = self.reset_client.call_async(Trigger.Request())
         future.add_done_callback(lambda _f: done.set())
-        if not done.wait(timeout) or future.result() is None:
+        if not self._wait_unless_aborted(done.is_set, timeout) or future.result() is None:
             raise RuntimeError(f"plant reset did not answer within {timeout} s")
         if not future.result().success:
             raise RuntimeError(f"plant reset refused: {future.result().message}")
@@ -395,14 +406,17 @@ class PolicyExecution(GraphNode):
                                 **self.last_timing}
 
     def close(self) -> None:
+        """Abort the running trial (the loop wakes at once, zeroes the command and publishes
+        the record), wait for the loop, zero the command again."""
         with self.lock:
             self.closing = True
             thread = self.thread
         self.abort.set()
-        if thread is not None:
-            thread.join(timeout=max(1.0, 2 * self.plant.control_period))
         self.command_pub.publish(command_message(0.0))
-        self.sampler.destroy_node()
+        stopped = self.join_worker(thread, "the control loop")
+        self.command_pub.publish(command_message(0.0))
+        if stopped:  # a loop still running may read from the sampler's subscriptions
+            self.sampler.destroy_node()
 
 
 def _timing_summary(run: TrialRun) -> dict[str, float]:

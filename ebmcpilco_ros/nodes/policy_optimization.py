@@ -18,6 +18,7 @@ import torch
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from ..core.cancel import Cancelled
 from ..core.config import SECTIONS, ConfigError, ExperimentConfig
 from ..core.learner import LocalPolicyOptimization, OptimizationRequest
 from ..core.mcpilco import torch_dtype
@@ -28,17 +29,13 @@ from .common import (ANSWER_EVENTS, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT, 
                      MODEL_UPDATE_FORMAT, OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
                      OPTIMIZATION_REQUEST_FORMAT, OPTIMIZATION_REQUEST_TOPIC, Answers,
                      Diagnostics, GraphNode, Heartbeat, decode, encode, event, latched_qos,
-                     reliable_qos, run_node, set_torch_threads)
+                     preload_lazy_imports, reliable_qos, run_node, set_torch_threads)
 from .hygiene import Refusals, check_model_update, check_optimization_request
 from .params import declare_config
 
 NAME = "policy_optimization"
 # Models kept for requests that arrive before or after theirs (the loop uses only the newest).
 MODEL_HISTORY = 4
-
-
-class Cancelled(RuntimeError):
-    """The trial manager cancelled the optimisation (abort)."""
 
 
 def check_device(config: ExperimentConfig) -> None:
@@ -72,6 +69,7 @@ class PolicyOptimizationNode(GraphNode):
         check_device(config)
         self.backend = check_backend(config)
         set_torch_threads(config.optimizer.threads)
+        preload_lazy_imports()
         self.config = config
         self.names = parts["nodes"]
         self.models: dict[str, dict[str, Any]] = {}  # fit request id -> model update payload
@@ -79,7 +77,9 @@ class PolicyOptimizationNode(GraphNode):
         self.refusals = Refusals(self.get_logger().warning, ("models", "requests"))
         self.lock = threading.Lock()
         self.busy: str | None = None
-        self.cancel = threading.Event()
+        self.cancel = threading.Event()   # abort (the trial manager) or shutdown
+        self.closing = False
+        self.worker: threading.Thread | None = None
         self.run_id: str | None = None
         self.optimizer: LocalPolicyOptimization | None = None
         self.version = 0
@@ -146,15 +146,20 @@ class PolicyOptimizationNode(GraphNode):
             self._send_event(request_id, "refused", reason=f"malformed request: {exc}")
             return
         with self.lock:
+            if self.closing:
+                self._send_event(request_id, "refused", reason=f"{NAME} is shutting down")
+                return
             if self.busy is not None:
                 self._send_event(request_id, "refused",
                                  reason=f"busy with optimisation request {self.busy}")
                 return
             self.busy = request_id
             self.cancel.clear()
-        self._send_event(request_id, "accepted", phase=request.phase)
-        threading.Thread(target=self._optimize, args=(request_id, req, request),
-                         name="optimize", daemon=True).start()
+            # started under the lock: close() joins whatever runs
+            self._send_event(request_id, "accepted", phase=request.phase)
+            self.worker = threading.Thread(target=self._optimize, args=(request_id, req, request),
+                                           name="optimize", daemon=True)
+            self.worker.start()
 
     def _on_cancel(self, _request: Trigger.Request, response: Trigger.Response
                    ) -> Trigger.Response:
@@ -182,15 +187,22 @@ class PolicyOptimizationNode(GraphNode):
             config = self.config.replace(learner={"seed": seed})
             torch.manual_seed(seed)
             self.optimizer = LocalPolicyOptimization(config, np.random.default_rng([seed, 1]),
-                                                     on_step=self._on_step)
+                                                     on_step=self._on_step,
+                                                     should_stop=self.cancel.is_set,
+                                                     on_stage=self._on_stage)
             self.run_id = run_id
         return self.optimizer
 
+    def _on_stage(self, stage: str) -> None:
+        """Each stage (ilqr, pretrain, policy) as it starts: a progress event at once."""
+        self.progress = {"stage": stage}
+        if self.busy:
+            self._last_progress = time.monotonic()
+            self._send_event(self.busy, "progress", stage=stage)
+
     def _on_step(self, step: int, grad: Any, monitor: Any) -> None:
-        if self.cancel.is_set():
-            raise Cancelled(f"cancelled at optimisation step {step}")
-        self.progress = {"step": step, "cost": float(grad.cost), "lr": monitor.lr,
-                         "dropout": monitor.dropout}
+        self.progress = {"stage": "policy", "step": step, "cost": float(grad.cost),
+                         "lr": monitor.lr, "dropout": monitor.dropout}
         now = time.monotonic()
         if now - self._last_progress >= self.names.progress_period and self.busy:
             self._last_progress = now
@@ -217,7 +229,9 @@ class PolicyOptimizationNode(GraphNode):
             self.get_logger().info(f"controller v{self.version} ({update.phase}, "
                                    f"{update.opt_steps} steps) for request {request_id}")
         except Cancelled as exc:
-            self._send_event(request_id, "failed", reason=str(exc), cancelled=True)
+            reason = f"{exc} ({NAME} shutting down)" if self.closing else str(exc)
+            self.get_logger().info(f"optimisation {request_id} {reason}")
+            self._send_event(request_id, "failed", reason=reason, cancelled=True)
         except Exception as exc:  # noqa: BLE001 - reported to the requester
             self.get_logger().error(f"optimisation {request_id} failed: {exc!r}")
             self._send_event(request_id, "failed", reason=f"{type(exc).__name__}: {exc}")
@@ -233,9 +247,15 @@ class PolicyOptimizationNode(GraphNode):
             **{f"last_{k}": v for k, v in self.progress.items()}}
 
     def close(self) -> None:
+        """Refuse new requests, cancel the running optimisation (its loops check the flag at
+        every iteration) and wait for the worker, so no thread is inside torch at exit."""
+        with self.lock:
+            self.closing = True
+            worker = self.worker
         self.cancel.set()
         with self.models_cond:
             self.models_cond.notify_all()
+        self.join_worker(worker, "the optimisation worker")
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -77,6 +77,7 @@ class TrialManager(GraphNode):
         self.refusals = Refusals(self.get_logger().warning, (
             "events", "records", "models", "controllers", "heartbeats"))
         self.closing = False
+        self.shutting_down = False  # close() has begun: the worker ends, then closing
         # Requests out, replies in.
         self.request_pubs = {
             EXECUTION: self.create_publisher(String, TRIAL_REQUEST_TOPIC, reliable_qos(depth)),
@@ -243,6 +244,8 @@ class TrialManager(GraphNode):
 
     # -- services -------------------------------------------------------------------------------
     def _busy_reason(self) -> str | None:
+        if self.shutting_down:
+            return f"{NAME} is shutting down"
         if self.activity == LEARNING:
             return f"already learning (run {self.run_id}: {self.phase})"
         if self.activity == RUNNING_TRIAL:
@@ -328,7 +331,8 @@ class TrialManager(GraphNode):
         try:
             work()
         except Aborted as exc:
-            self._end("aborted", reason=str(exc))
+            self._end("aborted", reason=str(exc) + (
+                f" ({NAME} shutting down)" if self.shutting_down else ""))
         except Exception as exc:  # noqa: BLE001 - any failure ends the run, with its reason
             self.get_logger().error(f"{self.activity} failed: {exc}")
             self._end("failed", reason=f"{type(exc).__name__}: {exc}")
@@ -396,11 +400,16 @@ class TrialManager(GraphNode):
                                 "trials": self.trials_done, **self.refusals.values()}
 
     def close(self) -> None:
-        self.closing = True
+        """Abort the run (the worker's waits end at once), ask the execution node to zero the
+        command, wait for the worker so its end ("aborted") is published and logged, then stop
+        publishing."""
+        self.shutting_down = True
         self.cancel.set()
         self.replies.interrupt()
         if self.activity != IDLE and self.execution_abort.service_is_ready():
             self.execution_abort.call_async(Trigger.Request())
+        self.join_worker(self.worker, "the learning worker")
+        self.closing = True
 
 
 def main(args: Sequence[str] | None = None) -> int:
