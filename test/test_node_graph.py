@@ -57,7 +57,8 @@ def test_run_trial_records_a_trial_of_the_right_length_and_period(graph):
     before = np.concatenate([[0.0], requested[:-1]])
     low, high = np.minimum(before, requested), np.maximum(before, requested)
     inside = (inputs >= low - 1e-6) & (inputs <= high + 1e-6)  # requested: 6 decimals
-    assert np.all(inside), [(k, before[k], requested[k], inputs[k]) for k in np.flatnonzero(~inside)]
+    assert np.all(inside), [(k, before[k], requested[k], inputs[k])
+                            for k in np.flatnonzero(~inside)]
     share_of_previous = np.abs(inputs - requested) / np.maximum(high - low, 1e-9)
     assert np.median(share_of_previous) < 0.15, share_of_previous
     assert len(record["meta"]["timing"]["lateness_s"]) == PLANT.steps
