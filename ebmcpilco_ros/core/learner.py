@@ -20,6 +20,9 @@ import numpy as np
 import torch
 
 from .cancel import StopCheck, check
+from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_checkpoint, load_module_state,
+                         module_state, plain, plan_from_dict, plan_to_dict, rng_state,
+                         set_rng_state, summary_to_dict, torch_rng_from, torch_rng_state)
 from .config import ExperimentConfig
 from .cost import trajectory_cost
 from .mcpilco import (OptimizationResult, model_costs, optimize_policy, torch_dtype,
@@ -95,6 +98,14 @@ class LocalModelLearning:
         return SpeedIntegrationModel.fit(self.trials, self.config.plant.control_period,
                                          self.config.model, version=self.version)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The dataset and the model version, for a checkpoint."""
+        return {"trials": [t.to_dict() for t in self.trials], "version": self.version}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trials = [Trial.from_dict(t) for t in state["trials"]]
+        self.version = int(state["version"])
+
 
 class LocalPolicyOptimization:
     """The optimiser side of both algorithms, in-process (and inside the optimisation node).
@@ -129,6 +140,21 @@ class LocalPolicyOptimization:
         if request.phase == "policy":
             return self._policy(model, request)
         raise ValueError(f"unknown optimisation phase {request.phase!r}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """What persists across trials (the policy, the last plan, the controller version) and
+        the generators this side draws from (its numpy rng; torch's global one, which the
+        pretraining's dropout uses), for a checkpoint or a request that resumes a run."""
+        return {"policy": module_state(self.policy), "last_plan": plan_to_dict(self.last_plan),
+                "version": self.version, "rng": rng_state(self.rng),
+                "torch_rng": torch_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_module_state(self.policy, state["policy"], "the persistent policy")
+        self.last_plan = plan_from_dict(state.get("last_plan"))
+        self.version = int(state["version"])
+        set_rng_state(self.rng, state["rng"])
+        torch.set_rng_state(torch_rng_from(state["torch_rng"]))
 
     def _stage(self, stage: str) -> None:
         check(self.should_stop, f"before {stage}")
@@ -261,18 +287,62 @@ class LearningReport:
                 "trials": [asdict(t) for t in self.trials]}
 
 
+RANDOM = "random"  # the next step of a run: a random trial (else an OptimizationRequest)
+
+
+def _state_of(component: Any) -> dict[str, Any] | None:
+    """A protocol implementation's checkpoint state, where it has one (a node's proxy for a
+    stateless System has none)."""
+    get = getattr(component, "state_dict", None)
+    return get() if callable(get) else None
+
+
+def _load_state_of(component: Any, state: dict[str, Any] | None, what: str) -> None:
+    if state is None:
+        return
+    load = getattr(component, "load_state_dict", None)
+    if not callable(load):
+        raise CheckpointError(f"the checkpoint holds a {what} state, this run's {what} "
+                              f"({type(component).__name__}) keeps none")
+    try:
+        load(state)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint's {what} state is unusable: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+
+def summary_from_dict(data: dict[str, Any]) -> TrialSummary:
+    return TrialSummary(**{**data, "model_points": tuple(data.get("model_points", ())),
+                           "wall_s": dict(data.get("wall_s", {})),
+                           "info": dict(data.get("info", {}))})
+
+
 class Learner:
-    """Random exploration, then model fit -> optimisation -> rollout until success or budget."""
+    """Random exploration, then model fit -> optimisation -> rollout until success or budget.
+
+    The next step is decided from the trials so far alone (`next_step`), so a run restored from a
+    checkpoint (`run(resume=...)`) goes on exactly where it stopped; `on_checkpoint` gets one
+    (`checkpoint()`) at every trial boundary.
+    """
 
     def __init__(self, config: ExperimentConfig, system: System, models: ModelLearning,
                  optimizer: PolicyOptimization, rng: np.random.Generator,
-                 on_trial: Callable[[TrialSummary, Trial], None] | None = None) -> None:
+                 on_trial: Callable[[TrialSummary, Trial], None] | None = None,
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config = config
         self.system = system
         self.models = models
         self.optimizer = optimizer
         self.rng = rng
         self.on_trial = on_trial
+        self.on_checkpoint = on_checkpoint
+        self.summaries: list[TrialSummary] = []
+        self.opt_costs: list[list[float]] = []
+        self.totals: dict[str, float] = {"model": 0.0, "policy": 0.0, "system": 0.0}
+        self._elapsed_before = 0.0  # seconds of the run before it was resumed
+        self._started = time.perf_counter()
 
     def _record(self, trial: Trial, summary_kw: dict[str, Any]) -> TrialSummary:
         self.models.add_trial(trial)
@@ -306,67 +376,140 @@ class Learner:
                       "info": dict(update.info)}
         return update, trial, summary_kw
 
-    def _explore(self, summaries: list[TrialSummary], totals: dict[str, float]) -> None:
-        """GP-iLQR iterations: plan, execute with noise, refit; stop early once a rollout
-        follows its plan to within exploration.match_tol (the model is good where it matters)."""
-        cfg = self.config
-        for j in range(cfg.exploration.iterations):
-            if len(summaries) >= cfg.learner.max_trials:
-                return
-            update, trial, summary_kw = self._round(OptimizationRequest("explore", j),
-                                                    len(summaries), totals)
-            error = (plan_tracking_error(update.predicted_states, trial)
-                     if update.predicted_states is not None else float("inf"))
-            summary_kw["info"]["tracking_error"] = error
-            summaries.append(self._record(trial, summary_kw))
-            if cfg.exploration.match_tol > 0 and error < cfg.exploration.match_tol:
-                return
+    def next_step(self, summaries: list[TrialSummary]) -> str | OptimizationRequest | None:
+        """What the run does next, from its trials so far: a random trial (RANDOM), an
+        optimisation round, or nothing (budget spent or solved).
 
-    def run(self) -> LearningReport:
-        cfg = self.config.learner
-        started = time.perf_counter()
-        totals = {"model": 0.0, "policy": 0.0, "system": 0.0}
-        summaries: list[TrialSummary] = []
-        opt_costs: list[list[float]] = []
-        for i in range(min(cfg.random_trials, cfg.max_trials)):
+        EB-MC-PILCO explores with GP-iLQR plans after the random trials, and stops exploring
+        early once a rollout follows its plan to within exploration.match_tol (the model is
+        good where it matters)."""
+        cfg, n = self.config.learner, len(summaries)
+        if n >= cfg.max_trials:
+            return None
+        if n < cfg.random_trials:
+            return RANDOM
+        if cfg.algorithm == "eb":
+            explored = [s for s in summaries if s.kind == "ilqr"]
+            tol = self.config.exploration.match_tol
+            error = explored[-1].info.get("tracking_error") if explored else None
+            matched = tol > 0 and error is not None and error < tol
+            if len(explored) < self.config.exploration.iterations and not matched:
+                return OptimizationRequest("explore", len(explored))
+        if cfg.stop_on_success and any(s.success and s.kind == "policy" for s in summaries):
+            return None
+        learning_trial = sum(s.kind == "policy" for s in summaries)
+        return OptimizationRequest("policy", learning_trial, pretrain=(
+            cfg.algorithm == "eb" and (learning_trial == 0 or self.config.pretrain.every_trial)))
+
+    def _step(self, step: str | OptimizationRequest) -> None:
+        """One trial (and the computation before it), appended to the run's summaries."""
+        index = len(self.summaries)
+        if step == RANDOM:
             t0 = time.perf_counter()
             controller = RandomController(self.config.plant.u_max,
                                           seed=int(self.rng.integers(2**31)))
-            trial = self.system.run(controller, kind="random", index=i)
-            totals["system"] += time.perf_counter() - t0
-            summaries.append(self._record(trial, {}))
-        if cfg.algorithm == "eb":
-            self._explore(summaries, totals)
-        learning_trial = 0
-        while len(summaries) < cfg.max_trials:
-            if cfg.stop_on_success and any(s.success and s.kind == "policy" for s in summaries):
-                break
-            request = OptimizationRequest("policy", learning_trial,
-                                          pretrain=(cfg.algorithm == "eb" and (
-                                              learning_trial == 0
-                                              or self.config.pretrain.every_trial)))
-            update, trial, summary_kw = self._round(request, len(summaries), totals)
-            opt_costs.append(update.costs)
-            summaries.append(self._record(trial, summary_kw))
-            learning_trial += 1
-        totals["total"] = time.perf_counter() - started
-        return LearningReport(algorithm=cfg.algorithm, seed=cfg.seed, trials=summaries,
-                              opt_costs=opt_costs, wall_s=totals)
+            trial = self.system.run(controller, kind="random", index=index)
+            self.totals["system"] += time.perf_counter() - t0
+            self.summaries.append(self._record(trial, {}))
+            return
+        assert isinstance(step, OptimizationRequest)
+        update, trial, summary_kw = self._round(step, index, self.totals)
+        if step.phase == "explore":
+            error = (plan_tracking_error(update.predicted_states, trial)
+                     if update.predicted_states is not None else float("inf"))
+            summary_kw["info"]["tracking_error"] = error
+        else:
+            self.opt_costs.append(update.costs)
+        self.summaries.append(self._record(trial, summary_kw))
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The run at this trial boundary (core.checkpoint): JSON-ready."""
+        totals = {**self.totals,
+                  "total": self._elapsed_before + time.perf_counter() - self._started}
+        return plain({
+            "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
+            "trials_completed": len(self.summaries),
+            "learner": {"summaries": [summary_to_dict(s) for s in self.summaries],
+                        "opt_costs": self.opt_costs, "totals": totals,
+                        "rng": rng_state(self.rng)},
+            "system": _state_of(self.system), "models": _state_of(self.models),
+            "optimizer": _state_of(self.optimizer)})
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from `checkpoint` (CheckpointError if it is not one of this config)."""
+        check_checkpoint(checkpoint, self.config)
+        learner = checkpoint["learner"]
+        try:
+            self.summaries = [summary_from_dict(s) for s in learner["summaries"]]
+            self.opt_costs = [list(c) for c in learner["opt_costs"]]
+            totals = {k: float(v) for k, v in learner["totals"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"the checkpoint's learner state is unusable: {exc}") from exc
+        if len(self.summaries) != checkpoint["trials_completed"]:
+            raise CheckpointError(f"the checkpoint says {checkpoint['trials_completed']} "
+                                  f"trials completed but holds {len(self.summaries)}")
+        self._elapsed_before = totals.pop("total", 0.0)
+        self.totals = totals
+        set_rng_state(self.rng, learner["rng"])
+        _load_state_of(self.system, checkpoint.get("system"), "system")
+        _load_state_of(self.models, checkpoint.get("models"), "model learning")
+        _load_state_of(self.optimizer, checkpoint.get("optimizer"), "optimisation")
+
+    def run(self, resume: dict[str, Any] | None = None) -> LearningReport:
+        """The whole run, or its rest from `resume` (a checkpoint)."""
+        self._started = time.perf_counter()
+        if resume is not None:
+            self.restore(resume)
+        while (step := self.next_step(self.summaries)) is not None:
+            self._step(step)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self.checkpoint())
+        cfg = self.config.learner
+        totals = {**self.totals,
+                  "total": self._elapsed_before + time.perf_counter() - self._started}
+        return LearningReport(algorithm=cfg.algorithm, seed=cfg.seed, trials=self.summaries,
+                              opt_costs=self.opt_costs, wall_s=totals)
+
+
+class SeededSystem:
+    """The in-process simulated cart-pole with its generator's state in checkpoints."""
+
+    def __init__(self, config: ExperimentConfig, seed: int) -> None:
+        from .systems import SimulatedCartPole
+
+        self.inner = SimulatedCartPole(config.plant, np.random.default_rng([seed, 0]))
+
+    def run(self, controller: Controller, kind: str, index: int) -> Trial:
+        return self.inner.run(controller, kind=kind, index=index)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_state(self.inner.rng)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_rng_state(self.inner.rng, state["rng"])
+
+
+def build_in_process(config: ExperimentConfig,
+                     on_trial: Callable[[TrialSummary, Trial], None] | None = None,
+                     on_step: Callable | None = None,
+                     on_checkpoint: Callable[[dict[str, Any]], None] | None = None) -> Learner:
+    """A seeded Learner on the in-process simulated cart-pole (every generator seeded here)."""
+    seed = config.learner.seed
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 1])
+    return Learner(config, SeededSystem(config, seed), LocalModelLearning(config),
+                   LocalPolicyOptimization(config, rng, on_step), rng, on_trial, on_checkpoint)
 
 
 def run_in_process(config: ExperimentConfig,
                    on_trial: Callable[[TrialSummary, Trial], None] | None = None,
-                   on_step: Callable | None = None) -> LearningReport:
-    """One seeded learning run on the in-process simulated cart-pole."""
-    from .systems import SimulatedCartPole
-
-    seed = config.learner.seed
-    torch.manual_seed(seed)
-    system = SimulatedCartPole(config.plant, np.random.default_rng([seed, 0]))
-    rng = np.random.default_rng([seed, 1])
-    learner = Learner(config, system, LocalModelLearning(config),
-                      LocalPolicyOptimization(config, rng, on_step), rng, on_trial)
+                   on_step: Callable | None = None,
+                   on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                   resume: dict[str, Any] | None = None) -> LearningReport:
+    """One seeded learning run on the in-process simulated cart-pole; `resume` (a checkpoint
+    from `on_checkpoint`) continues an interrupted one, with the same result."""
+    learner = build_in_process(config, on_trial, on_step, on_checkpoint)
     # One thread setting for the whole run (fit, iLQR, pretraining, optimisation): mixing
     # settings oversubscribes the cores when runs share a machine.
     with torch_threads(config.optimizer.threads):
-        return learner.run()
+        return learner.run(resume)
