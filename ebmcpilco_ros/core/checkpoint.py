@@ -86,9 +86,10 @@ def rng_state(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
-    if state.get("bit_generator") != type(rng.bit_generator).__name__:
+    kind = rng.bit_generator.__class__.__name__
+    if state.get("bit_generator") != kind:
         raise CheckpointError(f"checkpoint rng is {state.get('bit_generator')!r}, this run's "
-                              f"is {type(rng.bit_generator).__name__}")
+                              f"is {kind}")
     rng.bit_generator.state = state
 
 
