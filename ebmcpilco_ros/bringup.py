@@ -169,8 +169,8 @@ class GraphClient:
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
-        from .nodes.common import (ABORT_SERVICE, LEARN_SERVICE, RUN_TRIAL_SERVICE,
-                                   STATUS_TOPIC, latched_qos)
+        from .nodes.common import (ABORT_SERVICE, LEARN_SERVICE, RESUME_SERVICE,
+                                   RUN_TRIAL_SERVICE, STATUS_TOPIC, latched_qos)
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -184,7 +184,7 @@ class GraphClient:
                                       latched_qos(status_depth))
         self.clients = {name: self.node.create_client(Trigger, srv) for name, srv in
                         (("learn", LEARN_SERVICE), ("run_trial", RUN_TRIAL_SERVICE),
-                         ("abort", ABORT_SERVICE))}
+                         ("abort", ABORT_SERVICE), ("resume", RESUME_SERVICE))}
         self._trigger = Trigger
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
@@ -214,7 +214,8 @@ class GraphClient:
             return self.latest_status if ok else None
 
     def call(self, service: str, timeout: float = 10.0) -> tuple[bool, str]:
-        """Call learn / run_trial / abort: (success, message); (False, why) if unanswered."""
+        """Call learn / run_trial / abort / resume: (success, message); (False, why) if
+        unanswered."""
         client = self.clients[service]
         if not client.wait_for_service(timeout_sec=timeout):
             return False, f"service {client.srv_name} not available within {timeout} s"
@@ -253,11 +254,37 @@ def _trial_line(trial: Mapping[str, Any]) -> str:
     return f"trial {trial['index']}: {trial['kind']:7s} cost {trial['cost']:6.2f}  {outcome}{extra}"
 
 
+def resume_overrides(run: str | Path, overrides: Mapping[str, Mapping[str, Any]]
+                     ) -> dict[str, dict[str, Any]]:
+    """`--resume RUN`: the run's own settings (its config.json: the learning sections and
+    `execution`), then `overrides` on top (a learning setting changed there makes the trial
+    manager refuse, naming it), and the trial manager pointed at RUN. RunDirError if RUN is
+    not a run directory."""
+    from .core.config import SECTIONS
+    from .nodes.rundir import CONFIG_FILE, RunDirError, run_status
+
+    path = Path(run).expanduser().resolve()
+    run_status(path)
+    try:
+        saved = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise RunDirError(f"{path / CONFIG_FILE} is not JSON: {exc}") from exc
+    out = {name: dict(saved[name]) for name in (*SECTIONS, "execution")
+           if isinstance(saved.get(name), dict)}
+    for section, values in overrides.items():
+        out.setdefault(section, {}).update(values)
+    out.setdefault("nodes", {}).update({"run_directory": str(path.parent),
+                                        "resume_run": path.name})
+    return out
+
+
 def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
             namespace: str = "", startup_timeout: float = 120.0,
             log: Callable[[str], None] = print, verbose: bool = False,
-            nodes: Iterable[str] = SIM_NODES, plant: str = "the simulated cart-pole") -> int:
-    """`ebmcpilco sim`: 0 when the swing-up is solved, 1 when not, 2 on a config error."""
+            nodes: Iterable[str] = SIM_NODES, plant: str = "the simulated cart-pole",
+            resume: bool = False) -> int:
+    """`ebmcpilco sim`: 0 when the swing-up is solved, 1 when not, 2 on a config error.
+    `resume`: continue the run `nodes.resume_run` names (resume_overrides) instead of a new one."""
     config, parts = validate(config_path, overrides)
     nodes_cfg = parts["nodes"]
     log_dir = (Path(nodes_cfg.run_directory or tempfile.gettempdir()) / "logs"
@@ -282,7 +309,7 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
             log(f"the node graph did not come up within {startup_timeout:g} s: waiting for "
                 + ", ".join(waiting))
             return 1
-        ok, message = start_learning(client)
+        ok, message = start_learning(client, service="resume" if resume else "learn")
         log(message)
         if not ok:
             return 1
@@ -388,11 +415,12 @@ class _NodeDied(RuntimeError):
     pass
 
 
-def start_learning(client: GraphClient, status_wait: float = 5.0) -> tuple[bool, str]:
-    """Call /ebmcpilco/learn. Fast DDS drops a response whose reader the server has not yet
-    discovered (it waits 100 ms, which a loaded machine can exceed), so an unanswered call
-    counts as started when the status topic shows the run."""
-    ok, message = client.call("learn")
+def start_learning(client: GraphClient, status_wait: float = 5.0, service: str = "learn"
+                   ) -> tuple[bool, str]:
+    """Call /ebmcpilco/learn (or /ebmcpilco/resume). Fast DDS drops a response whose reader the
+    server has not yet discovered (it waits 100 ms, which a loaded machine can exceed), so an
+    unanswered call counts as started when the status topic shows the run."""
+    ok, message = client.call(service)
     if not ok and "did not answer" in message:
         status = client.wait_status(lambda s: s.get("state") == "learning", status_wait)
         if status is not None:

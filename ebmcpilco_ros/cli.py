@@ -4,6 +4,8 @@
     ebmcpilco sim                      the same through the ROS 2 node graph (no ros2 launch)
     ebmcpilco rig --port DEV           the graph on a physical rig (--emulator: on the emulator,
                                        --firmware-sim: on the firmware ELF in simavr)
+    ebmcpilco sim|rig --resume RUN     continue a run that crashed, failed or was aborted
+    ebmcpilco inspect RUN              how a run directory's run stands (finished, died, ...)
     ebmcpilco bench learn ...          learning runs over seeds -> table + JSON
     ebmcpilco bench merge A B --json C several learn JSONs as one (later files win per variant)
     ebmcpilco bench step ...           one policy-optimisation step at several GP sizes
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
@@ -142,6 +145,9 @@ def _add_graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--startup-timeout", type=float, default=120.0,
                    help="seconds for the graph to become ready (default 120)")
     p.add_argument("--verbose", action="store_true", help="also print each phase")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the run in run directory RUN from its last completed trial "
+                        "(its own settings; --set on top)")
 
 
 def _graph_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -155,18 +161,55 @@ def _graph_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return overrides
 
 
+def _resume_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]] | None:
+    """The overrides of `sim`/`rig`, with --resume RUN's settings under them (None: RUN is no
+    run directory, said on stderr)."""
+    from . import bringup
+    from .nodes.rundir import RunDirError, describe_run, run_status
+
+    overrides = _graph_overrides(args)
+    if not args.resume:
+        return overrides
+    try:
+        resumed = bringup.resume_overrides(args.resume, overrides)
+        print(describe_run(run_status(Path(args.resume).expanduser().resolve())), flush=True)
+    except RunDirError as exc:
+        print(f"ebmcpilco {args.command}: --resume: {exc}", file=sys.stderr)
+        return None
+    return resumed
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from . import bringup
 
-    overrides = _graph_overrides(args)
+    overrides = _resume_overrides(args)
+    if overrides is None:
+        return 2
     return bringup.run_sim(find_config(args.config), overrides, namespace=args.namespace,
-                           startup_timeout=args.startup_timeout, verbose=args.verbose)
+                           startup_timeout=args.startup_timeout, verbose=args.verbose,
+                           resume=bool(args.resume))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .nodes.rundir import RunDirError, describe_run, run_status
+
+    try:
+        status = run_status(Path(args.run).expanduser())
+    except RunDirError as exc:
+        print(f"ebmcpilco inspect: {exc}", file=sys.stderr)
+        return 2
+    print(describe_run(status))
+    if status["trial"] and status["outcome"] not in ("run_done", "running"):
+        print(f"trial running at the end: {status['trial']}")
+    return 0
 
 
 def cmd_rig(args: argparse.Namespace) -> int:
     from . import bringup
 
-    overrides = _graph_overrides(args)
+    overrides = _resume_overrides(args)
+    if overrides is None:
+        return 2
     stand_in = (bringup.StandIn.EMULATOR if args.emulator
                 else bringup.StandIn.FIRMWARE_SIM if args.firmware_sim else None)
     if not args.port and stand_in is None:
@@ -175,7 +218,8 @@ def cmd_rig(args: argparse.Namespace) -> int:
         return 2
     return bringup.run_rig(find_config(args.config), overrides, port=args.port,
                            stand_in=stand_in, namespace=args.namespace,
-                           startup_timeout=args.startup_timeout, verbose=args.verbose)
+                           startup_timeout=args.startup_timeout, verbose=args.verbose,
+                           resume=bool(args.resume))
 
 
 def cmd_bench_link(args: argparse.Namespace) -> int:
@@ -264,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "toolchain: firmware/README.md)")
     _add_graph_args(rig)
     rig.set_defaults(func=cmd_rig)
+
+    inspect = sub.add_parser("inspect", help="how a run directory's run stands: trials "
+                                             "completed, last phase, finished or died")
+    inspect.add_argument("run", help="a run directory (<nodes.run_directory>/<run id>)")
+    inspect.set_defaults(func=cmd_inspect)
 
     bench = sub.add_parser("bench", help="benchmarks (figures and JSON)")
     bsub = bench.add_subparsers(dest="bench", required=True)

@@ -5,6 +5,7 @@ completed trial."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,165 @@ def test_a_checkpoint_of_another_format_or_configuration_is_refused(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.json")
+
+
+# -- the node graph: SIGKILL, restart, resume ------------------------------------------------------
+GRAPH = {"optimizer.max_steps": 40, "optimizer.max_steps_first": 40,
+         "learner.stop_on_success": False}  # 3 trials: random, policy, policy
+RUN_TIMEOUT = 420.0  # startup, fits and optimisations on a busy 2-core machine
+
+
+def files_of(run: Path) -> dict[str, str]:
+    """Every file of a run (no temporary left, every JSON whole), by path."""
+    from test_clean_stop import check_run_directory
+
+    check_run_directory(run.parent)
+    return {str(p.relative_to(run)): p.read_text() for p in run.rglob("*") if p.is_file()}
+
+
+def resume_and_finish(client: Any, graph: Any, run_id: str, killed: float) -> dict[str, Any]:
+    """Call /ebmcpilco/resume once the new trial manager (started after `killed`, a time.time())
+    is ready; the run's end (run_done asserted)."""
+    from ebmcpilco_ros.bringup import start_learning
+    from graph_helpers import STARTUP_TIMEOUT, describe_failure, wait_event
+
+    ready = client.wait_status(lambda s: bool(s.get("ready")) and s["stamp"] > killed,
+                               STARTUP_TIMEOUT)
+    assert ready is not None, describe_failure(graph)
+    ok, message = start_learning(client, service="resume")
+    assert ok and run_id in message, message
+    end = wait_event(client, ("run_done", "failed", "aborted"), RUN_TIMEOUT, run_id)
+    assert end is not None and end["event"] == "run_done", (end, describe_failure(graph))
+    return end
+
+
+def learn_until(client: Any, graph: Any, events: Any, moment: Any) -> str:
+    """Start a run and wait for `moment` (a predicate on the node events); the run id."""
+    from graph_helpers import STARTUP_TIMEOUT, describe_failure, wait_event
+
+    ready = client.wait_status(lambda s: bool(s.get("ready")), STARTUP_TIMEOUT)
+    assert ready is not None, describe_failure(graph)
+    ok, message = client.call("learn")
+    assert ok, message
+    started = wait_event(client, ("started_learning",), 30)
+    assert started is not None
+    assert events.wait(moment, RUN_TIMEOUT), (events.events[-5:], describe_failure(graph))
+    return started["run_id"]
+
+
+def nth(node: str, kind: str, n: int) -> Any:
+    """The moment `node` has sent its n-th `kind` event."""
+    return lambda all_events: sum(e.get("node") == node and e.get("event") == kind
+                                  for e in all_events) >= n
+
+
+class AllEvents:
+    """NodeEvents whose wait predicate sees the whole list (to count events)."""
+
+    def __init__(self, client: Any) -> None:
+        from test_clean_stop import NodeEvents
+
+        self.inner = NodeEvents(client)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.inner.events
+
+    def wait(self, predicate: Any, timeout: float) -> bool:
+        with self.inner.cond:
+            return self.inner.cond.wait_for(lambda: predicate(self.inner.events), timeout)
+
+
+def check_resumed_run(run: Path, before: dict[str, str], end: dict[str, Any]) -> list[Any]:
+    """Nothing completed before the crash lost or changed, every file whole, the run's three
+    trials and its log saying it died and was resumed; the resumed event's `interrupted`."""
+    from ebmcpilco_ros.nodes.rundir import run_status
+
+    after = files_of(run)
+    for name in ("trials/trial_000.json", "trials/trial_001.json"):
+        assert after[name] == before[name], name  # completed before the crash: untouched
+    report = end["report"]
+    assert [t["index"] for t in report["trials"]] == [0, 1, 2]
+    assert [t["kind"] for t in report["trials"]] == ["random", "policy", "policy"]
+    assert sorted(p for p in after if p.startswith("trials/trial_")) == [
+        f"trials/trial_{i:03d}.json" for i in range(3)]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    resumed = [e for e in log if e["event"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["previous"] == "died", resumed
+    assert resumed[0]["from_trial"] == 2
+    assert json.loads(after["checkpoint.json"])["trials_completed"] == 3
+    progress = json.loads(after["progress.json"])
+    assert progress["state"] == "run_done" and progress["trials_completed"] == 3, progress
+    assert run_status(run)["outcome"] == "run_done"
+    return resumed[0]["interrupted"]
+
+
+@pytest.mark.timeout(2 * 120 + 2 * RUN_TIMEOUT + 60)
+def test_a_killed_trial_manager_resumes_without_losing_a_trial(tmp_path):
+    """SIGKILL to the trial manager while trial 2 runs; a new trial manager resumes the run
+    from its checkpoint (trial 2 again), the cut-off trial kept under trials/interrupted/,
+    marked failed and interrupted, and the run ends with its three trials."""
+    import signal
+
+    from ebmcpilco_ros.bringup import GraphClient
+    from ebmcpilco_ros.nodes.rundir import run_status
+    from graph_helpers import describe_failure, isolated_domain, ros_environment, start_graph
+
+    with ros_environment(isolated_domain(60)):
+        g = start_graph(tmp_path, GRAPH)
+        client = GraphClient()
+        events = AllEvents(client)
+        try:
+            run_id = learn_until(client, g, events, nth("policy_execution", "started", 3))
+            killed = time.time()
+            g.kill("trial_manager", signal.SIGKILL)
+            g.processes["trial_manager"].wait(10)
+            run = tmp_path / "runs" / run_id
+            before = files_of(run)
+            status = run_status(run)
+            assert status["outcome"] == "died" and status["trials_completed"] == 2, status
+            assert status["trial"]["index"] == 2, status
+            g.start(["trial_manager"])
+            end = resume_and_finish(client, g, run_id, killed)
+        finally:
+            client.close()
+            g.stop()
+    interrupted = check_resumed_run(run, before, end)
+    assert [k["index"] for k in interrupted] == [2], (interrupted, describe_failure(g))
+    kept = list((run / "trials" / "interrupted").glob("trial_002-*.json"))
+    assert kept, list(run.rglob("*"))
+    for path in kept:  # the record that arrived late, or the note that none did
+        data = json.loads(path.read_text())
+        assert data["failed"] is True
+        assert data.get("meta", {}).get("interrupted") or data.get("record") is None, data
+
+
+@pytest.mark.timeout(2 * 120 + 2 * RUN_TIMEOUT + 60)
+def test_a_killed_graph_resumes_from_its_run_directory(tmp_path):
+    """SIGKILL to every node while the policy for trial 2 is optimised; a new graph resumes
+    the run (the optimiser's state travels in the first request) and ends it."""
+    import signal
+
+    from ebmcpilco_ros.bringup import GraphClient
+    from graph_helpers import isolated_domain, ros_environment, start_graph
+
+    with ros_environment(isolated_domain(61)):
+        g = start_graph(tmp_path, GRAPH)
+        client = GraphClient()
+        events = AllEvents(client)
+        try:
+            moment = nth("policy_optimization", "accepted", 2)
+            run_id = learn_until(client, g, events, moment)
+            killed = time.time()
+            for name in g.processes:
+                g.kill(name, signal.SIGKILL)
+            for process in g.processes.values():
+                process.wait(10)
+            run = tmp_path / "runs" / run_id
+            before = files_of(run)
+            g.start()
+            end = resume_and_finish(client, g, run_id, killed)
+        finally:
+            client.close()
+            g.stop()
+    assert check_resumed_run(run, before, end) == []

@@ -37,6 +37,7 @@ from .params import check_params_files
 
 # -- topics and services (relative names: they resolve inside the node's namespace) -------------
 LEARN_SERVICE = "ebmcpilco/learn"
+RESUME_SERVICE = "ebmcpilco/resume"
 RUN_TRIAL_SERVICE = "ebmcpilco/run_trial"
 ABORT_SERVICE = "ebmcpilco/abort"
 STATUS_TOPIC = "ebmcpilco/status"
@@ -213,6 +214,11 @@ class Replies:
     def expect(self, request_id: str) -> None:
         with self._cond:
             self._items.setdefault(request_id, [])
+
+    def expecting(self, request_id: str) -> bool:
+        """Whether a worker waits on `request_id` (else its results are late or stray)."""
+        with self._cond:
+            return request_id in self._items
 
     def post(self, request_id: str, item: dict[str, Any]) -> None:
         with self._cond:

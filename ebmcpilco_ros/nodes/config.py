@@ -146,6 +146,9 @@ class NodesConfig(Section):
                                        "reports missing")
     run_directory: str = setting("runs",
                                  doc="the trial manager's run directory root; '' = write none")
+    resume_run: str = setting("", doc="the run /ebmcpilco/resume continues: a run directory's "
+                                      "path, or a run id under run_directory; '' = the latest "
+                                      "run there that did not finish")
 
 
 NODE_SECTIONS: dict[str, type] = {

@@ -144,6 +144,13 @@ def check_fit_request(req: dict[str, Any]) -> None:
     _strings(req, "trials")
 
 
+def _optional_object(payload: dict[str, Any], name: str) -> None:
+    """An optional JSON object (the optimiser's state: core's load_state_dict checks inside)."""
+    if payload.get(name) is not None and not isinstance(payload[name], dict):
+        raise ValueError(f"field {name!r} must be an object, got "
+                         f"{type(payload[name]).__name__}")
+
+
 def check_optimization_request(req: dict[str, Any]) -> None:
     """`ebmcpilco.optimization_request/1`'s envelope (the OptimizationRequest in `request` is
     checked by building it)."""
@@ -151,6 +158,8 @@ def check_optimization_request(req: dict[str, Any]) -> None:
     _string(req, "model_request_id")
     _string(req, "run_id", required=False, empty=True)
     _integer(req, "seed", required=False)
+    _string(req, "session", required=False, empty=True)
+    _optional_object(req, "optimizer_state")
     request = req.get("request")
     if not isinstance(request, dict):
         raise ValueError(f"field 'request' must be an object, got {request!r}")
@@ -208,6 +217,7 @@ def check_controller_update(update: dict[str, Any]) -> None:
                                              for v in wall.values()):
         raise ValueError(f"field 'wall_s' must map phases to finite numbers, got {wall!r}")
     _finite_numbers(update, ("node_wall_s",))
+    _optional_object(update, "optimizer_state")
     try:
         controller_from_dict(update.get("controller"))
     except (ValueError, KeyError, TypeError) as exc:

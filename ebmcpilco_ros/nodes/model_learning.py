@@ -2,9 +2,9 @@
 
 Trial records (core.trial.Trial.to_dict) arrive on ebmcpilco/trial_records, from the execution
 node and, when this node reports some missing, again from the trial manager; each is kept once,
-keyed `<run_id>/<index>`. A fit request names exactly the trials to fit on: missing ones are
-reported (event "missing"), otherwise the speed-integration model (core.model) is fitted in a
-worker thread and published latched on ebmcpilco/model with a version number.
+keyed `<run_id>/<index>/<request_id>`. A fit request names exactly the trials to fit on: missing
+ones are reported (event "missing"), otherwise the speed-integration model (core.model) is fitted
+in a worker thread and published latched on ebmcpilco/model with a version number.
 """
 from __future__ import annotations
 
@@ -28,8 +28,12 @@ NAME = "model_learning"
 
 
 def trial_key(trial: Trial) -> str:
-    """A trial's identity across the graph: the run it belongs to and its index there."""
-    return f"{trial.meta.get('run_id', '')}/{trial.index}"
+    """A trial's identity across the graph: the run it belongs to, its index there and the
+    request that ran it (a resumed run runs an interrupted trial's index again: the first
+    attempt's record, stored here already, must not stand for the second)."""
+    key = f"{trial.meta.get('run_id', '')}/{trial.index}"
+    request = trial.meta.get("request_id")
+    return f"{key}/{request}" if request else key
 
 
 class ModelLearningNode(GraphNode):

@@ -181,16 +181,21 @@ class PolicyOptimizationNode(GraphNode):
                 raise Cancelled("cancelled while waiting for the model")
             return self.models[key]
 
-    def _optimizer_for(self, run_id: str, seed: int) -> LocalPolicyOptimization:
-        """A fresh optimiser (policy, plans, rng) per learning run; kept across its trials."""
-        if self.optimizer is None or run_id != self.run_id:
+    def _optimizer_for(self, run_id: str, seed: int, state: dict[str, Any] | None
+                       ) -> LocalPolicyOptimization:
+        """A fresh optimiser (policy, plans, rng) per learning run and session (a resumed run
+        is a new session); kept across its trials. A request carrying `optimizer_state` (a
+        resumed run's first) starts from it: what the run had when it was checkpointed."""
+        if self.optimizer is None or run_id != self.run_id or state is not None:
             config = self.config.replace(learner={"seed": seed})
             torch.manual_seed(seed)
-            self.optimizer = LocalPolicyOptimization(config, np.random.default_rng([seed, 1]),
-                                                     on_step=self._on_step,
-                                                     should_stop=self.cancel.is_set,
-                                                     on_stage=self._on_stage)
-            self.run_id = run_id
+            optimizer = LocalPolicyOptimization(config, np.random.default_rng([seed, 1]),
+                                                on_step=self._on_step,
+                                                should_stop=self.cancel.is_set,
+                                                on_stage=self._on_stage)
+            if state is not None:
+                optimizer.load_state_dict(state)
+            self.optimizer, self.run_id = optimizer, run_id
         return self.optimizer
 
     def _on_stage(self, stage: str) -> None:
@@ -214,7 +219,9 @@ class PolicyOptimizationNode(GraphNode):
             update_msg = self._wait_model(str(req["model_request_id"]))
             model = SpeedIntegrationModel.from_dict(update_msg["model"])
             seed = int(req.get("seed", self.config.learner.seed))
-            optimizer = self._optimizer_for(str(req.get("run_id", "")), seed)
+            optimizer = self._optimizer_for(
+                f"{req.get('run_id', '')}/{req.get('session', '')}", seed,
+                req.get("optimizer_state"))
             started = time.perf_counter()
             update = optimizer.next_controller(model, request)
             self.version += 1
@@ -225,6 +232,7 @@ class PolicyOptimizationNode(GraphNode):
                 "opt_steps": update.opt_steps, "wall_s": update.wall_s,
                 "node_wall_s": time.perf_counter() - started, "costs": update.costs,
                 "predicted_states": update.predicted_states, "info": update.info,
+                "optimizer_state": optimizer.state_dict(),
                 "controller": update.controller.to_dict()}))
             self.get_logger().info(f"controller v{self.version} ({update.phase}, "
                                    f"{update.opt_steps} steps) for request {request_id}")

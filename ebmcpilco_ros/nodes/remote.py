@@ -41,13 +41,15 @@ class Link:
 
     def __init__(self, replies: Replies, cancel: threading.Event, names: NodesConfig,
                  publishers: dict[str, Any], peers: dict[str, PeerWatch],
-                 on_phase: Callable[[str], None]) -> None:
+                 on_phase: Callable[[str], None],
+                 on_trial: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.replies = replies
         self.cancel = cancel
         self.names = names
         self.publishers = publishers
         self.peers = peers
         self.on_phase = on_phase
+        self.on_trial = on_trial  # hears each trial request as it goes out
 
     def send(self, role: str, payload: dict[str, Any]) -> None:
         """Publish once someone subscribes (a late-matched subscriber would miss the message)."""
@@ -102,6 +104,8 @@ class RemoteSystem:
     def run(self, controller: Controller, kind: str, index: int) -> Trial:
         link = self.link
         request_id = new_id("trial")
+        if link.on_trial is not None:
+            link.on_trial({"index": index, "kind": kind, "request_id": request_id})
         link.on_phase(f"trial {index} ({kind})")
         request = {"format": TRIAL_REQUEST_FORMAT, "request_id": request_id,
                    "run_id": self.run_id, "index": index, "kind": kind,
@@ -139,6 +143,14 @@ class RemoteModelLearning:
     def add_trial(self, trial: Trial) -> None:
         self.trials[trial_key(trial)] = trial
 
+    def state_dict(self) -> dict[str, Any]:
+        """The run's trial records, for a checkpoint: a resumed run names them in its fits
+        (model_learning, if it restarted too, reports them missing and gets them again)."""
+        return {"trials": [t.to_dict() for t in self.trials.values()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trials = {trial_key(t): t for t in (Trial.from_dict(r) for r in state["trials"])}
+
     def fit(self) -> SpeedIntegrationModel:
         link = self.link
         keys = list(self.trials)
@@ -170,13 +182,28 @@ class RemoteModelLearning:
 
 
 class RemoteOptimization:
-    """Controllers from the policy optimisation node, for whatever phase the Learner asks."""
+    """Controllers from the policy optimisation node, for whatever phase the Learner asks.
+
+    What the optimiser keeps across trials (the persistent policy, the last plan, its
+    generators) comes back with each controller (`optimizer_state`) and goes into the trial
+    manager's checkpoint; a resumed run's first request carries it back to the node, which
+    starts from it (a new `session` gets a new optimiser there). Nothing travels by file.
+    """
 
     def __init__(self, link: Link, run_id: str, seed: int, models: RemoteModelLearning) -> None:
         self.link = link
         self.run_id = run_id
         self.seed = seed
         self.models = models
+        self.session = new_id("session")
+        self.state: dict[str, Any] | None = None
+        self.send_state = False
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state, self.send_state = dict(state), True
 
     def next_controller(self, model: SpeedIntegrationModel, request: OptimizationRequest
                         ) -> ControllerUpdate:
@@ -186,7 +213,9 @@ class RemoteOptimization:
         payload = {"format": OPTIMIZATION_REQUEST_FORMAT, "request_id": request_id,
                    "run_id": self.run_id, "seed": self.seed, "model_version": model.version,
                    "model_request_id": self.models.fit_requests[model.version],
-                   "request": request.to_dict()}
+                   "session": self.session, "request": request.to_dict()}
+        if self.send_state and self.state is not None:
+            payload["optimizer_state"] = self.state
         link.send(OPTIMIZATION, payload)
         try:
             link.answer(OPTIMIZATION, payload)
@@ -200,6 +229,8 @@ class RemoteOptimization:
                 raise Aborted("aborted during optimisation")
             raise RemoteError(f"optimisation failed: {item.get('reason', 'no reason given')}")
         predicted = item.get("predicted_states")
+        if item.get("optimizer_state") is not None:
+            self.state, self.send_state = item["optimizer_state"], False
         return ControllerUpdate(
             controller=controller_from_dict(item["controller"]), phase=item["phase"],
             opt_steps=int(item.get("opt_steps", 0)), wall_s=dict(item.get("wall_s", {})),

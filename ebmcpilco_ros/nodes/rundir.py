@@ -6,18 +6,35 @@
                     controllers/controller_v001.json
                     report.json                  the learning report at the end
                     log.jsonl                    every status message, one per line
-Files are written to a temporary name and renamed (os.replace), so a crash leaves either the old
-file or the new one; log lines are flushed and fsynced one by one (a crash may cut the last).
+                    checkpoint.json              the Learner at the last trial boundary
+                                                 (core.checkpoint: what a resume starts from)
+                    progress.json                the phase now and the last one completed
+                    trials/interrupted/          trials a crash cut off: kept, never fitted
+Files are written to a temporary name, fsynced and renamed (os.replace), so a crash leaves either
+the old file or the new one; log lines are flushed and fsynced one by one (a crash may cut the
+last, which readers skip).
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 
+from ..core.checkpoint import CHECKPOINT_FILE, write_json_atomic
 from .common import to_json
+
+PROGRESS_FORMAT = "ebmcpilco.progress/1"
+PROGRESS_FILE = "progress.json"
+CONFIG_FILE = "config.json"
+END_EVENTS = ("run_done", "failed", "aborted")  # a run's end in log.jsonl
+RUNNING = "running"
+
+
+class RunDirError(ValueError):
+    """A path that is not a run directory, or one that cannot be resumed."""
 
 
 class RunDirectory:
@@ -29,15 +46,18 @@ class RunDirectory:
         self._lock = threading.Lock()
 
     def write_json(self, relative: str, data: Any) -> Path:
-        target = self.path / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(to_json(data) if isinstance(data, dict) else json.dumps(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        return target
+        return write_json_atomic(self.path / relative,
+                                 to_json(data) if isinstance(data, dict) else json.dumps(data))
+
+    def write_progress(self, state: str, phase: str, last_completed: str,
+                       trials_completed: int, trial: dict[str, Any] | None = None) -> None:
+        """progress.json: what runs now (`phase`, the trial request if a trial runs) and the
+        last phase completed; `pid` and `host` tell a dead run from a running one."""
+        self.write_json(PROGRESS_FILE, {
+            "format": PROGRESS_FORMAT, "run_id": self.path.name, "state": state,
+            "phase": phase, "last_completed": last_completed,
+            "trials_completed": trials_completed, "trial": trial, "pid": os.getpid(),
+            "host": socket.gethostname()})
 
     def log(self, entry: dict[str, Any]) -> None:
         line = to_json(entry) + "\n"
@@ -45,3 +65,90 @@ class RunDirectory:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """log.jsonl's entries; a line a crash cut short is skipped."""
+    entries = []
+    try:
+        lines = (path / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
+
+
+def _alive(pid: Any, host: Any) -> bool | None:
+    """Whether process `pid` runs (None: on another host, unknown)."""
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:  # there, and not ours
+        return True
+    except (ProcessLookupError, TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def run_status(path: str | Path) -> dict[str, Any]:
+    """What a run directory says about its run: trials completed (checkpoint), the phase last
+    completed and the one running (progress.json), how it ended (the last end event in
+    log.jsonl after its last start) and, without an end, whether it still runs or died.
+
+    `outcome` is run_done, failed, aborted, running, died or unknown (another host's run without
+    an end). RunDirError if `path` is not a run directory."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise RunDirError(f"{path} is not a run directory (no {CONFIG_FILE})")
+    progress: dict[str, Any] = {}
+    try:
+        progress = json.loads((path / PROGRESS_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        pass
+    except ValueError as exc:
+        raise RunDirError(f"{path / PROGRESS_FILE} is not JSON: {exc}") from exc
+    completed = 0
+    try:
+        completed = int(json.loads((path / CHECKPOINT_FILE).read_text(encoding="utf-8"))
+                        .get("trials_completed", 0))
+    except FileNotFoundError:
+        pass
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise RunDirError(f"{path / CHECKPOINT_FILE} is not a checkpoint: {exc}") from exc
+    ended = None
+    for entry in read_log(path):
+        if entry.get("event") == "started_learning":
+            ended = None
+        elif entry.get("event") in END_EVENTS:
+            ended = entry
+    if ended is not None:
+        outcome = str(ended["event"])
+    else:
+        alive = _alive(progress.get("pid"), progress.get("host"))
+        outcome = ("unknown" if alive is None and progress else
+                   RUNNING if alive and progress.get("state") == RUNNING else "died")
+    return {"run_id": path.name, "path": str(path), "outcome": outcome,
+            "trials_completed": completed, "phase": progress.get("phase", ""),
+            "last_completed": progress.get("last_completed", ""),
+            "trial": progress.get("trial"),
+            "reason": ended.get("reason", "") if ended is not None else ""}
+
+
+def describe_run(status: dict[str, Any]) -> str:
+    """One line for `ebmcpilco inspect` and a resume: how the run stands."""
+    outcome = status["outcome"]
+    how = {"run_done": "finished", "failed": f"failed ({status['reason']})",
+           "aborted": f"was aborted ({status['reason']})", RUNNING: "is running",
+           "died": "died (no end in log.jsonl, its trial manager is gone)",
+           "unknown": "has no end in log.jsonl (its trial manager ran on another host)"}
+    where = (f"; last phase completed: {status['last_completed']}" if status["last_completed"]
+             else "")
+    if outcome not in ("run_done", RUNNING) and status["phase"]:
+        where += f"; cut off in: {status['phase']}"
+    return (f"run {status['run_id']} {how.get(outcome, outcome)} after "
+            f"{status['trials_completed']} completed trials{where}")

@@ -6,13 +6,17 @@ Services (std_srvs/Trigger, all answered at once, the work goes on in a worker t
     ebmcpilco/run_trial  one trial with the current controller (the newest on
                          ebmcpilco/controller; random exploration before any)
     ebmcpilco/abort      stop the run or trial; the execution node zeroes the command at once
+    ebmcpilco/resume     continue a run that crashed, failed or was aborted from its run
+                         directory's checkpoint (nodes.resume_run, or the latest unfinished run)
 Progress goes to ebmcpilco/status (latched JSON, ebmcpilco.status/1) and /diagnostics; the run
-directory (rundir.py) gets every trial, model and controller and a JSON-lines log.
+directory (rundir.py) gets every trial, model and controller, a JSON-lines log, the checkpoint at
+each trial boundary and progress.json at each phase boundary.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import threading
 import time
@@ -23,6 +27,8 @@ import numpy as np
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from ..core.checkpoint import CHECKPOINT_FILE, CheckpointError, config_differences, \
+    load_checkpoint
 from ..core.config import SECTIONS
 from ..core.controllers import Controller, RandomController, controller_from_dict
 from ..core.cost import trajectory_cost
@@ -33,7 +39,8 @@ from .common import (ABORT_SERVICE, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT,
                      HEARTBEAT_FORMAT,
                      FIT_REQUEST_TOPIC, LEARN_SERVICE, MODEL_EVENTS_TOPIC, MODEL_TOPIC,
                      MODEL_UPDATE_FORMAT, OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
-                     OPTIMIZATION_REQUEST_TOPIC, RUN_TRIAL_SERVICE, STATUS_FORMAT, STATUS_TOPIC,
+                     OPTIMIZATION_REQUEST_TOPIC, RESUME_SERVICE, RUN_TRIAL_SERVICE,
+                     STATUS_FORMAT, STATUS_TOPIC,
                      TRIAL_RECORDS_TOPIC, TRIAL_REQUEST_TOPIC, Aborted, Diagnostics, GraphNode,
                      PeerWatch, Replies, decode, encode, heartbeat_topic, latched_qos,
                      reliable_qos, run_node)
@@ -42,7 +49,8 @@ from .hygiene import (Refusals, check_controller_update, check_event, check_hear
 from .params import declare_config
 from .remote import (EXECUTION, MODEL_LEARNING, OPTIMIZATION, Link, RemoteModelLearning,
                      RemoteOptimization, RemoteSystem)
-from .rundir import RunDirectory
+from .rundir import (CONFIG_FILE, PROGRESS_FILE, RUNNING, RunDirError, RunDirectory,
+                     describe_run, run_status)
 
 NAME = "trial_manager"
 IDLE, LEARNING, RUNNING_TRIAL = "idle", "learning", "running_trial"
@@ -66,6 +74,8 @@ class TrialManager(GraphNode):
         self.phase = ""
         self.run_id = ""
         self.trials_done = 0
+        self.last_completed = ""  # the phase last completed (progress.json)
+        self.current_trial: dict[str, Any] | None = None  # the trial request out now
         self.worker: threading.Thread | None = None
         self.heartbeats: dict[str, dict[str, Any]] = {}
         self.heard: dict[str, float] = {}
@@ -106,10 +116,11 @@ class TrialManager(GraphNode):
         self.create_service(Trigger, LEARN_SERVICE, self._on_learn)
         self.create_service(Trigger, RUN_TRIAL_SERVICE, self._on_run_trial)
         self.create_service(Trigger, ABORT_SERVICE, self._on_abort)
+        self.create_service(Trigger, RESUME_SERVICE, self._on_resume)
         self.execution_abort = self.create_client(Trigger, EXECUTION_ABORT_SERVICE)
         self.optimization_cancel = self.create_client(Trigger, OPTIMIZATION_CANCEL_SERVICE)
         self.link = Link(self.replies, self.cancel, self.names, self.request_pubs, self.peers,
-                         self._set_phase)
+                         self._set_phase, self._on_trial_request)
         self.create_timer(self.names.status_period, self._check_readiness)
         self.diagnostics = Diagnostics(self, self.names, self._report)
         self._publish_status("started")
@@ -155,9 +166,29 @@ class TrialManager(GraphNode):
             self._fail_request(meta.get("request_id"), f"invalid trial record: {exc}")
             return
         run_dir = self.run_dirs.get(str(meta.get("run_id", "")))
+        request_id = str(meta.get("request_id", ""))
         if run_dir is not None:
-            run_dir.write_json(f"trials/trial_{int(record.get('index', 0)):03d}.json", record)
-        self.replies.post(str(meta.get("request_id", "")), {"type": "record", "record": record})
+            self._write_record(run_dir, record, request_id)
+        self.replies.post(request_id, {"type": "record", "record": record})
+
+    def _write_record(self, run_dir: RunDirectory, record: dict[str, Any],
+                      request_id: str) -> None:
+        """trials/trial_NNN.json for a trial the run waits on; a record nobody waits on (a trial
+        of a session that crashed, arriving late) goes to trials/interrupted/, marked; this
+        node's own resends of written records are not written again."""
+        index = int(record.get("index", 0))
+        relative = f"trials/trial_{index:03d}.json"
+        if self.replies.expecting(request_id):
+            run_dir.write_json(relative, record)
+            return
+        try:
+            written = json.loads((run_dir.path / relative).read_text(encoding="utf-8"))
+            if written.get("meta", {}).get("request_id") == request_id:
+                return
+        except (OSError, ValueError, AttributeError):
+            pass
+        keep_interrupted(run_dir, record, "its record arrived after the run had stopped "
+                                          "waiting for it (a crash or an abort)")
 
     def _on_model(self, msg: String) -> None:
         try:
@@ -226,8 +257,23 @@ class TrialManager(GraphNode):
             self._publish_status("ready" if not waiting else "not_ready")
 
     def _set_phase(self, phase: str) -> None:
+        """A phase starts: the one before it completed (progress.json says both)."""
+        if self.phase and self.phase != "starting":
+            self.last_completed = self.phase
         self.phase = phase
+        if not phase.startswith("trial "):
+            self.current_trial = None
+        self._write_progress(RUNNING)
         self._publish_status("phase")
+
+    def _on_trial_request(self, trial: dict[str, Any]) -> None:
+        self.current_trial = trial
+
+    def _write_progress(self, state: str) -> None:
+        run_dir = self.run_dirs.get(self.run_id)
+        if run_dir is not None and self.run_id != self.manual_run:
+            run_dir.write_progress(state, self.phase, self.last_completed, self.trials_done,
+                                   self.current_trial)
 
     def _publish_status(self, kind: str, **fields: Any) -> None:
         if self.closing:  # the worker may still report while the node goes down
@@ -298,6 +344,88 @@ class TrialManager(GraphNode):
                             else "nothing running; asked the execution node to zero the command")
         return response
 
+    def _on_resume(self, _request: Trigger.Request, response: Trigger.Response
+                   ) -> Trigger.Response:
+        """Continue a run from its run directory (nodes.resume_run, or the latest run there that
+        did not finish); refused with the reason (not a run directory, another configuration, a
+        checkpoint of another format, finished, busy, not ready)."""
+        with self.lock:
+            reason = self._busy_reason()
+            waiting = self._readiness()
+            if reason is None and waiting:
+                reason = "not ready: waiting for " + ", ".join(waiting)
+            if reason is None:
+                try:
+                    path, checkpoint, previous = self._resume_target()
+                except (RunDirError, CheckpointError, OSError) as exc:
+                    reason = f"cannot resume: {exc}"
+            if reason is None:
+                self.run_dirs[path.name] = RunDirectory(path.parent, path.name)
+                self._start(LEARNING, lambda: self._resume(checkpoint, previous), path.name,
+                            write_config=False)
+                message = f"resuming: {describe_run(previous)}"
+        response.success = reason is None
+        response.message = reason or message
+        return response
+
+    def _resume_target(self) -> tuple[Path, dict[str, Any] | None, dict[str, Any]]:
+        """The run to resume, its checkpoint (None: no trial completed yet) and its status."""
+        root = Path(self.names.run_directory or ".").expanduser()
+        if self.names.resume_run:
+            named = Path(self.names.resume_run).expanduser()
+            path = named if named.is_absolute() or not (root / named).exists() else root / named
+        else:
+            runs = [p for p in (root.iterdir() if root.is_dir() else ())
+                    if (p / CONFIG_FILE).is_file() and p.name != self.manual_run
+                    and not p.name.startswith("manual-")
+                    and run_status(p)["outcome"] not in ("run_done", RUNNING)]
+            if not runs:
+                raise RunDirError(f"no unfinished run in {root} (set nodes.resume_run)")
+            path = max(runs, key=lambda p: ((p / PROGRESS_FILE).stat().st_mtime
+                                            if (p / PROGRESS_FILE).exists() else 0.0, p.name))
+        previous = run_status(path)
+        if previous["outcome"] == "run_done":
+            raise RunDirError(f"run {path.name} has finished (report.json); nothing to resume")
+        if previous["outcome"] == RUNNING:
+            raise RunDirError(f"run {path.name} is running (trial manager process "
+                              f"{json.loads((path / PROGRESS_FILE).read_text())['pid']})")
+        if (path / CHECKPOINT_FILE).exists():
+            return path, load_checkpoint(path / CHECKPOINT_FILE, self.config), previous
+        saved = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        differ = config_differences({k: saved.get(k) for k in SECTIONS}, self.config)
+        if differ:
+            raise CheckpointError(f"{path / CONFIG_FILE} is of another configuration: "
+                                  + "; ".join(differ))
+        return path, None, previous
+
+    def _resume(self, checkpoint: dict[str, Any] | None, previous: dict[str, Any]) -> None:
+        """Keep what a crash cut off (marked, never fitted), say how the run stood, wait for a
+        trial of the crashed session still running on the execution node, then learn on."""
+        run_dir = self.run_dirs[self.run_id]
+        completed = checkpoint["trials_completed"] if checkpoint is not None else 0
+        interrupted = keep_cut_off(run_dir, completed, previous.get("trial"))
+        self._publish_status("resumed", previous=previous["outcome"], from_trial=completed,
+                             last_completed=previous["last_completed"],
+                             cut_off_in=previous["phase"], interrupted=interrupted,
+                             message=describe_run(previous))
+        self._wait_execution_idle()
+        self._learn(resume=checkpoint)
+
+    def _wait_execution_idle(self) -> None:
+        """A trial the crashed session started may still run there (a killed trial manager does
+        not stop it); a new request would be refused as busy."""
+        deadline = time.monotonic() + (self.config.plant.trial_duration
+                                       + self.names.trial_timeout_margin)
+        announced = False
+        while (self.heartbeats.get(EXECUTION, {}).get("running")
+               and time.monotonic() < deadline):
+            if not announced:
+                self._set_phase("waiting for policy_execution to end a trial of the crashed "
+                                "session")
+                announced = True
+            if self.cancel.wait(self.names.status_period):
+                raise Aborted("aborted while waiting for the execution node")
+
     # -- work -----------------------------------------------------------------------------------
     def _new_run_id(self) -> str:
         learner = self.config.learner
@@ -312,12 +440,14 @@ class TrialManager(GraphNode):
                                                  run_id)
         return self.run_dirs[run_id]
 
-    def _start(self, activity: str, work: Callable[[], None], run_id: str) -> None:
+    def _start(self, activity: str, work: Callable[[], None], run_id: str,
+               write_config: bool = True) -> None:
         """Caller holds the lock and has checked the manager is idle."""
         self.cancel.clear()
         self.activity, self.run_id, self.phase = activity, run_id, "starting"
+        self.last_completed, self.current_trial = "", None
         run_dir = self._run_dir(run_id)
-        if run_dir is not None and activity == LEARNING:
+        if run_dir is not None and activity == LEARNING and write_config:
             run_dir.write_json("config.json", {
                 **self.config.to_dict(),
                 **{name: dataclasses.asdict(part) for name, part in
@@ -339,19 +469,22 @@ class TrialManager(GraphNode):
 
     def _end(self, kind: str, **fields: Any) -> None:
         with self.lock:
+            if self.activity == LEARNING:
+                self._write_progress(kind)
             self.activity, self.phase = IDLE, kind
         self._publish_status(kind, **fields)
 
-    def _learn(self) -> None:
+    def _learn(self, resume: dict[str, Any] | None = None) -> None:
+        """The Learner through the other nodes, from the start or from a checkpoint."""
         config, run_id = self.config, self.run_id
         seed = config.learner.seed
-        self.trials_done = 0
+        self.trials_done = resume["trials_completed"] if resume is not None else 0
         system = RemoteSystem(self.link, run_id, config.plant)
         models = RemoteModelLearning(self.link, run_id, self._resend_record)
         optimizer = RemoteOptimization(self.link, run_id, seed, models)
         learner = Learner(config, system, models, optimizer, np.random.default_rng([seed, 1]),
-                          on_trial=self._on_trial)
-        report: LearningReport = learner.run()
+                          on_trial=self._on_trial, on_checkpoint=self._on_checkpoint)
+        report: LearningReport = learner.run(resume)
         result = report.to_dict()
         result["opt_costs"] = report.opt_costs
         run_dir = self.run_dirs.get(run_id)
@@ -362,6 +495,17 @@ class TrialManager(GraphNode):
     def _on_trial(self, summary: TrialSummary, _trial: Trial) -> None:
         self.trials_done += 1
         self._publish_status("trial_done", trial=dataclasses.asdict(summary))
+
+    def _on_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A trial boundary: the checkpoint first, then progress.json saying so."""
+        run_dir = self.run_dirs.get(self.run_id)
+        if run_dir is None:
+            return
+        run_dir.write_json(CHECKPOINT_FILE, checkpoint)
+        summary = checkpoint["learner"]["summaries"][-1]
+        self.last_completed = f"trial {summary['index']} ({summary['kind']}), checkpointed"
+        self.current_trial = None
+        self._write_progress(RUNNING)
 
     def _resend_record(self, trial: Trial) -> None:
         self.records_pub.publish(encode(trial.to_dict()))
@@ -410,6 +554,54 @@ class TrialManager(GraphNode):
             self.execution_abort.call_async(Trigger.Request())
         self.join_worker(self.worker, "the learning worker")
         self.closing = True
+
+
+INTERRUPTED_FORMAT = "ebmcpilco.interrupted_trial/1"  # a trial cut off with no record at all
+
+
+def keep_interrupted(run_dir: RunDirectory, record: dict[str, Any], why: str) -> str:
+    """A record of a trial a crash cut off, kept under trials/interrupted/: marked failed (never
+    fitted) and interrupted, with the reason. Returns its path in the run directory."""
+    meta = dict(record.get("meta") or {})
+    meta.update({"interrupted": True, "interrupted_reason": why})
+    kept = {**record, "failed": True, "meta": meta}
+    relative = (f"trials/interrupted/trial_{int(record.get('index', 0)):03d}-"
+                f"{meta.get('request_id') or 'unknown'}.json")
+    run_dir.write_json(relative, kept)
+    return relative
+
+
+def keep_cut_off(run_dir: RunDirectory, completed: int, running: dict[str, Any] | None
+                 ) -> list[dict[str, Any]]:
+    """Before a resume: every trial record past the checkpoint (written, but the run stopped
+    before its trial boundary) moves to trials/interrupted/, marked; a trial that was running
+    at the crash with no record at all gets a note there (what it was, that nothing arrived)."""
+    kept = []
+    for path in sorted((run_dir.path / "trials").glob("trial_*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            index = int(record.get("index", -1))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+        if index < completed:
+            continue
+        relative = keep_interrupted(run_dir, record, "the run stopped before this trial's "
+                                                     "checkpoint (a crash)")
+        path.unlink()
+        kept.append({"index": index, "request_id": record.get("meta", {}).get("request_id"),
+                     "record": True, "path": relative})
+    if running and int(running.get("index", -1)) >= completed and not any(
+            k["request_id"] == running.get("request_id") for k in kept):
+        relative = (f"trials/interrupted/trial_{int(running['index']):03d}-"
+                    f"{running.get('request_id') or 'unknown'}.json")
+        if not (run_dir.path / relative).exists():
+            run_dir.write_json(relative, {
+                "format": INTERRUPTED_FORMAT, **running, "failed": True, "record": None,
+                "reason": "the run crashed during this trial and no record of it arrived"})
+        kept.append({**running, "record": (run_dir.path / relative).exists() and json.loads(
+            (run_dir.path / relative).read_text()).get("format") != INTERRUPTED_FORMAT,
+            "path": relative})
+    return kept
 
 
 def main(args: Sequence[str] | None = None) -> int:
