@@ -280,3 +280,5 @@ def test_a_killed_graph_resumes_from_its_run_directory(tmp_path):
             client.close()
             g.stop()
     assert check_resumed_run(run, before, end) == []
+    log = g.log_path("policy_optimization").read_text(errors="replace")
+    assert "resumed: the optimiser starts from the state its request carries" in log, log

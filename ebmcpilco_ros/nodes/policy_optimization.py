@@ -195,6 +195,9 @@ class PolicyOptimizationNode(GraphNode):
                                                 on_stage=self._on_stage)
             if state is not None:
                 optimizer.load_state_dict(state)
+                self.get_logger().info(f"run {run_id} resumed: the optimiser starts from the "
+                                       f"state its request carries (controller "
+                                       f"v{optimizer.version} of the run)")
             self.optimizer, self.run_id = optimizer, run_id
         return self.optimizer
 
