@@ -245,13 +245,14 @@ def test_a_trial_through_run_trial_drives_the_pins_with_what_the_policy_asked(ri
     trace = rig.sim.trace()
     applied = trace.applied(since)
     assert applied, "the firmware never drove the motor during the trial"
-    asked = {duty(u) for u in inputs} | {duty(s * HARDWARE.soft_limit_brake_force)
-                                         for s in (-1.0, 1.0)}
+    requested = record["meta"]["requested_inputs"]   # inputs: what the firmware applied
+    asked = {duty(u) for u in requested} | {duty(s * HARDWARE.soft_limit_brake_force)
+                                            for s in (-1.0, 1.0)}
     home = HARDWARE.home_force_limit * HARDWARE.force_to_command
     stray = [o for o in applied if not allowed_drive(o.drive, asked) and abs(o.drive) > home
              + PWM_STEP]
     assert not stray, stray[:5]
-    recorded = [o for o in applied if allowed_drive(o.drive, {duty(u) for u in inputs})]
+    recorded = [o for o in applied if allowed_drive(o.drive, {duty(u) for u in requested})]
     assert len({round(o.drive, 3) for o in recorded}) >= 5    # the random policy's many values
     # The states the node recorded are the plant's: the last one is within the encoders'
     # quantisation and a few ticks' motion of the harness's plant at some tick of the trial.
