@@ -285,7 +285,7 @@ class TrialManager(GraphNode):
                   "trials": self.trials_done, **fields}
         self.status_pub.publish(encode(status))
         run_dir = self.run_dirs.get(self.run_id)
-        if run_dir is not None and kind != "progress":
+        if run_dir is not None:   # progress too: every nodes.progress_period at most
             run_dir.log(status)
 
     # -- services -------------------------------------------------------------------------------
