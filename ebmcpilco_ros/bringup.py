@@ -29,6 +29,7 @@ import yaml
 from .core.config import ExperimentConfig, config_from_dict, read_parameters
 from .nodes import NODE_NAMES, RIG_NODE_NAMES, STOP_BOUND_S
 from .nodes.config import NODE_SECTIONS, build_node_section
+from .tools.report import report_hint
 
 SIM_NODES = NODE_NAMES  # sim_plant, policy_execution, model_learning, policy_optimization,
 #                         trial_manager
@@ -313,7 +314,9 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
         log(message)
         if not ok:
             return 1
-        return _follow(client, graph, log, verbose, interrupted)
+        code = _follow(client, graph, log, verbose, interrupted)
+        log(report_hint(nodes_cfg.run_directory, (client.latest_status or {}).get("run_id")))
+        return code
     except KeyboardInterrupt:
         log("interrupted: aborting")
         with _shielded():

@@ -6,6 +6,7 @@
                                        --firmware-sim: on the firmware ELF in simavr)
     ebmcpilco sim|rig --resume RUN     continue a run that crashed, failed or was aborted
     ebmcpilco inspect RUN              how a run directory's run stands (finished, died, ...)
+    ebmcpilco report RUN [--out DIR]   plots, a GIF of the best trial and report.md of a run
     ebmcpilco bench learn ...          learning runs over seeds -> table + JSON
     ebmcpilco bench merge A B --json C several learn JSONs as one (later files win per variant)
     ebmcpilco bench step ...           one policy-optimisation step at several GP sizes
@@ -204,6 +205,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .tools.report import ReportError, write_report
+
+    try:
+        files = write_report(args.run, args.out, particles=args.particles)
+    except ReportError as exc:
+        print(f"ebmcpilco report: {exc}", file=sys.stderr)
+        return 2
+    for path in files.all():
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_rig(args: argparse.Namespace) -> int:
     from . import bringup
 
@@ -308,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
                                "toolchain: firmware/README.md)")
     _add_graph_args(rig)
     rig.set_defaults(func=cmd_rig)
+
+    report = sub.add_parser("report", help="plots, an animation of the best trial and a "
+                                           "markdown summary of a run directory")
+    report.add_argument("run", help="a run directory (<nodes.run_directory>/<run id>)")
+    report.add_argument("--out", default=None, help="output folder (default RUN/report)")
+    report.add_argument("--particles", type=_positive_int, default=200,
+                        help="particles of the model's predictions (default 200)")
+    report.set_defaults(func=cmd_report)
 
     inspect = sub.add_parser("inspect", help="how a run directory's run stands: trials "
                                              "completed, last phase, finished or died")
