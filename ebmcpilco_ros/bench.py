@@ -2,16 +2,19 @@
 
     learn   full learning runs over seeds, per algorithm (the paper's comparison)
     step    one MC-PILCO policy-gradient step (rollout + gradient + Adam) at given GP sizes
+    policy-eval  one evaluation u = pi(x) of the policy: numpy export, controller, torch
 """
 from __future__ import annotations
 
 import concurrent.futures
 import gc
+import importlib.util
 import json
 import multiprocessing
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,8 +29,9 @@ from .core.mcpilco import initial_particles, torch_dtype, torch_threads
 from .core.native_rollout import resolve_backend, unavailable_reason
 from .core.model import SpeedIntegrationModel, training_data
 from .core.policy import SquashedRBFPolicy
+from .core.policy_numpy import export_source
 from .core.rollout import ParticleDynamics, RolloutNoise, rollout_cost_and_gradient
-from .core.controllers import RandomController
+from .core.controllers import PolicyController, RandomController
 from .core.systems import SimulatedCartPole
 
 
@@ -406,3 +410,95 @@ def step(config: ExperimentConfig, points: Sequence[int], repeats: int = 20,
                          "basis": config.policy.num_basis, "dtype": opt.dtype,
                          "device": opt.device, "dropout": opt.dropout, "backend": backend},
             "machine": machine_info(opt.threads or None)}
+
+
+# -- bench policy-eval ----------------------------------------------------------------------------
+
+def policy_eval(config: ExperimentConfig, calls: int = 20000, repeats: int = 5,
+                warmup: int = 2000, seed: int = 0, log: Callable[[str], None] = print
+                ) -> dict[str, Any]:
+    """The time of one policy evaluation u = pi(x) for one measured state, as the control loop
+    asks for it, at the config's policy size (the paper's: 200 centres, 4-D state):
+
+        numpy_export  the file `ebmcpilco export-policy` writes, imported from a temporary folder
+        controller    PolicyController (what the execution node runs: the same numpy code)
+        torch         SquashedRBFPolicy in evaluation mode, float64, no_grad, one torch thread,
+                      the state taken from numpy and u returned as a float, as a caller would
+
+    Each repeat times `calls` single calls with perf_counter_ns (the timer's own cost included,
+    and reported), the paths in turn so that a change of load hits them alike; the figures are
+    the medians over repeats of each repeat's median and p99. Also the largest |u| difference
+    between the numpy and torch paths on the states used."""
+    machine = machine_info(1)   # with the load average before the measurement
+    u_max = config.plant.u_max
+    policy = SquashedRBFPolicy(config.policy, u_max, dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(seed)).eval()
+    params = policy.parameters_snapshot(version=1)
+    controller = PolicyController(params)
+    rng = np.random.default_rng(seed)
+    states = rng.normal(0.0, [0.5, 1.5, 4.0, 6.0], size=(1024, 4))  # swing-up's range
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "exported_policy.py"
+        path.write_text(export_source(params, "bench policy-eval", "exported_policy"))
+        spec = importlib.util.spec_from_file_location("exported_policy", path)
+        assert spec is not None and spec.loader is not None
+        exported = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(exported)
+    numpy_policy = exported.policy
+
+    def torch_eval(x: np.ndarray) -> float:
+        with torch.no_grad():
+            return float(policy(torch.from_numpy(x)[None])[0])
+
+    paths: dict[str, Callable[[np.ndarray], float]] = {
+        "numpy_export": numpy_policy, "controller": lambda x: controller(0, x),
+        "torch": torch_eval}
+    n = len(states)
+    rows = [states[k] for k in range(n)]
+    with torch_threads(1):
+        reference = np.array([torch_eval(x) for x in rows])
+        agreement = {name: float(np.max(np.abs(np.array([f(x) for x in rows]) - reference)))
+                     for name, f in paths.items() if name != "torch"}
+        timer = np.diff([time.perf_counter_ns() for _ in range(10001)])
+        per_repeat: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+        for name, f in paths.items():
+            for k in range(warmup):
+                f(rows[k % n])
+        for _ in range(repeats):
+            for name, f in paths.items():
+                times = np.empty(calls)
+                clock = time.perf_counter_ns
+                for k in range(calls):
+                    x = rows[k % n]
+                    t0 = clock()
+                    f(x)
+                    times[k] = clock() - t0
+                times *= 1e-3  # us
+                per_repeat[name].append((float(np.median(times)),
+                                         float(np.percentile(times, 99))))
+    results = []
+    log(f"one policy evaluation: {config.policy.num_basis} centres, 4-D state, {repeats} "
+        f"repeats x {calls} calls (figures: medians over repeats)")
+    for name, figures in per_repeat.items():
+        medians = [m for m, _ in figures]
+        row = {"path": name, "median_us": round(statistics.median(medians), 2),
+               "p99_us": round(statistics.median(p for _, p in figures), 2),
+               "repeat_medians_us": [round(m, 2) for m in medians],
+               "max_abs_diff_vs_torch": agreement.get(name)}
+        results.append(row)
+        diff = (f"  max |u - u_torch| {row['max_abs_diff_vs_torch']:.1e} N"
+                if name in agreement else "")
+        log(f"  {name:13s} median {row['median_us']:8.2f} us  p99 {row['p99_us']:8.2f} us  "
+            f"(repeat medians {min(medians):.2f}-{max(medians):.2f}){diff}")
+    timer_us = float(np.median(timer)) * 1e-3
+    after = os.getloadavg()
+    log(f"  timer overhead {timer_us:.3f} us per call (included); load average "
+        + " ".join(f"{v:.2f}" for v in machine["load_average"]) + " before, "
+        + " ".join(f"{v:.2f}" for v in after) + f" after; {machine['cpu']}, "
+        f"{machine['cores']} cores, numpy {np.__version__}, torch {torch.__version__}")
+    return {"results": results,
+            "settings": {"basis": config.policy.num_basis, "u_max": u_max, "calls": calls,
+                         "repeats": repeats, "warmup": warmup, "seed": seed,
+                         "torch_threads": 1, "numpy": np.__version__,
+                         "timer_overhead_us": round(timer_us, 3)},
+            "machine": machine, "load_average_after": after}

@@ -15,6 +15,8 @@
     ebmcpilco bench link ...           serial link under byte corruption (emulator, no ROS)
     ebmcpilco bench roundtrip ...      state frame -> JointState -> command frame latency
     ebmcpilco bench firmware ...       the firmware ELF in simavr: interrupt load, jitter, latency
+    ebmcpilco bench policy-eval ...    one policy evaluation: numpy export against torch
+    ebmcpilco export-policy F --out P  a learned policy as one numpy-only Python file
     ebmcpilco emulator ...             firmware emulator on a pty (for the hardware node)
 """
 from __future__ import annotations
@@ -126,6 +128,28 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
     cfg = _config(args)
     result = bench.step(cfg, args.points, repeats=args.repeats)
     _write_json(args.json, result)
+    return 0
+
+
+def cmd_bench_policy_eval(args: argparse.Namespace) -> int:
+    from . import bench
+
+    result = bench.policy_eval(_config(args), calls=args.calls, repeats=args.repeats)
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_export_policy(args: argparse.Namespace) -> int:
+    import json
+
+    from .core.policy_numpy import export_policy
+
+    try:
+        data = json.loads(Path(args.controller).read_text(encoding="utf-8"))
+        print(export_policy(data, args.out, origin=args.controller))
+    except (OSError, ValueError) as exc:
+        print(f"ebmcpilco export-policy: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -336,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("run", help="a run directory (<nodes.run_directory>/<run id>)")
     inspect.set_defaults(func=cmd_inspect)
 
+    export = sub.add_parser("export-policy", help="write a learned policy as one Python file "
+                                                  "that needs numpy only (for a rig PC)")
+    export.add_argument("controller", help="controller JSON: a run's controllers/"
+                                           "controller_vNNN.json, a controller or policy payload")
+    export.add_argument("--out", default="policy.py", help="the file to write (default policy.py)")
+    export.set_defaults(func=cmd_export_policy)
+
     bench = sub.add_parser("bench", help="benchmarks (figures and JSON)")
     bsub = bench.add_subparsers(dest="bench", required=True)
     learn = bsub.add_parser("learn", help="learning runs over seeds")
@@ -410,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulated seconds of commands for the latency and jitter figures")
     fw.add_argument("--json", default=None, help="write results to this JSON file")
     fw.set_defaults(func=cmd_bench_firmware)
+    pe = bsub.add_parser("policy-eval", help="time one policy evaluation u = pi(x): the numpy "
+                                             "export, the execution node's controller, torch")
+    _add_config_args(pe)
+    pe.add_argument("--calls", type=_positive_int, default=20000, help="timed calls per repeat")
+    pe.add_argument("--repeats", type=_positive_int, default=5)
+    pe.add_argument("--json", default=None, help="write results to this JSON file")
+    pe.set_defaults(func=cmd_bench_policy_eval)
 
     emu = sub.add_parser("emulator", help="cart-pole firmware emulator on a pty",
                          add_help=False)

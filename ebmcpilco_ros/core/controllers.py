@@ -1,10 +1,11 @@
 """Controllers a trial runs, and their JSON payload (what travels to the policy execution node).
 
     random          u_t ~ U(-u_max, u_max) i.i.d. (first exploration trial)
-    squashed_rbf    the learned policy (policy.PolicyParameters)
+    squashed_rbf    the learned policy (policy_numpy.PolicyParameters: numpy, no torch)
     feedback_plan   an iLQR plan with feedback and exploration noise:
                     u_t = U_t + K_t (x - X_t) + sigma_t eps_t,   eps_t ~ N(0, 1)
-All are evaluated in microseconds with numpy; the system clips to +-u_max.
+All are evaluated in microseconds with numpy; the system clips to +-u_max. This module imports no
+torch, so neither does the execution node's control loop.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .policy import POLICY_FORMAT, PolicyParameters
+from .policy_numpy import POLICY_FORMAT, PolicyParameters
 from .validate import finite_array, finite_number, is_integer
 
 CONTROLLER_FORMAT = "ebmcpilco.controller/1"
@@ -54,7 +55,8 @@ class RandomController:
 
 
 class PolicyController:
-    """The learned squashed RBF policy (no dropout)."""
+    """The learned squashed RBF policy (no dropout), evaluated in numpy (core/policy_numpy.py):
+    SquashedRBFPolicy's u in evaluation mode to float64 rounding, without torch."""
 
     kind = "squashed_rbf"
 

@@ -3,24 +3,23 @@
     x^      = [p, pdot, thetadot, sin theta, cos theta]   (the GP input without u)
     phi_i   = exp( -sum_d (x^_d - a_i,d)^2 / l_d^2 )      centres a_i, lengthscales l shared
 Trainable: weights w (B,), centres A (B, 5), log-lengthscales (5,). Dropout acts on the basis
-activations phi during optimisation only. `PolicyParameters` is the plain-numpy form that the
-real-time controller evaluates and that travels over ROS.
+activations phi during optimisation only. `PolicyParameters` (core/policy_numpy.py, numpy alone,
+re-exported here) is the plain-numpy form that the real-time controller evaluates and that
+travels over ROS.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .config import PolicyConfig
-from .validate import finite_array, finite_number, is_integer
+from .policy_numpy import POLICY_FORMAT, POLICY_INPUTS, PolicyParameters
 
-POLICY_FORMAT = "ebmcpilco.policy/1"
+__all__ = ["MAX_EXPONENT", "POLICY_FORMAT", "POLICY_INPUTS", "PolicyParameters",
+           "SquashedRBFPolicy", "rbf_activations", "state_features"]
 MAX_EXPONENT = 78.0  # exp(-78) ~ 1e-34: beyond it float32 exp enters the (slow) denormal range
-POLICY_INPUTS = ("p", "pdot", "thetadot", "sin_theta", "cos_theta")
 _QUARTER_TURN = (0.0, math.pi / 2)  # sin(theta + pi/2) = cos(theta): one sin call for both
 
 
@@ -29,49 +28,6 @@ def state_features(states: Tensor) -> Tensor:
     offsets = states.new_tensor(_QUARTER_TURN)
     sincos = torch.sin(states[..., 2:3] + offsets)
     return torch.cat([states[..., 0:2], states[..., 3:4], sincos], dim=-1)
-
-
-@dataclass(frozen=True)
-class PolicyParameters:
-    """Numpy snapshot of a squashed RBF policy: evaluation without torch, and the ROS payload."""
-
-    weights: np.ndarray       # (B,)
-    centres: np.ndarray       # (B, 5)
-    lengthscales: np.ndarray  # (5,)
-    u_max: float
-    version: int = 0
-
-    def __call__(self, state: np.ndarray) -> float:
-        """u for one measured state (4,): a few microseconds in numpy."""
-        th = state[2]
-        x = np.array([state[0], state[1], state[3], math.sin(th), math.cos(th)])
-        d = (self.centres - x) / self.lengthscales
-        phi = np.exp(-np.einsum("bd,bd->b", d, d))
-        return float(self.u_max * math.tanh(float(phi @ self.weights) / self.u_max))
-
-    def to_dict(self) -> dict:
-        return {"format": POLICY_FORMAT, "kind": "squashed_rbf", "version": self.version,
-                "u_max": self.u_max, "inputs": list(POLICY_INPUTS),
-                "weights": self.weights.tolist(), "centres": self.centres.tolist(),
-                "lengthscales": self.lengthscales.tolist()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PolicyParameters":
-        """ValueError naming the field where the payload is malformed or not finite."""
-        if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
-            got = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"not a policy of format {POLICY_FORMAT}: {got!r}")
-        weights = finite_array(data, "weights", ndim=1)
-        n_in = len(POLICY_INPUTS)
-        centres = finite_array(data, "centres", shape=(len(weights), n_in))
-        lengthscales = finite_array(data, "lengthscales", shape=(n_in,))
-        if np.any(lengthscales <= 0):
-            raise ValueError("policy field 'lengthscales' must be > 0")
-        u_max = finite_number(data, "u_max", 0.0, low_open=True)
-        version = data.get("version", 0)
-        if not is_integer(version):
-            raise ValueError(f"policy field 'version' must be an integer, got {version!r}")
-        return cls(weights, centres, lengthscales, u_max, int(version))
 
 
 def rbf_activations(features: Tensor, centres: Tensor, inv_ls: Tensor) -> Tensor:

@@ -17,7 +17,6 @@ import time
 from typing import Any, Callable, Iterable
 
 from ..core.controllers import controller_from_dict
-from ..core.model import check_model_dict
 from ..core.validate import finite_array, finite_number, is_integer, is_number
 
 REFUSAL_LOG_PERIOD = 5.0  # [s] between two log lines about refused input of one kind
@@ -192,6 +191,8 @@ def check_model_update(update: dict[str, Any]) -> None:
     if "points" in update and not (isinstance(update["points"], list)
                                    and all(is_integer(p) for p in update["points"])):
         raise ValueError(f"field 'points' must be a list of integers, got {update['points']!r}")
+    from ..core.model import check_model_dict  # here: core.model imports torch, and the
+    # execution node, which imports this module but receives no models, runs without it
     try:
         check_model_dict(update.get("model"))
     except ValueError as exc:
