@@ -1,7 +1,8 @@
 """Data hygiene at the node graph's entries (issue 11): non-finite or malformed data is refused,
 counted on /diagnostics (`rejected_*`), logged at a bounded rate, never stored or fitted.
 
-First the refusal helpers and envelope checks (nodes/hygiene.py) on their own, then real node
+First the refusal helpers (nodes/hygiene.py) and envelope checks (nodes/payloads.py) on their
+own, then real node
 processes over real DDS, driven and watched from an rclpy client: what each node logs arrives on
 /rosout, its counters on /diagnostics. Every wait is on a condition with a timeout."""
 from __future__ import annotations
@@ -21,10 +22,9 @@ from ebmcpilco_ros.core.controllers import RandomController
 from ebmcpilco_ros.core.model import INPUT_NAMES, MODEL_FORMAT, SpeedIntegrationModel
 from ebmcpilco_ros.core.trial import Trial
 from ebmcpilco_ros.nodes import common
-from ebmcpilco_ros.nodes.hygiene import (Refusals, check_controller_update, check_event,
-                                         check_fit_request, check_heartbeat, check_model_update,
-                                         check_optimization_request, check_trial_request,
-                                         command_fault)
+from ebmcpilco_ros.nodes.hygiene import Refusals, command_fault
+from ebmcpilco_ros.nodes.payloads import (ControllerUpdatePayload, Event, FitRequest, Heartbeat,
+                                          ModelUpdate, OptimizationRequestPayload, TrialRequest)
 
 from graph_helpers import (STARTUP_TIMEOUT, can_run_trial, describe_failure, isolated_domain,
                            ros_environment, start_graph, wait_event)
@@ -85,7 +85,7 @@ def _controller_update(**changes: Any) -> dict[str, Any]:
     return {"format": common.CONTROLLER_UPDATE_FORMAT, "request_id": "opt-1", "run_id": "r",
             "version": 1, "model_version": 1, "phase": "policy", "opt_steps": 2,
             "wall_s": {"policy": 1.0}, "node_wall_s": 1.1, "costs": [2.0, 1.0],
-            "predicted_states": None, "info": {},
+            "predicted_states": None, "info": {}, "optimizer_state": {},
             "controller": RandomController(10.0, seed=1).to_dict(), **changes}
 
 
@@ -95,59 +95,78 @@ def _bad_support() -> dict[str, Any]:
     return model
 
 
-@pytest.mark.parametrize("check, payload, message", [
-    (check_event, {"event": "accepted"}, "field 'request_id' must be a non-empty string"),
-    (check_event, {"request_id": "r", "event": 3}, "field 'event'"),
-    (check_event, {"request_id": "r", "event": "progress", "cost": None},
-     "field 'cost' must be a finite number"),
-    (check_event, {"request_id": "r", "event": "missing", "missing": ["a", 1]},
+def _event(**changes: Any) -> dict[str, Any]:
+    return {**common.event("n", "r", "progress"), **changes}
+
+
+def _heartbeat(**changes: Any) -> dict[str, Any]:
+    return {"format": common.HEARTBEAT_FORMAT, "role": "model_learning", "node": "/n",
+            "stamp": 1.0, **changes}
+
+
+def _fit_request(**changes: Any) -> dict[str, Any]:
+    return {"format": common.FIT_REQUEST_FORMAT, "request_id": "f", "run_id": "r",
+            "trials": ["r/0"], **changes}
+
+
+def _optimization_request(**changes: Any) -> dict[str, Any]:
+    return {"format": common.OPTIMIZATION_REQUEST_FORMAT, "request_id": "o", "run_id": "r",
+            "seed": 1, "model_version": 1, "model_request_id": "f", "session": "s",
+            "request": {"phase": "policy", "iteration": 0, "pretrain": False}, **changes}
+
+
+def _trial_request(**changes: Any) -> dict[str, Any]:
+    return {"format": common.TRIAL_REQUEST_FORMAT, "request_id": "t", "run_id": "r",
+            "index": 0, "kind": "random", "controller": RandomController(10.0, seed=1).to_dict(),
+            **changes}
+
+
+@pytest.mark.parametrize("payload_type, payload, message", [
+    (Event, _event(request_id=""), "field 'request_id' must be a non-empty string"),
+    (Event, _event(event=3), "field 'event'"),
+    (Event, _event(cost=None), "field 'cost' must be a finite number"),
+    (Event, _event(event="missing", missing=["a", 1]),
      "field 'missing' must be a list of strings"),
-    (check_event, {"request_id": "r", "event": "finished", "record": "yes"}, "field 'record'"),
-    (lambda p: check_heartbeat(p, ("model_learning",)), {"role": "x", "stamp": 1.0},
-     "field 'role' must be one of model_learning"),
-    (lambda p: check_heartbeat(p, ("model_learning",)), {"role": "model_learning"},
-     "field 'stamp'"),
-    (check_fit_request, {"request_id": "f", "trials": "r/0"}, "field 'trials'"),
-    (check_optimization_request, {"request_id": "o", "model_request_id": "f",
-                                  "request": {"phase": "policy", "iteration": -1}},
+    (Event, _event(event="finished", record="yes"), "field 'record'"),
+    (Heartbeat, _heartbeat(role="x"), "field 'role' must be one of policy_execution"),
+    (Heartbeat, _heartbeat(stamp=None), "field 'stamp'"),
+    (FitRequest, _fit_request(trials="r/0"), "field 'trials'"),
+    (OptimizationRequestPayload,
+     _optimization_request(request={"phase": "policy", "iteration": -1, "pretrain": False}),
      "field 'request': field 'iteration' must be an integer >= 0"),
-    (check_optimization_request, {"request_id": "o", "request": {"phase": "policy"}},
+    (OptimizationRequestPayload, _optimization_request(model_request_id=None),
      "field 'model_request_id'"),
-    (check_trial_request, {"request_id": "t", "index": 1.5}, "field 'index'"),
-    (check_model_update, _model_update(model=_bad_support()),
+    (TrialRequest, _trial_request(index=1.5), "field 'index'"),
+    (ModelUpdate, _model_update(model=_bad_support()),
      r"field 'model': model field gps\[0\]: field 'support'\[1\]\[4\] is not finite"),
-    (check_model_update, _model_update(version=None), "field 'version'"),
-    (check_model_update, _model_update(fit_s=None), "field 'fit_s'"),
-    (check_controller_update, _controller_update(costs=[1.0, None]),
+    (ModelUpdate, _model_update(version=None), "field 'version'"),
+    (ModelUpdate, _model_update(fit_s=None), "field 'fit_s'"),
+    (ControllerUpdatePayload, _controller_update(costs=[1.0, None]),
      r"field 'costs'\[1\] is not finite"),
-    (check_controller_update, _controller_update(predicted_states=[[0.0] * 3]),
+    (ControllerUpdatePayload, _controller_update(predicted_states=[[0.0] * 3]),
      r"field 'predicted_states' must be \(T\+1, 4\)"),
-    (check_controller_update, _controller_update(wall_s={"policy": None}), "field 'wall_s'"),
-    (check_controller_update,
+    (ControllerUpdatePayload, _controller_update(wall_s={"policy": None}), "field 'wall_s'"),
+    (ControllerUpdatePayload,
      _controller_update(controller={**RandomController(10.0, seed=1).to_dict(), "u_max": None}),
      "field 'controller': random controller: field 'u_max'"),
 ])
-def test_envelope_checks_name_the_field(check, payload, message):
+def test_envelope_checks_name_the_field(payload_type, payload, message):
     with pytest.raises(ValueError, match=message):
-        check(payload)
+        payload_type.from_dict(payload)
 
 
 def test_envelope_checks_pass_what_the_nodes_send():
-    check_event(common.event("model_learning", "fit-1", "accepted", trials=2))
-    check_event(common.event("policy_optimization", "o", "progress", step=3, cost=1.5, lr=0.01,
-                             dropout=0.25, stage="policy"))
-    check_heartbeat({"format": common.HEARTBEAT_FORMAT, "role": "policy_execution",
-                     "node": "/policy_execution", "stamp": time.time(), "fresh": True,
-                     "state_age_s": None}, ("policy_execution",))
-    check_fit_request({"request_id": "f", "run_id": "r", "trials": ["r/0", "r/1"]})
-    check_optimization_request({"request_id": "o", "run_id": "r", "seed": 1,
-                                "model_request_id": "f",
-                                "request": {"phase": "explore", "iteration": 0,
-                                            "pretrain": False}})
-    check_trial_request({"request_id": "t", "run_id": "r", "index": 0, "kind": "random"})
-    check_model_update(_model_update())
-    check_controller_update(_controller_update())
-    check_controller_update(_controller_update(predicted_states=[[0.0] * 4] * 3))
+    Event.from_dict(common.event("model_learning", "fit-1", "accepted", trials=2))
+    Event.from_dict(common.event("policy_optimization", "o", "progress", step=3, cost=1.5,
+                                 lr=0.01, dropout=0.25, stage="policy"))
+    Heartbeat.from_dict(_heartbeat(role="policy_execution", fresh=True, state_age_s=None))
+    FitRequest.from_dict(_fit_request(trials=["r/0", "r/1"]))
+    OptimizationRequestPayload.from_dict(_optimization_request(
+        request={"phase": "explore", "iteration": 0, "pretrain": False}))
+    TrialRequest.from_dict(_trial_request())
+    ModelUpdate.from_dict(_model_update())
+    ControllerUpdatePayload.from_dict(_controller_update())
+    ControllerUpdatePayload.from_dict(_controller_update(predicted_states=[[0.0] * 4] * 3))
 
 
 def test_command_faults():
@@ -405,15 +424,16 @@ def test_trial_manager_policy_execution_and_plant_count_and_log_what_they_refuse
             bad_controller = _controller_update(
                 controller={**RandomController(10.0, seed=1).to_dict(), "u_max": None})
             garbage = {
-                "execution_events": {"format": common.EVENT_FORMAT, "event": "accepted"},
-                "model_events": {"format": common.EVENT_FORMAT, "request_id": "r",
-                                 "event": "progress", "cost": math.nan},
+                "execution_events": {"format": common.EVENT_FORMAT, "node": "/x",
+                                     "event": "accepted", "stamp": time.time()},
+                "model_events": {"format": common.EVENT_FORMAT, "node": "/x", "request_id": "r",
+                                 "event": "progress", "stamp": time.time(), "cost": math.nan},
                 "optimization_events": "not JSON",
                 "records": nan_trial,
                 "model": bad_model,
                 "controller": bad_controller,
                 "heartbeat": {"format": common.HEARTBEAT_FORMAT, "role": "intruder",
-                              "stamp": time.time()},
+                              "node": "/x", "stamp": time.time()},
             }
             for name, payload in garbage.items():
                 pubs[name].publish(_string(payload))

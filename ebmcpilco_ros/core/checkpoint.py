@@ -165,14 +165,29 @@ def check_checkpoint(data: Any, config: ExperimentConfig | None = None,
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{source} is not of format {CHECKPOINT_FORMAT}: {got!r}")
     for key, kind in (("learner", dict), ("config", dict), ("trials_completed", int)):
-        if not isinstance(data.get(key), kind):
-            raise CheckpointError(f"{source}: field {key!r} missing or not a "
-                                  f"{kind.__name__}")
+        _need(data, key, kind, source)
+    for key, kind in (("summaries", list), ("opt_costs", list), ("totals", dict),
+                      ("rng", dict)):
+        _need(data["learner"], key, kind, source, "learner.")
+    for key in ("system", "models", "optimizer"):  # a component's state, null where stateless
+        if key not in data or not (data[key] is None or isinstance(data[key], dict)):
+            raise CheckpointError(f"{source} ({CHECKPOINT_FORMAT}): field {key!r} missing or "
+                                  f"not an object or null")
     if config is not None:
         differ = config_differences(data["config"], config)
         if differ:
             raise CheckpointError(f"{source} is of another configuration: " + "; ".join(differ))
     return data
+
+
+def _need(obj: dict[str, Any], key: str, kind: type, source: str, where: str = "") -> None:
+    """CheckpointError naming the field unless obj[key] is a `kind` (an int: >= 0)."""
+    value = obj.get(key)
+    if key not in obj or not isinstance(value, kind) or (
+            kind is int and (isinstance(value, bool) or value < 0)):
+        what = "an integer >= 0" if kind is int else f"a {kind.__name__}"
+        raise CheckpointError(f"{source} ({CHECKPOINT_FORMAT}): field {where}{key!r} missing "
+                              f"or not {what}")
 
 
 def load_checkpoint(path: str | Path, config: ExperimentConfig | None = None

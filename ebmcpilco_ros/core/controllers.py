@@ -152,14 +152,16 @@ def controller_from_dict(data: dict[str, Any]) -> Controller:
                 X=finite_array(data, "X", shape=(T + 1, 4)), U=U,
                 K=finite_array(data, "K", shape=(T, 4)), sigma=sigma,
                 u_max=finite_number(data, "u_max", 0.0, low_open=True),
-                seed=_integer(data, "seed", 0), version=_integer(data, "version", 0)))
+                seed=_integer(data, "seed"), version=_integer(data, "version")))
     except ValueError as exc:
         raise ValueError(f"{kind} controller: {exc}") from None
-    raise ValueError(f"unknown controller kind {kind!r}")
+    raise ValueError(f"unknown controller kind {kind!r}: field 'kind' must be one of "
+                     f"{RandomController.kind}, {PolicyController.kind}, "
+                     f"{FeedbackPlanController.kind}")
 
 
-def _integer(data: dict[str, Any], name: str, default: int | None = None) -> int:
-    value = data.get(name, default)
+def _integer(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)  # missing: None, refused
     if not is_integer(value):
         raise ValueError(f"field {name!r} must be an integer, got {value!r}")
     return int(value)

@@ -154,7 +154,7 @@ class SpeedIntegrationModel:
                                       SEHyperparameters.from_dict(g["hyperparameters"]))
                     for g in data["gps"])
         return cls(gps=gps, dt=float(data["dt"]), version=int(data["version"]),  # type: ignore
-                   num_data=int(data.get("num_data", 0)))
+                   num_data=int(data["num_data"]))
 
 
 def check_model_dict(data: Any) -> None:
@@ -165,9 +165,13 @@ def check_model_dict(data: Any) -> None:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"not a model of format {MODEL_FORMAT}: {got!r}")
     finite_number(data, "dt", 0.0, low_open=True)
-    version = data.get("version")
-    if not is_integer(version):
-        raise ValueError(f"model field 'version' must be an integer, got {version!r}")
+    for name in ("version", "num_data"):
+        value = data.get(name)
+        if not is_integer(value) or value < 0:
+            raise ValueError(f"model field {name!r} must be an integer >= 0, got {value!r}")
+    if data.get("inputs") != list(INPUT_NAMES):
+        raise ValueError(f"model field 'inputs' must be {list(INPUT_NAMES)}, got "
+                         f"{data.get('inputs')!r}")
     gps = data.get("gps")
     if not isinstance(gps, list) or len(gps) != len(TARGET_NAMES):
         raise ValueError(f"model field 'gps' must list {len(TARGET_NAMES)} GPs "

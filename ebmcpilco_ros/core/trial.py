@@ -79,13 +79,19 @@ class Trial:
         times = finite_array(data, "times", shape=(steps + 1,))
         true_states = (finite_array(data, "true_states", shape=(steps + 1, 4))
                        if data.get("true_states") is not None else None)
-        kind, index = data.get("kind"), data.get("index")
+        for name in ("kind", "index"):
+            if name not in data:
+                raise ValueError(f"trial record ({TRIAL_FORMAT}): missing field {name!r}")
+        kind, index = data["kind"], data["index"]
         if not isinstance(kind, str):
             raise ValueError(f"trial record field 'kind' must be a string, got {kind!r}")
         if not is_integer(index) or index < 0:
             raise ValueError(f"trial record field 'index' must be an integer >= 0, got "
                              f"{index!r}")
-        failed, meta = data.get("failed", False), data.get("meta", {})
+        for name in ("failed", "meta"):
+            if name not in data:
+                raise ValueError(f"trial record ({TRIAL_FORMAT}): missing field {name!r}")
+        failed, meta = data["failed"], data["meta"]
         if not isinstance(failed, bool):
             raise ValueError(f"trial record field 'failed' must be true or false, got "
                              f"{failed!r}")

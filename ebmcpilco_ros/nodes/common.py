@@ -34,6 +34,8 @@ from ..hardware.driver import set_thread_priority
 from . import STOP_BOUND_S
 from .config import NodesConfig
 from .params import check_params_files
+from . import payloads
+from .payloads import Event
 
 # -- topics and services (relative names: they resolve inside the node's namespace) -------------
 LEARN_SERVICE = "ebmcpilco/learn"
@@ -54,17 +56,17 @@ OPTIMIZATION_CANCEL_SERVICE = "ebmcpilco/policy_optimization/cancel"
 CONTROLLER_TOPIC = "ebmcpilco/controller"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 
-# -- payload formats ------------------------------------------------------------------------------
-TRIAL_REQUEST_FORMAT = "ebmcpilco.trial_request/1"
-FIT_REQUEST_FORMAT = "ebmcpilco.fit_request/1"
-OPTIMIZATION_REQUEST_FORMAT = "ebmcpilco.optimization_request/1"
-EVENT_FORMAT = "ebmcpilco.event/1"
-MODEL_UPDATE_FORMAT = "ebmcpilco.model_update/1"
-CONTROLLER_UPDATE_FORMAT = "ebmcpilco.controller_update/1"
-STATUS_FORMAT = "ebmcpilco.status/1"
-HEARTBEAT_FORMAT = "ebmcpilco.heartbeat/1"
+# -- payload formats: one dataclass each in payloads.py ------------------------------------------
+TRIAL_REQUEST_FORMAT = payloads.TRIAL_REQUEST_FORMAT
+FIT_REQUEST_FORMAT = payloads.FIT_REQUEST_FORMAT
+OPTIMIZATION_REQUEST_FORMAT = payloads.OPTIMIZATION_REQUEST_FORMAT
+EVENT_FORMAT = payloads.EVENT_FORMAT
+MODEL_UPDATE_FORMAT = payloads.MODEL_UPDATE_FORMAT
+CONTROLLER_UPDATE_FORMAT = payloads.CONTROLLER_UPDATE_FORMAT
+STATUS_FORMAT = payloads.STATUS_FORMAT
+HEARTBEAT_FORMAT = payloads.HEARTBEAT_FORMAT
 # Events that answer a request (sent once per request id; a resent request gets the same one).
-ANSWER_EVENTS = ("accepted", "refused", "missing")
+ANSWER_EVENTS = payloads.ANSWER_EVENTS
 
 
 def heartbeat_topic(role: str) -> str:
@@ -141,9 +143,10 @@ def new_id(prefix: str) -> str:
 
 
 def event(node: str, request_id: str, kind: str, **fields: Any) -> dict[str, Any]:
-    """An acknowledgement, refusal or progress note about one request."""
-    return {"format": EVENT_FORMAT, "node": node, "request_id": request_id, "event": kind,
-            "stamp": time.time(), **fields}
+    """An acknowledgement, refusal or progress note about one request (`payloads.Event`: a
+    field the format does not know is a TypeError here, at the sender)."""
+    return Event(node=node, request_id=request_id, event=kind, stamp=time.time(),
+                 **fields).to_dict()
 
 
 class Heartbeat:
@@ -162,9 +165,9 @@ class Heartbeat:
         self.timer = node.create_timer(nodes.status_period, self.publish)
 
     def publish(self) -> None:
-        self.pub.publish(encode({"format": HEARTBEAT_FORMAT, "role": self.role,
-                                 "node": self.node.get_fully_qualified_name(),
-                                 "stamp": time.time(), **self.fields()}))
+        self.pub.publish(encode(payloads.Heartbeat(
+            role=self.role, node=self.node.get_fully_qualified_name(), stamp=time.time(),
+            **self.fields()).to_dict()))
 
 
 class Answers:
@@ -201,7 +204,8 @@ class Aborted(RuntimeError):
 
 
 class Replies:
-    """Messages keyed by request id, posted by subscription callbacks, awaited by workers.
+    """Messages keyed by request id, posted by subscription callbacks, awaited by workers
+    (the trial manager posts the payloads as read: events, trials, model and controller updates).
 
     Only ids someone `expect`s are kept, so progress notes and stray or duplicate messages for
     finished requests do not pile up.
@@ -209,7 +213,7 @@ class Replies:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._items: dict[str, list[dict[str, Any]]] = {}
+        self._items: dict[str, list[Any]] = {}
 
     def expect(self, request_id: str) -> None:
         with self._cond:
@@ -220,7 +224,7 @@ class Replies:
         with self._cond:
             return request_id in self._items
 
-    def post(self, request_id: str, item: dict[str, Any]) -> None:
+    def post(self, request_id: str, item: Any) -> None:
         with self._cond:
             if request_id in self._items:
                 self._items[request_id].append(item)
@@ -235,10 +239,9 @@ class Replies:
         with self._cond:
             self._items.pop(request_id, None)
 
-    def wait(self, request_id: str, accept: Callable[[dict[str, Any]], bool], timeout: float,
+    def wait(self, request_id: str, accept: Callable[[Any], bool], timeout: float,
              what: str, cancel: threading.Event | None = None,
-             alive: Callable[[], str | None] | None = None, poll: float = 0.5
-             ) -> dict[str, Any]:
+             alive: Callable[[], str | None] | None = None, poll: float = 0.5) -> Any:
         """The first item for `request_id` that `accept`s; RemoteError on timeout or when
         `alive()` names a reason the peer is gone, Aborted when `cancel` is set."""
         deadline = time.monotonic() + timeout

@@ -1,10 +1,11 @@
 """Bad input at a node's entries: refused, counted, logged at a bounded rate.
 
 Every payload a node receives (trial records, models, controllers, requests, events, heartbeats,
-commands) is checked before anything is stored, written or acted on. What is about the data
-itself lives in core (core.trial.Trial.from_dict, core.model.check_model_dict,
-core.controllers.controller_from_dict, core.validate); the checks here are of the nodes' own
-envelopes (docs/NODES.md, "Payloads"). A refused input is counted per kind for /diagnostics
+commands) is checked before anything is stored, written or acted on: it is read with its
+format's `from_dict` (nodes/payloads.py for the nodes' envelopes, docs/NODES.md "Payloads"; for
+the data inside them core.trial.Trial.from_dict, core.model.check_model_dict,
+core.controllers.controller_from_dict, core.validate), which refuses it with a ValueError naming
+the format and the field. What is here: a refused input is counted per kind for /diagnostics
 (`rejected_<kind>`) and logged as a warning, at most once per kind every REFUSAL_LOG_PERIOD
 seconds with the number refused in between, so a flood of garbage neither fills the log nor
 costs the receiving thread more than a counter.
@@ -15,9 +16,6 @@ import math
 import threading
 import time
 from typing import Any, Callable, Iterable
-
-from ..core.controllers import controller_from_dict
-from ..core.validate import finite_array, finite_number, is_integer, is_number
 
 REFUSAL_LOG_PERIOD = 5.0  # [s] between two log lines about refused input of one kind
 
@@ -75,151 +73,3 @@ def command_fault(data: Any) -> tuple[str, str]:
     if not math.isfinite(values[0]):
         return "non-finite", f"the force {values[0]} is not finite"
     return "", ""
-
-
-# -- the nodes' envelopes (docs/NODES.md) ---------------------------------------------------------
-def _string(data: dict[str, Any], name: str, required: bool = True, empty: bool = False) -> None:
-    if name not in data and not required:
-        return
-    value = data.get(name)
-    if not isinstance(value, str) or (not empty and not value):
-        raise ValueError(f"field {name!r} must be a{'' if empty else ' non-empty'} string, got "
-                         f"{value!r}")
-
-
-def _integer(data: dict[str, Any], name: str, low: int | None = None,
-             required: bool = True) -> None:
-    if name not in data and not required:
-        return
-    value = data.get(name)
-    if not is_integer(value) or (low is not None and value < low):
-        bound = "" if low is None else f" >= {low}"
-        raise ValueError(f"field {name!r} must be an integer{bound}, got {value!r}")
-
-
-def _strings(data: dict[str, Any], name: str, required: bool = True) -> None:
-    if name not in data and not required:
-        return
-    value = data.get(name)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"field {name!r} must be a list of strings, got {value!r}")
-
-
-def _finite_numbers(data: dict[str, Any], names: Iterable[str]) -> None:
-    """The fields present among `names` must be finite numbers (a NaN arrives as null)."""
-    for name in names:
-        if name in data:
-            finite_number(data, name)
-
-
-def check_event(ev: dict[str, Any]) -> None:
-    """`ebmcpilco.event/1`: request_id, event (and node) strings; the optional reason a string,
-    missing a list of trial keys, record a bool; numbers (steps, period, progress) finite."""
-    _string(ev, "request_id")
-    _string(ev, "event")
-    _string(ev, "node", required=False)
-    _string(ev, "reason", required=False, empty=True)
-    _strings(ev, "missing", required=False)
-    if "record" in ev and not isinstance(ev["record"], bool):
-        raise ValueError(f"field 'record' must be true or false, got {ev['record']!r}")
-    _finite_numbers(ev, ("stamp", "steps", "period", "trials", "step", "cost", "lr", "dropout"))
-
-
-def check_heartbeat(beat: dict[str, Any], roles: Iterable[str]) -> None:
-    """`ebmcpilco.heartbeat/1`: a role the receiver knows, a finite stamp."""
-    roles = tuple(roles)
-    if beat.get("role") not in roles:
-        raise ValueError(f"field 'role' must be one of {', '.join(roles)}, got "
-                         f"{beat.get('role')!r}")
-    finite_number(beat, "stamp")
-    if "fresh" in beat and not isinstance(beat["fresh"], bool):
-        raise ValueError(f"field 'fresh' must be true or false, got {beat['fresh']!r}")
-
-
-def check_fit_request(req: dict[str, Any]) -> None:
-    """`ebmcpilco.fit_request/1`: request_id, run_id, trials (a list of trial keys)."""
-    _string(req, "request_id")
-    _string(req, "run_id", required=False, empty=True)
-    _strings(req, "trials")
-
-
-def _optional_object(payload: dict[str, Any], name: str) -> None:
-    """An optional JSON object (the optimiser's state: core's load_state_dict checks inside)."""
-    if payload.get(name) is not None and not isinstance(payload[name], dict):
-        raise ValueError(f"field {name!r} must be an object, got "
-                         f"{type(payload[name]).__name__}")
-
-
-def check_optimization_request(req: dict[str, Any]) -> None:
-    """`ebmcpilco.optimization_request/1`'s envelope (the OptimizationRequest in `request` is
-    checked by building it)."""
-    _string(req, "request_id")
-    _string(req, "model_request_id")
-    _string(req, "run_id", required=False, empty=True)
-    _integer(req, "seed", required=False)
-    _string(req, "session", required=False, empty=True)
-    _optional_object(req, "optimizer_state")
-    request = req.get("request")
-    if not isinstance(request, dict):
-        raise ValueError(f"field 'request' must be an object, got {request!r}")
-    try:
-        _string(request, "phase")
-        _integer(request, "iteration", low=0, required=False)
-        if not isinstance(request.get("pretrain", False), bool):
-            raise ValueError(f"field 'pretrain' must be true or false, got "
-                             f"{request['pretrain']!r}")
-    except ValueError as exc:
-        raise ValueError(f"field 'request': {exc}") from None
-
-
-def check_trial_request(req: dict[str, Any]) -> None:
-    """`ebmcpilco.trial_request/1`'s envelope (the controller is checked by building it)."""
-    _string(req, "request_id")
-    _string(req, "run_id", required=False, empty=True)
-    _string(req, "kind", required=False)
-    _integer(req, "index", low=0, required=False)
-
-
-def check_model_update(update: dict[str, Any]) -> None:
-    """`ebmcpilco.model_update/1`: the envelope, and the model (core.model.check_model_dict:
-    shapes and finite values, without building the GPs)."""
-    _string(update, "request_id")
-    _string(update, "run_id", required=False, empty=True)
-    _integer(update, "version", low=0)
-    _strings(update, "trials", required=False)
-    _finite_numbers(update, ("fit_s",))
-    if "points" in update and not (isinstance(update["points"], list)
-                                   and all(is_integer(p) for p in update["points"])):
-        raise ValueError(f"field 'points' must be a list of integers, got {update['points']!r}")
-    from ..core.model import check_model_dict  # here: core.model imports torch, and the
-    # execution node, which imports this module but receives no models, runs without it
-    try:
-        check_model_dict(update.get("model"))
-    except ValueError as exc:
-        raise ValueError(f"field 'model': {exc}") from None
-
-
-def check_controller_update(update: dict[str, Any]) -> None:
-    """`ebmcpilco.controller_update/1`: the envelope, finite costs, wall times and predicted
-    states, and a controller that core.controllers.controller_from_dict accepts."""
-    _string(update, "request_id")
-    _string(update, "run_id", required=False, empty=True)
-    _string(update, "phase", required=False)
-    _integer(update, "version", low=0)
-    _integer(update, "opt_steps", low=0, required=False)
-    if "costs" in update:
-        finite_array(update, "costs", ndim=1)
-    if update.get("predicted_states") is not None:
-        states = finite_array(update, "predicted_states", ndim=2)
-        if states.shape[1] != 4:
-            raise ValueError(f"field 'predicted_states' must be (T+1, 4), got {states.shape}")
-    wall = update.get("wall_s", {})
-    if not isinstance(wall, dict) or not all(is_number(v) and math.isfinite(v)
-                                             for v in wall.values()):
-        raise ValueError(f"field 'wall_s' must map phases to finite numbers, got {wall!r}")
-    _finite_numbers(update, ("node_wall_s",))
-    _optional_object(update, "optimizer_state")
-    try:
-        controller_from_dict(update.get("controller"))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"field 'controller': {exc}") from None

@@ -18,10 +18,11 @@ from ..core.cancel import Cancelled
 from ..core.model import SpeedIntegrationModel
 from ..core.trial import TRIAL_FORMAT, Trial
 from .common import (ANSWER_EVENTS, FIT_REQUEST_FORMAT, FIT_REQUEST_TOPIC, MODEL_EVENTS_TOPIC,
-                     MODEL_TOPIC, MODEL_UPDATE_FORMAT, TRIAL_RECORDS_TOPIC, Answers, Diagnostics,
+                     MODEL_TOPIC, TRIAL_RECORDS_TOPIC, Answers, Diagnostics,
                      GraphNode, Heartbeat, decode, encode, event, latched_qos,
                      preload_lazy_imports, reliable_qos, run_node, set_torch_threads)
-from .hygiene import Refusals, check_fit_request, record_label
+from .hygiene import Refusals, record_label
+from .payloads import FitRequest, ModelUpdate
 from .params import declare_config
 
 NAME = "model_learning"
@@ -100,10 +101,9 @@ class ModelLearningNode(GraphNode):
 
     def _on_fit_request(self, msg: String) -> None:
         try:
-            req = decode(msg, FIT_REQUEST_FORMAT)
-            check_fit_request(req)
-            request_id, keys = str(req["request_id"]), [str(k) for k in req["trials"]]
-        except (ValueError, KeyError, TypeError) as exc:
+            req = FitRequest.from_dict(decode(msg, FIT_REQUEST_FORMAT))
+            request_id, keys = req.request_id, req.trials
+        except ValueError as exc:
             self.refusals.refuse("fit_requests", f"a fit request on {FIT_REQUEST_TOPIC}", exc)
             return
         answered = self.answers.get(request_id)
@@ -140,7 +140,7 @@ class ModelLearningNode(GraphNode):
                     return
             self._send_event(request_id, "refused", reason=f"{NAME} is shutting down")
 
-    def _fit(self, request_id: str, req: dict[str, Any], keys: list[str],
+    def _fit(self, request_id: str, req: FitRequest, keys: list[str],
              trials: list[Trial]) -> None:
         try:
             started = time.perf_counter()
@@ -150,11 +150,10 @@ class ModelLearningNode(GraphNode):
                                               should_stop=self.stopping.is_set)
             self.last_fit_s = time.perf_counter() - started
             self.version = version
-            self.model_pub.publish(encode({
-                "format": MODEL_UPDATE_FORMAT, "request_id": request_id,
-                "run_id": req.get("run_id", ""), "version": version, "trials": keys,
-                "points": [gp.size for gp in model.gps], "fit_s": self.last_fit_s,
-                "model": model.to_dict()}))
+            self.model_pub.publish(encode(ModelUpdate(
+                request_id=request_id, run_id=req.run_id, version=version, trials=keys,
+                points=[gp.size for gp in model.gps], fit_s=self.last_fit_s,
+                model=model.to_dict()).to_dict()))
             self.get_logger().info(f"model v{version} fitted on {len(keys)} trials in "
                                    f"{self.last_fit_s:.1f} s")
         except Cancelled as exc:

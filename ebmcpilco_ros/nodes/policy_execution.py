@@ -38,7 +38,8 @@ from .common import (ANSWER_EVENTS, EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TO
                      reliable_qos, run_node, sampler_node, sensor_qos, set_dds_receive_priority,
                      set_realtime_priority)
 from .convert import command_message, effort_from_message, state_from_message
-from .hygiene import Refusals, check_trial_request
+from .hygiene import Refusals
+from .payloads import TrialRequest, request_id_of
 from .params import declare_config
 
 NAME = "policy_execution"
@@ -204,33 +205,27 @@ class PolicyExecution(GraphNode):
     def _on_request(self, msg: String) -> None:
         try:
             req = decode(msg, TRIAL_REQUEST_FORMAT)
-            request_id = str(req["request_id"])
-        except (ValueError, KeyError) as exc:
+            request_id = request_id_of(req, TRIAL_REQUEST_FORMAT)  # the answer needs it
+        except ValueError as exc:
             self.refusals.refuse("requests", "a trial request", exc)
             return
         answered = self.answers.get(request_id)
         if answered is not None:  # the same request again: the same answer
             self.events_pub.publish(encode(answered))
             return
-        reason = self._refusal(req)
+        reason = self._refusal()
         if reason is None:
             try:
-                check_trial_request(req)
-            except ValueError as exc:
-                reason = f"malformed trial request: {exc}"
-        if reason is None:
-            try:
-                controller = controller_from_dict(req["controller"])
+                request = TrialRequest.from_dict(req)
+                controller = controller_from_dict(request.controller)
             except (ValueError, KeyError, TypeError) as exc:
-                reason = f"bad controller payload: {exc}"
-        if reason is not None and reason.startswith(("malformed", "bad controller")):
-            self.refusals.refuse("requests", f"trial request {request_id[:80]!r}", reason)
+                reason = f"malformed trial request: {exc}"
+                self.refusals.refuse("requests", f"trial request {request_id[:80]!r}", reason)
         if reason is not None:
             self._send_event(request_id, "refused", reason=reason)
             return
-        run = TrialRun(request_id=request_id, run_id=str(req.get("run_id", "")),
-                       index=int(req.get("index", 0)), kind=str(req.get("kind", "policy")),
-                       controller=controller, steps=self.plant.steps)
+        run = TrialRun(request_id=request_id, run_id=request.run_id, index=request.index,
+                       kind=request.kind, controller=controller, steps=self.plant.steps)
         with self.lock:
             self.current = run
             self.abort.clear()
@@ -240,7 +235,7 @@ class PolicyExecution(GraphNode):
         self._send_event(request_id, "accepted", steps=run.steps,
                          period=self.plant.control_period)
 
-    def _refusal(self, req: dict[str, Any]) -> str | None:
+    def _refusal(self) -> str | None:
         with self.lock:
             if self.closing:
                 return "the execution node is shutting down"
@@ -251,8 +246,6 @@ class PolicyExecution(GraphNode):
             seen = "never" if math.isinf(age) else f"{age * 1e3:.0f} ms ago"
             return (f"no fresh state on {self.names.state_topic} (last {seen}; "
                     f"execution.request_state_timeout = {self.exe.request_state_timeout} s)")
-        if "controller" not in req:
-            return "the request has no controller"
         return None
 
     def _on_abort(self, _request: Trigger.Request, response: Trigger.Response

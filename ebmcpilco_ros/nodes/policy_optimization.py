@@ -25,12 +25,14 @@ from ..core.mcpilco import torch_dtype
 from ..core.native_rollout import (NativeKernelUnavailable, native_applies, resolve_backend,
                                    unavailable_reason)
 from ..core.model import SpeedIntegrationModel
-from .common import (ANSWER_EVENTS, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT, MODEL_TOPIC,
+from .common import (ANSWER_EVENTS, CONTROLLER_TOPIC, MODEL_TOPIC,
                      MODEL_UPDATE_FORMAT, OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
                      OPTIMIZATION_REQUEST_FORMAT, OPTIMIZATION_REQUEST_TOPIC, Answers,
                      Diagnostics, GraphNode, Heartbeat, decode, encode, event, latched_qos,
                      preload_lazy_imports, reliable_qos, run_node, set_torch_threads)
-from .hygiene import Refusals, check_model_update, check_optimization_request
+from .hygiene import Refusals
+from .payloads import (ControllerUpdatePayload, ModelUpdate, OptimizationRequestPayload,
+                       request_id_of)
 from .params import declare_config
 
 NAME = "policy_optimization"
@@ -72,7 +74,7 @@ class PolicyOptimizationNode(GraphNode):
         preload_lazy_imports()
         self.config = config
         self.names = parts["nodes"]
-        self.models: dict[str, dict[str, Any]] = {}  # fit request id -> model update payload
+        self.models: dict[str, ModelUpdate] = {}  # fit request id -> model update
         self.models_cond = threading.Condition()
         self.refusals = Refusals(self.get_logger().warning, ("models", "requests"))
         self.lock = threading.Lock()
@@ -115,10 +117,9 @@ class PolicyOptimizationNode(GraphNode):
 
     def _on_model(self, msg: String) -> None:
         try:
-            update = decode(msg, MODEL_UPDATE_FORMAT)
-            check_model_update(update)  # malformed or not finite: never kept
-            key = str(update["request_id"])
-        except (ValueError, KeyError) as exc:
+            update = ModelUpdate.from_dict(decode(msg, MODEL_UPDATE_FORMAT))  # malformed or
+            key = update.request_id  # not finite: never kept
+        except ValueError as exc:
             self.refusals.refuse("models", "a model update", exc)
             return
         with self.models_cond:
@@ -133,14 +134,18 @@ class PolicyOptimizationNode(GraphNode):
         except ValueError as exc:
             self.refusals.refuse("requests", "an optimisation request", exc)
             return
-        request_id = str(req.get("request_id", ""))
+        try:
+            request_id = request_id_of(req, OPTIMIZATION_REQUEST_FORMAT)
+        except ValueError as exc:
+            self.refusals.refuse("requests", "an optimisation request", exc)
+            return
         answered = self.answers.get(request_id)
         if answered is not None:  # the same request again: the same answer
             self.events_pub.publish(encode(answered))
             return
         try:
-            check_optimization_request(req)
-            request = OptimizationRequest(**req["request"])
+            req = OptimizationRequestPayload.from_dict(req)
+            request = OptimizationRequest(**req.request)
         except (ValueError, KeyError, TypeError) as exc:
             self.refusals.refuse("requests", f"optimisation request {request_id[:80]!r}", exc)
             self._send_event(request_id, "refused", reason=f"malformed request: {exc}")
@@ -170,7 +175,7 @@ class PolicyOptimizationNode(GraphNode):
                             else "no optimisation running")
         return response
 
-    def _wait_model(self, key: str) -> dict[str, Any]:
+    def _wait_model(self, key: str) -> ModelUpdate:
         timeout = self.names.model_wait_timeout
         with self.models_cond:
             if not self.models_cond.wait_for(lambda: key in self.models or self.cancel.is_set(),
@@ -216,27 +221,22 @@ class PolicyOptimizationNode(GraphNode):
             self._last_progress = now
             self._send_event(self.busy, "progress", **self.progress)
 
-    def _optimize(self, request_id: str, req: dict[str, Any],
+    def _optimize(self, request_id: str, req: OptimizationRequestPayload,
                   request: OptimizationRequest) -> None:
         try:
-            update_msg = self._wait_model(str(req["model_request_id"]))
-            model = SpeedIntegrationModel.from_dict(update_msg["model"])
-            seed = int(req.get("seed", self.config.learner.seed))
-            optimizer = self._optimizer_for(
-                f"{req.get('run_id', '')}/{req.get('session', '')}", seed,
-                req.get("optimizer_state"))
+            model = SpeedIntegrationModel.from_dict(self._wait_model(req.model_request_id).model)
+            optimizer = self._optimizer_for(f"{req.run_id}/{req.session}", req.seed,
+                                            req.optimizer_state)
             started = time.perf_counter()
             update = optimizer.next_controller(model, request)
             self.version += 1
-            self.controller_pub.publish(encode({
-                "format": CONTROLLER_UPDATE_FORMAT, "request_id": request_id,
-                "run_id": req.get("run_id", ""), "version": self.version,
-                "model_version": model.version, "phase": update.phase,
-                "opt_steps": update.opt_steps, "wall_s": update.wall_s,
-                "node_wall_s": time.perf_counter() - started, "costs": update.costs,
-                "predicted_states": update.predicted_states, "info": update.info,
-                "optimizer_state": optimizer.state_dict(),
-                "controller": update.controller.to_dict()}))
+            self.controller_pub.publish(encode(ControllerUpdatePayload(
+                request_id=request_id, run_id=req.run_id, version=self.version,
+                model_version=model.version, phase=update.phase, opt_steps=update.opt_steps,
+                wall_s=update.wall_s, node_wall_s=time.perf_counter() - started,
+                costs=update.costs, predicted_states=update.predicted_states, info=update.info,
+                optimizer_state=optimizer.state_dict(),
+                controller=update.controller.to_dict()).to_dict()))
             self.get_logger().info(f"controller v{self.version} ({update.phase}, "
                                    f"{update.opt_steps} steps) for request {request_id}")
         except Cancelled as exc:

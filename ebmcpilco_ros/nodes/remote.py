@@ -22,18 +22,30 @@ from ..core.controllers import Controller, controller_from_dict
 from ..core.learner import ControllerUpdate, OptimizationRequest
 from ..core.model import SpeedIntegrationModel
 from ..core.trial import Trial
-from .common import (ANSWER_EVENTS, FIT_REQUEST_FORMAT, OPTIMIZATION_REQUEST_FORMAT,
-                     TRIAL_REQUEST_FORMAT, Aborted, NoAnswer, PeerWatch, RemoteError, Replies,
-                     encode, new_id)
+from .common import (ANSWER_EVENTS, Aborted, NoAnswer, PeerWatch, RemoteError, Replies, encode,
+                     new_id)
 from .config import NodesConfig
 from .model_learning import trial_key
+from .payloads import (ControllerUpdatePayload, Event, FitRequest, ModelUpdate,
+                       OptimizationRequestPayload, Payload, TrialRequest)
 
 EXECUTION, MODEL_LEARNING, OPTIMIZATION = "policy_execution", "model_learning", \
     "policy_optimization"
 
 
-def is_event(*kinds: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda item: item.get("type") == "event" and item.get("event") in kinds
+# What the trial manager posts to Replies for a request: the node's events (Event), its results
+# as read and checked (Trial, ModelUpdate, ControllerUpdatePayload).
+def is_event(*kinds: str) -> Callable[[Any], bool]:
+    return lambda item: isinstance(item, Event) and item.event in kinds
+
+
+def is_a(kind: type, *or_events: str) -> Callable[[Any], bool]:
+    """A result of type `kind`, or one of the events `or_events` (a failure instead of it)."""
+    return lambda item: isinstance(item, kind) or is_event(*or_events)(item)
+
+
+def reason_of(item: Any) -> str:
+    return (item.reason if isinstance(item, Event) else None) or "no reason given"
 
 
 class Link:
@@ -51,7 +63,7 @@ class Link:
         self.on_phase = on_phase
         self.on_trial = on_trial  # hears each trial request as it goes out
 
-    def send(self, role: str, payload: dict[str, Any]) -> None:
+    def send(self, role: str, payload: Payload) -> None:
         """Publish once someone subscribes (a late-matched subscriber would miss the message)."""
         peer = self.peers[role]
         waited = 0.0
@@ -63,19 +75,19 @@ class Link:
             if waited >= max(self.names.peer_grace, poll):
                 raise RemoteError(f"no {role} node: nobody subscribes to "
                                   f"{self.publishers[role].topic_name}")
-        self.replies.expect(payload["request_id"])
-        self.publishers[role].publish(encode(payload))
+        self.replies.expect(payload.request_id)  # type: ignore[attr-defined]
+        self.publishers[role].publish(encode(payload.to_dict()))
 
-    def wait(self, role: str, request_id: str, accept: Callable[[dict[str, Any]], bool],
-             timeout: float, what: str) -> dict[str, Any]:
+    def wait(self, role: str, request_id: str, accept: Callable[[Any], bool],
+             timeout: float, what: str) -> Any:
         return self.replies.wait(request_id, accept, timeout, f"{what} from {role}",
                                  cancel=self.cancel, alive=self.peers[role].gone)
 
-    def answer(self, role: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, role: str, payload: Payload) -> Event:
         """The node's answer (accepted, missing), or RemoteError with its reason. A request
         unanswered for nodes.answer_timeout is sent again (it may have gone out before the
         node's reader matched); the node answers a repeat with its first answer."""
-        request_id = payload["request_id"]
+        request_id = payload.request_id  # type: ignore[attr-defined]
         deadline = time.monotonic() + self.names.request_timeout
         while True:
             left = deadline - time.monotonic()
@@ -87,9 +99,9 @@ class Link:
                 if time.monotonic() >= deadline:
                     raise NoAnswer(f"no answer from {role} within "
                                    f"{self.names.request_timeout:g} s") from None
-                self.publishers[role].publish(encode(payload))
-        if item["event"] == "refused":
-            raise RemoteError(f"{role} refused: {item.get('reason', 'no reason given')}")
+                self.publishers[role].publish(encode(payload.to_dict()))
+        if item.event == "refused":
+            raise RemoteError(f"{role} refused: {reason_of(item)}")
         return item
 
 
@@ -107,22 +119,21 @@ class RemoteSystem:
         if link.on_trial is not None:
             link.on_trial({"index": index, "kind": kind, "request_id": request_id})
         link.on_phase(f"trial {index} ({kind})")
-        request = {"format": TRIAL_REQUEST_FORMAT, "request_id": request_id,
-                   "run_id": self.run_id, "index": index, "kind": kind,
-                   "controller": controller.to_dict()}
+        request = TrialRequest(request_id=request_id, run_id=self.run_id, index=index, kind=kind,
+                               controller=controller.to_dict())
         link.send(EXECUTION, request)
         try:
             link.answer(EXECUTION, request)
             timeout = self.plant.trial_duration + link.names.trial_timeout_margin
             item = link.wait(EXECUTION, request_id,
-                             lambda m: m.get("type") == "record" or (
-                                 is_event("failed", "aborted")(m) and not m.get("record")),
+                             lambda m: isinstance(m, Trial) or (
+                                 is_event("failed", "aborted")(m) and not m.record),
                              timeout, "the trial record")
         finally:
             link.replies.forget(request_id)
-        if item["type"] != "record":
-            raise RemoteError(f"trial {index} failed: {item.get('reason', 'no reason given')}")
-        trial = Trial.from_dict(item["record"])
+        if not isinstance(item, Trial):
+            raise RemoteError(f"trial {index} failed: {reason_of(item)}")
+        trial = item
         if link.cancel.is_set():
             raise Aborted(f"aborted during trial {index}")
         return trial
@@ -157,24 +168,22 @@ class RemoteModelLearning:
         link.on_phase(f"fitting the model on {len(keys)} trials")
         for _attempt in range(link.names.resend_attempts + 1):
             request_id = new_id("fit")
-            request = {"format": FIT_REQUEST_FORMAT, "request_id": request_id,
-                       "run_id": self.run_id, "trials": keys}
+            request = FitRequest(request_id=request_id, run_id=self.run_id, trials=keys)
             link.send(MODEL_LEARNING, request)
             try:
                 answer = link.answer(MODEL_LEARNING, request)
-                if answer["event"] == "missing":
-                    for key in answer.get("missing", []):
+                if answer.event == "missing":
+                    for key in answer.missing or []:
                         if key in self.trials:
                             self.publish_record(self.trials[key])
                     continue
-                item = link.wait(MODEL_LEARNING, request_id,
-                                 lambda m: m.get("type") == "model" or is_event("failed")(m),
+                item = link.wait(MODEL_LEARNING, request_id, is_a(ModelUpdate, "failed"),
                                  link.names.fit_timeout, "the model")
             finally:
                 link.replies.forget(request_id)
-            if item["type"] != "model":
-                raise RemoteError(f"model fit failed: {item.get('reason', 'no reason given')}")
-            model = SpeedIntegrationModel.from_dict(item["model"])
+            if not isinstance(item, ModelUpdate):
+                raise RemoteError(f"model fit failed: {reason_of(item)}")
+            model = SpeedIntegrationModel.from_dict(item.model)
             self.fit_requests[model.version] = request_id
             return model
         raise RemoteError(f"model_learning still lacks trials after "
@@ -210,30 +219,27 @@ class RemoteOptimization:
         link = self.link
         request_id = new_id("opt")
         link.on_phase(f"optimising ({request.phase}, iteration {request.iteration})")
-        payload = {"format": OPTIMIZATION_REQUEST_FORMAT, "request_id": request_id,
-                   "run_id": self.run_id, "seed": self.seed, "model_version": model.version,
-                   "model_request_id": self.models.fit_requests[model.version],
-                   "session": self.session, "request": request.to_dict()}
-        if self.send_state and self.state is not None:
-            payload["optimizer_state"] = self.state
+        payload = OptimizationRequestPayload(
+            request_id=request_id, run_id=self.run_id, seed=self.seed,
+            model_version=model.version,
+            model_request_id=self.models.fit_requests[model.version], session=self.session,
+            request=request.to_dict(),
+            optimizer_state=self.state if self.send_state else None)
         link.send(OPTIMIZATION, payload)
         try:
             link.answer(OPTIMIZATION, payload)
-            item = link.wait(OPTIMIZATION, request_id,
-                             lambda m: m.get("type") == "controller" or is_event("failed")(m),
+            item = link.wait(OPTIMIZATION, request_id, is_a(ControllerUpdatePayload, "failed"),
                              link.names.optimization_timeout, "the controller")
         finally:
             link.replies.forget(request_id)
-        if item["type"] != "controller":
-            if item.get("cancelled") and link.cancel.is_set():
+        if not isinstance(item, ControllerUpdatePayload):
+            if item.cancelled and link.cancel.is_set():
                 raise Aborted("aborted during optimisation")
-            raise RemoteError(f"optimisation failed: {item.get('reason', 'no reason given')}")
-        predicted = item.get("predicted_states")
-        if item.get("optimizer_state") is not None:
-            self.state, self.send_state = item["optimizer_state"], False
+            raise RemoteError(f"optimisation failed: {reason_of(item)}")
+        predicted = item.predicted_states
+        self.state, self.send_state = item.optimizer_state, False
         return ControllerUpdate(
-            controller=controller_from_dict(item["controller"]), phase=item["phase"],
-            opt_steps=int(item.get("opt_steps", 0)), wall_s=dict(item.get("wall_s", {})),
-            costs=list(item.get("costs", [])),
+            controller=controller_from_dict(item.controller), phase=item.phase,
+            opt_steps=item.opt_steps, wall_s=dict(item.wall_s), costs=list(item.costs),
             predicted_states=None if predicted is None else np.asarray(predicted, dtype=float),
-            info=dict(item.get("info", {})))
+            info=dict(item.info))

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.checkpoint import CHECKPOINT_FILE, write_json_atomic
+from . import payloads
 from .common import to_json
+from .payloads import Progress
 
-PROGRESS_FORMAT = "ebmcpilco.progress/1"
+PROGRESS_FORMAT = payloads.PROGRESS_FORMAT
 PROGRESS_FILE = "progress.json"
 CONFIG_FILE = "config.json"
 END_EVENTS = ("run_done", "failed", "aborted")  # a run's end in log.jsonl
@@ -53,11 +55,10 @@ class RunDirectory:
                        trials_completed: int, trial: dict[str, Any] | None = None) -> None:
         """progress.json: what runs now (`phase`, the trial request if a trial runs) and the
         last phase completed; `pid` and `host` tell a dead run from a running one."""
-        self.write_json(PROGRESS_FILE, {
-            "format": PROGRESS_FORMAT, "run_id": self.path.name, "state": state,
-            "phase": phase, "last_completed": last_completed,
-            "trials_completed": trials_completed, "trial": trial, "pid": os.getpid(),
-            "host": socket.gethostname()})
+        self.write_json(PROGRESS_FILE, Progress(
+            run_id=self.path.name, state=state, phase=phase, last_completed=last_completed,
+            trials_completed=trials_completed, trial=trial, pid=os.getpid(),
+            host=socket.gethostname()).to_dict())
 
     def log(self, entry: dict[str, Any]) -> None:
         line = to_json(entry) + "\n"

@@ -40,12 +40,13 @@ from .common import (ABORT_SERVICE, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT,
                      FIT_REQUEST_TOPIC, LEARN_SERVICE, MODEL_EVENTS_TOPIC, MODEL_TOPIC,
                      MODEL_UPDATE_FORMAT, OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
                      OPTIMIZATION_REQUEST_TOPIC, RESUME_SERVICE, RUN_TRIAL_SERVICE,
-                     STATUS_FORMAT, STATUS_TOPIC,
+                     STATUS_TOPIC,
                      TRIAL_RECORDS_TOPIC, TRIAL_REQUEST_TOPIC, Aborted, Diagnostics, GraphNode,
                      PeerWatch, Replies, decode, encode, heartbeat_topic, latched_qos,
                      reliable_qos, run_node)
-from .hygiene import (Refusals, check_controller_update, check_event, check_heartbeat,
-                      check_model_update, record_label)
+from .hygiene import Refusals, record_label
+from .payloads import (ControllerUpdatePayload, Event, Heartbeat, InterruptedTrial, ModelUpdate,
+                       Status)
 from .params import declare_config
 from .remote import (EXECUTION, MODEL_LEARNING, OPTIMIZATION, Link, RemoteModelLearning,
                      RemoteOptimization, RemoteSystem)
@@ -77,9 +78,9 @@ class TrialManager(GraphNode):
         self.last_completed = ""  # the phase last completed (progress.json)
         self.current_trial: dict[str, Any] | None = None  # the trial request out now
         self.worker: threading.Thread | None = None
-        self.heartbeats: dict[str, dict[str, Any]] = {}
+        self.heartbeats: dict[str, Heartbeat] = {}
         self.heard: dict[str, float] = {}
-        self.controller_update: dict[str, Any] | None = None
+        self.controller_update: ControllerUpdatePayload | None = None
         self.run_dirs: dict[str, RunDirectory] = {}
         self.manual_run = time.strftime("manual-%Y%m%d-%H%M%S")
         self.manual_trials = 0
@@ -129,27 +130,22 @@ class TrialManager(GraphNode):
     def _on_heartbeat(self, msg: String, topic: str = "") -> None:
         """A worker node is alive (the execution node also says whether its state is fresh)."""
         try:
-            beat = decode(msg, HEARTBEAT_FORMAT)
-            check_heartbeat(beat, self.request_pubs)
+            beat = Heartbeat.from_dict(decode(msg, HEARTBEAT_FORMAT))
         except ValueError as exc:
             self.refusals.refuse("heartbeats", f"a heartbeat on {topic}", exc, key=topic)
             return
-        role = str(beat["role"])
-        self.heartbeats[role] = beat
-        self.heard[role] = time.monotonic()
+        self.heartbeats[beat.role] = beat
+        self.heard[beat.role] = time.monotonic()
 
     def _on_event(self, msg: String, topic: str = "") -> None:
         try:
-            ev = decode(msg, EVENT_FORMAT)
-            check_event(ev)
+            ev = Event.from_dict(decode(msg, EVENT_FORMAT))
         except ValueError as exc:
             self.refusals.refuse("events", f"an event on {topic}", exc, key=topic)
             return
-        request_id = str(ev.get("request_id", ""))
-        self.replies.post(request_id, {"type": "event", **ev})
-        if ev.get("event") == "progress" and request_id:
-            self._publish_status("progress", progress={k: ev[k] for k in ev if k not in (
-                "format", "node", "request_id", "event", "stamp")})
+        self.replies.post(ev.request_id, ev)
+        if ev.event == "progress":
+            self._publish_status("progress", progress=ev.extras())
 
     def _on_record(self, msg: String) -> None:
         try:
@@ -157,26 +153,28 @@ class TrialManager(GraphNode):
         except ValueError as exc:
             self.refusals.refuse("records", f"a trial record on {TRIAL_RECORDS_TOPIC}", exc)
             return
-        meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
         try:
-            Trial.from_dict(record)  # malformed or not finite: never written, never used
+            trial = Trial.from_dict(record)  # malformed or not finite: never written, never used
         except (ValueError, KeyError, TypeError) as exc:
             self.refusals.refuse("records", f"trial record {record_label(record)} on "
                                             f"{TRIAL_RECORDS_TOPIC}", exc)
-            self._fail_request(meta.get("request_id"), f"invalid trial record: {exc}")
+            meta = record.get("meta")  # whose wait it ends, if it says
+            self._fail_request(meta.get("request_id") if isinstance(meta, dict) else None,
+                               f"invalid trial record: {exc}")
             return
-        run_dir = self.run_dirs.get(str(meta.get("run_id", "")))
-        request_id = str(meta.get("request_id", ""))
+        # meta's run_id and request_id: where the record comes from (a record of another
+        # source, e.g. an in-process run, may lack them; then no run waits on it)
+        run_dir = self.run_dirs.get(str(trial.meta.get("run_id", "")))
+        request_id = str(trial.meta.get("request_id", ""))
         if run_dir is not None:
-            self._write_record(run_dir, record, request_id)
-        self.replies.post(request_id, {"type": "record", "record": record})
+            self._write_record(run_dir, record, trial.index, request_id)
+        self.replies.post(request_id, trial)
 
-    def _write_record(self, run_dir: RunDirectory, record: dict[str, Any],
+    def _write_record(self, run_dir: RunDirectory, record: dict[str, Any], index: int,
                       request_id: str) -> None:
         """trials/trial_NNN.json for a trial the run waits on; a record nobody waits on (a trial
         of a session that crashed, arriving late) goes to trials/interrupted/, marked; this
         node's own resends of written records are not written again."""
-        index = int(record.get("index", 0))
         relative = f"trials/trial_{index:03d}.json"
         if self.replies.expecting(request_id):
             run_dir.write_json(relative, record)
@@ -192,54 +190,55 @@ class TrialManager(GraphNode):
 
     def _on_model(self, msg: String) -> None:
         try:
-            update = decode(msg, MODEL_UPDATE_FORMAT)
+            payload = decode(msg, MODEL_UPDATE_FORMAT)
         except ValueError as exc:
             self.refusals.refuse("models", f"a model update on {MODEL_TOPIC}", exc)
             return
         try:
-            check_model_update(update)
+            update = ModelUpdate.from_dict(payload)
         except ValueError as exc:
-            self.refusals.refuse("models", f"model update {update.get('version')!r} on "
+            self.refusals.refuse("models", f"model update {payload.get('version')!r} on "
                                            f"{MODEL_TOPIC}", exc)
-            self._fail_request(update.get("request_id"), f"invalid model update: {exc}")
+            self._fail_request(payload.get("request_id"), f"invalid model update: {exc}")
             return
-        run_dir = self.run_dirs.get(str(update.get("run_id", "")))
+        run_dir = self.run_dirs.get(update.run_id)
         if run_dir is not None:
-            run_dir.write_json(f"models/model_v{int(update.get('version', 0)):03d}.json", update)
-        self.replies.post(str(update.get("request_id", "")), {"type": "model", **update})
+            run_dir.write_json(f"models/model_v{update.version:03d}.json", update.to_dict())
+        self.replies.post(update.request_id, update)
 
     def _on_controller(self, msg: String) -> None:
         try:
-            update = decode(msg, CONTROLLER_UPDATE_FORMAT)
+            payload = decode(msg, CONTROLLER_UPDATE_FORMAT)
         except ValueError as exc:
             self.refusals.refuse("controllers", f"a controller update on {CONTROLLER_TOPIC}", exc)
             return
         try:
-            check_controller_update(update)
+            update = ControllerUpdatePayload.from_dict(payload)
         except ValueError as exc:
-            self.refusals.refuse("controllers", f"controller update {update.get('version')!r} "
+            self.refusals.refuse("controllers", f"controller update {payload.get('version')!r} "
                                                 f"on {CONTROLLER_TOPIC}", exc)
-            self._fail_request(update.get("request_id"), f"invalid controller update: {exc}")
+            self._fail_request(payload.get("request_id"), f"invalid controller update: {exc}")
             return
         self.controller_update = update
-        run_dir = self.run_dirs.get(str(update.get("run_id", "")))
+        run_dir = self.run_dirs.get(update.run_id)
         if run_dir is not None:
-            run_dir.write_json(f"controllers/controller_v{int(update.get('version', 0)):03d}.json",
-                               update)
-        self.replies.post(str(update.get("request_id", "")), {"type": "controller", **update})
+            run_dir.write_json(f"controllers/controller_v{update.version:03d}.json",
+                               update.to_dict())
+        self.replies.post(update.request_id, update)
 
     def _fail_request(self, request_id: Any, reason: str) -> None:
         """A refused result for a request the worker waits on ends that wait at once, with the
         reason (as the node's own "failed" event would), instead of at its timeout."""
         if isinstance(request_id, str) and request_id:
-            self.replies.post(request_id, {"type": "event", "event": "failed", "node": NAME,
-                                           "request_id": request_id, "reason": reason})
+            self.replies.post(request_id, Event(node=NAME, request_id=request_id,
+                                                event="failed", stamp=time.time(),
+                                                reason=reason))
 
     # -- readiness and status -------------------------------------------------------------------
     def _readiness(self) -> list[str]:
         """What learning still waits for (empty: ready)."""
         waiting = []
-        if self._heard(EXECUTION) and not self.heartbeats[EXECUTION].get("fresh"):
+        if self._heard(EXECUTION) and not self.heartbeats[EXECUTION].fresh:
             waiting.append(f"fresh state on {self.names.state_topic}")
         waiting += [f"the {role} node" for role, peer in self.peers.items()
                     if not peer.present()]
@@ -278,11 +277,10 @@ class TrialManager(GraphNode):
     def _publish_status(self, kind: str, **fields: Any) -> None:
         if self.closing:  # the worker may still report while the node goes down
             return
-        status = {"format": STATUS_FORMAT, "stamp": time.time(),
-                  "node": self.get_fully_qualified_name(), "event": kind,
-                  "state": self.activity, "ready": not self.waiting_for,
-                  "waiting_for": self.waiting_for, "run_id": self.run_id, "phase": self.phase,
-                  "trials": self.trials_done, **fields}
+        status = Status(stamp=time.time(), node=self.get_fully_qualified_name(), event=kind,
+                        state=self.activity, ready=not self.waiting_for,
+                        waiting_for=self.waiting_for, run_id=self.run_id, phase=self.phase,
+                        trials=self.trials_done, **fields).to_dict()
         self.status_pub.publish(encode(status))
         run_dir = self.run_dirs.get(self.run_id)
         if run_dir is not None:   # progress too: every nodes.progress_period at most
@@ -417,7 +415,7 @@ class TrialManager(GraphNode):
         deadline = time.monotonic() + (self.config.plant.trial_duration
                                        + self.names.trial_timeout_margin)
         announced = False
-        while (self.heartbeats.get(EXECUTION, {}).get("running")
+        while (EXECUTION in self.heartbeats and self.heartbeats[EXECUTION].running
                and time.monotonic() < deadline):
             if not announced:
                 self._set_phase("waiting for policy_execution to end a trial of the crashed "
@@ -514,8 +512,8 @@ class TrialManager(GraphNode):
         update = self.controller_update
         if update is not None:
             try:
-                return (controller_from_dict(update["controller"]),
-                        f"controller v{update.get('version')} ({update.get('phase')})")
+                return (controller_from_dict(update.controller),
+                        f"controller v{update.version} ({update.phase})")
             except (ValueError, KeyError, TypeError) as exc:
                 self.get_logger().warning(f"latest controller unusable: {exc}")
         seed = int(np.random.default_rng().integers(2**31))
@@ -556,7 +554,7 @@ class TrialManager(GraphNode):
         self.closing = True
 
 
-INTERRUPTED_FORMAT = "ebmcpilco.interrupted_trial/1"  # a trial cut off with no record at all
+INTERRUPTED_FORMAT = InterruptedTrial.FORMAT  # a trial cut off with no record at all
 
 
 def keep_interrupted(run_dir: RunDirectory, record: dict[str, Any], why: str) -> str:
@@ -595,9 +593,12 @@ def keep_cut_off(run_dir: RunDirectory, completed: int, running: dict[str, Any] 
         relative = (f"trials/interrupted/trial_{int(running['index']):03d}-"
                     f"{running.get('request_id') or 'unknown'}.json")
         if not (run_dir.path / relative).exists():
-            run_dir.write_json(relative, {
-                "format": INTERRUPTED_FORMAT, **running, "failed": True, "record": None,
-                "reason": "the run crashed during this trial and no record of it arrived"})
+            run_dir.write_json(relative, InterruptedTrial(
+                index=int(running["index"]), kind=str(running.get("kind", "")),
+                request_id=str(running.get("request_id") or "unknown"), failed=True,
+                record=None,
+                reason="the run crashed during this trial and no record of it arrived"
+            ).to_dict())
         kept.append({**running, "record": (run_dir.path / relative).exists() and json.loads(
             (run_dir.path / relative).read_text()).get("format") != INTERRUPTED_FORMAT,
             "path": relative})
