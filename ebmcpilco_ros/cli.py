@@ -16,6 +16,7 @@
     ebmcpilco bench roundtrip ...      state frame -> JointState -> command frame latency
     ebmcpilco bench firmware ...       the firmware ELF in simavr: interrupt load, jitter, latency
     ebmcpilco bench policy-eval ...    one policy evaluation: numpy export against torch
+    ebmcpilco bench resume --kills 20  SIGKILL the learning at random moments, resume each time
     ebmcpilco export-policy F --out P  a learned policy as one numpy-only Python file
     ebmcpilco emulator ...             firmware emulator on a pty (for the hardware node)
 """
@@ -137,6 +138,23 @@ def cmd_bench_policy_eval(args: argparse.Namespace) -> int:
     result = bench.policy_eval(_config(args), calls=args.calls, repeats=args.repeats)
     _write_json(args.json, result)
     return 0
+
+
+def cmd_bench_resume(args: argparse.Namespace) -> int:
+    import os
+
+    from .tools import killbench
+
+    if args.domain_id is not None:
+        os.environ["ROS_DOMAIN_ID"] = str(args.domain_id)
+    overrides = _overrides(args.set)
+    result = killbench.bench(find_config(args.config), overrides, kills=args.kills,
+                             seed=args.seed, run_directory=args.run_directory,
+                             per_trial=args.per_trial, max_loss=args.max_loss,
+                             log=lambda line: print(line, flush=True))
+    print(killbench.summary_text(result))
+    _write_json(args.json, result)
+    return 0 if result["ok"] else 1
 
 
 def cmd_export_policy(args: argparse.Namespace) -> int:
@@ -448,6 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--repeats", type=_positive_int, default=5)
     pe.add_argument("--json", default=None, help="write results to this JSON file")
     pe.set_defaults(func=cmd_bench_policy_eval)
+    rs = bsub.add_parser("resume", help="SIGKILL nodes and the whole graph at random moments "
+                                        "of a learning run, resume each time, check the run "
+                                        "directory; the run must finish solved")
+    _add_config_args(rs)
+    rs.add_argument("--kills", type=_positive_int, default=20, help="kills (default 20)")
+    rs.add_argument("--seed", type=int, default=1,
+                    help="learner.seed and the seed of the kill moments (default 1)")
+    rs.add_argument("--per-trial", type=_positive_int, default=5,
+                    help="most kills between two trial boundaries (default 5)")
+    rs.add_argument("--max-loss", type=float, default=45.0,
+                    help="a kill whose moment has not come this many seconds after the last "
+                         "trial boundary happens then (default 45)")
+    rs.add_argument("--run-directory", default=None,
+                    help="nodes.run_directory (default: a new temporary folder)")
+    rs.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID to use")
+    rs.add_argument("--json", default=None, help="write results to this JSON file")
+    rs.set_defaults(func=cmd_bench_resume)
 
     emu = sub.add_parser("emulator", help="cart-pole firmware emulator on a pty",
                          add_help=False)

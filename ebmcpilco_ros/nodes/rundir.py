@@ -67,6 +67,16 @@ class RunDirectory:
             f.flush()
             os.fsync(f.fileno())
 
+    def remove_temporaries(self) -> list[str]:
+        """The temporary files a writer killed between writing and renaming left behind
+        (`.<name>.<pid>.<thread>.tmp`, core.checkpoint.write_json_atomic), removed; for a
+        resume, which runs only once the run's trial manager is gone. Their paths here."""
+        removed = []
+        for path in sorted(self.path.rglob(".*.tmp")):
+            path.unlink(missing_ok=True)
+            removed.append(str(path.relative_to(self.path)))
+        return removed
+
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     """log.jsonl's entries; a line a crash cut short is skipped."""

@@ -401,6 +401,8 @@ class TrialManager(GraphNode):
         trial of the crashed session still running on the execution node, then learn on."""
         run_dir = self.run_dirs[self.run_id]
         completed = checkpoint["trials_completed"] if checkpoint is not None else 0
+        for relative in run_dir.remove_temporaries():  # a write the crash cut short
+            self.get_logger().info(f"resume: removed {relative}, left by a cut-off write")
         interrupted = keep_cut_off(run_dir, completed, previous.get("trial"))
         self._publish_status("resumed", previous=previous["outcome"], from_trial=completed,
                              last_completed=previous["last_completed"],
