@@ -220,7 +220,7 @@ def test_a_trial_records_the_force_the_rig_applied_not_the_one_asked_for(rig):
     requests = rig.client.node.create_publisher(String, TRIAL_REQUEST_TOPIC, reliable_qos(10))
     records = len(rig.probe.records)
     request = {"format": TRIAL_REQUEST_FORMAT, "request_id": "push-1", "run_id": "push",
-               "index": 0, "kind": "exploration", "controller": push.to_dict()}
+               "index": 0, "kind": "ilqr", "controller": push.to_dict()}
     # Published until the record comes: the discovery of a new publisher takes a moment, and
     # the execution node answers a repeated request id without running it again.
     deadline = time.monotonic() + 60
