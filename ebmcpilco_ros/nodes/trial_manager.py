@@ -408,23 +408,39 @@ class TrialManager(GraphNode):
                              last_completed=previous["last_completed"],
                              cut_off_in=previous["phase"], interrupted=interrupted,
                              message=describe_run(previous))
-        self._wait_execution_idle()
+        self._wait_peers_idle()
         self._learn(resume=checkpoint)
 
-    def _wait_execution_idle(self) -> None:
-        """A trial the crashed session started may still run there (a killed trial manager does
-        not stop it); a new request would be refused as busy."""
+    def _wait_peers_idle(self) -> None:
+        """Work the crashed session left running on the other nodes (a killed trial manager
+        stops none of it; a new request would be refused as busy): a trial on the execution
+        node is waited for; an optimisation, whose result the resumed run computes again from
+        the checkpoint, is cancelled (/ebmcpilco/policy_optimization/cancel) and waited for; a
+        fit is waited for. At most plant.trial_duration + nodes.trial_timeout_margin."""
         deadline = time.monotonic() + (self.config.plant.trial_duration
                                        + self.names.trial_timeout_margin)
-        announced = False
-        while (EXECUTION in self.heartbeats and self.heartbeats[EXECUTION].running
-               and time.monotonic() < deadline):
-            if not announced:
-                self._set_phase("waiting for policy_execution to end a trial of the crashed "
-                                "session")
-                announced = True
+        announced, cancelled = "", None
+        while time.monotonic() < deadline:
+            busy = {role: getattr(self.heartbeats.get(role), field, None)
+                    for role, field in ((EXECUTION, "running"), (MODEL_LEARNING, "busy"),
+                                        (OPTIMIZATION, "busy"))}
+            busy = {role: request for role, request in busy.items() if request}
+            if not busy:
+                return
+            if (busy.get(OPTIMIZATION) not in (None, cancelled)
+                    and self.optimization_cancel.service_is_ready()):
+                cancelled = busy[OPTIMIZATION]
+                self.get_logger().info(f"resume: cancelling optimisation request {cancelled} "
+                                       "of the crashed session")
+                self.optimization_cancel.call_async(Trigger.Request())
+            phase = ("waiting for " + " and ".join(
+                f"{role} to end {'a trial' if role == EXECUTION else 'the work'}"
+                for role in busy) + " of the crashed session")
+            if phase != announced:
+                self._set_phase(phase)
+                announced = phase
             if self.cancel.wait(self.names.status_period):
-                raise Aborted("aborted while waiting for the execution node")
+                raise Aborted("aborted while waiting for the other nodes")
 
     # -- work -----------------------------------------------------------------------------------
     def _new_run_id(self) -> str:
