@@ -122,7 +122,7 @@ class Ledger:
         """What is wrong with the run directory now (empty: nothing)."""
         problems = []
         temporaries = [str(p.relative_to(self.run)) for p in self.run.rglob("*")
-                       if p.name.endswith(".tmp")]
+                       if p.name.endswith(".tmp") and not writing(p)]
         if temporaries:
             problems.append(f"temporary files left: {temporaries}")
         for path in self.run.rglob("*.json"):
@@ -159,6 +159,18 @@ class Ledger:
         from ..nodes.rundir import read_log
 
         return read_log(self.run)
+
+
+def writing(path: Path) -> bool:
+    """A temporary (`.<name>.<pid>.<thread>.tmp`) whose writer still runs: being written now,
+    not left behind."""
+    try:
+        os.kill(int(path.name.split(".")[-3]), 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return path.exists()
 
 
 def phase_kind(phase: str) -> str:
@@ -258,8 +270,9 @@ class KillBench:
                             and event == "accepted")
                         or (kind == "optim" and source == "policy_optimization"
                             and event in ("accepted", "progress"))
-                        or (kind == "write" and source == "record"
-                            and data.get("run_id") == self.run_id)):
+                        or (kind == "write" and source == "record"  # a new trial's, not
+                            and data.get("run_id") == self.run_id    # one resent
+                            and int(data.get("index") or 0) >= self.ledger.most_completed)):
                     count += 1
                     if count >= k:
                         return t
@@ -507,7 +520,7 @@ class KillBench:
 
 
 def bench(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]], kills: int = 20,
-          seed: int = 1, run_directory: str | Path | None = None, per_trial: int = 5,
+          seed: int = 1, run_directory: str | Path | None = None, per_trial: int = 10,
           max_loss: float = 45.0, startup_timeout: float = 120.0, run_timeout: float = 1800.0,
           log: Callable[[str], None] = print, targets: tuple[str, ...] = TARGETS
           ) -> dict[str, Any]:
