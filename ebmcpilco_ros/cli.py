@@ -473,8 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--kills", type=_positive_int, default=20, help="kills (default 20)")
     rs.add_argument("--seed", type=int, default=1,
                     help="learner.seed and the seed of the kill moments (default 1)")
-    rs.add_argument("--per-trial", type=_positive_int, default=10,
-                    help="most kills between two trial boundaries (default 10)")
+    rs.add_argument("--per-trial", type=_positive_int, default=20,
+                    help="most kills between two trial boundaries (default 20)")
     rs.add_argument("--max-loss", type=float, default=45.0,
                     help="a kill whose moment has not come this many seconds after the last "
                          "trial boundary happens then (default 45)")

@@ -51,3 +51,27 @@ def test_a_resume_removes_the_temporaries_a_killed_writer_left(tmp_path):
     assert run.remove_temporaries() == ["trials/.trial_001.json.7023.139919364191936.tmp"]
     assert not left.exists() and (run.path / "trials" / "trial_000.json").exists()
     assert run.remove_temporaries() == []
+
+
+def test_a_request_lost_in_a_quick_restart_ends_the_wait():
+    """A node killed and restarted within the trial manager's peer grace never looks gone; its
+    heartbeats then name no request (or another) while the trial manager still waits for the
+    result of the accepted one: that ends the wait after nodes.peer_grace (the bench found the
+    trial manager waiting out nodes.optimization_timeout, 2 h, for a killed optimiser)."""
+    import time
+    from types import SimpleNamespace
+
+    from ebmcpilco_ros.nodes.remote import Link
+
+    doing = {"policy_optimization": "opt-1"}
+    peer = SimpleNamespace(gone=lambda: None)
+    link = Link(None, None, SimpleNamespace(peer_grace=0.2), {}, {"policy_optimization": peer},
+                lambda _phase: None, working_on=lambda role: doing.get(role))
+    check = link._lost_or_gone("policy_optimization", "opt-1")
+    assert check() is None
+    doing["policy_optimization"] = ""  # the restarted node: idle
+    assert check() is None  # not yet: a heartbeat may lag the result
+    time.sleep(0.25)
+    assert "no longer works on opt-1" in check()
+    doing["policy_optimization"] = None  # no heartbeat known: up to the peer watch
+    assert check() is None

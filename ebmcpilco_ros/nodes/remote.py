@@ -54,7 +54,8 @@ class Link:
     def __init__(self, replies: Replies, cancel: threading.Event, names: NodesConfig,
                  publishers: dict[str, Any], peers: dict[str, PeerWatch],
                  on_phase: Callable[[str], None],
-                 on_trial: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_trial: Callable[[dict[str, Any]], None] | None = None,
+                 working_on: Callable[[str], str | None] | None = None) -> None:
         self.replies = replies
         self.cancel = cancel
         self.names = names
@@ -62,6 +63,8 @@ class Link:
         self.peers = peers
         self.on_phase = on_phase
         self.on_trial = on_trial  # hears each trial request as it goes out
+        # The request a node's latest heartbeat says it works on ("" idle, None unknown).
+        self.working_on = working_on
 
     def send(self, role: str, payload: Payload) -> None:
         """Publish once someone subscribes (a late-matched subscriber would miss the message)."""
@@ -79,9 +82,38 @@ class Link:
         self.publishers[role].publish(encode(payload.to_dict()))
 
     def wait(self, role: str, request_id: str, accept: Callable[[Any], bool],
-             timeout: float, what: str) -> Any:
+             timeout: float, what: str, accepted: bool = False) -> Any:
+        """`accepted`: the node accepted the request, so its heartbeats name it until the
+        result is out; heartbeats naming another request or none for nodes.peer_grace mean the
+        request is lost (the node was killed and restarted faster than it could be missed),
+        ending the wait then, not at the timeout."""
+        alive = self.peers[role].gone
+        if accepted and self.working_on is not None:
+            alive = self._lost_or_gone(role, request_id)
         return self.replies.wait(request_id, accept, timeout, f"{what} from {role}",
-                                 cancel=self.cancel, alive=self.peers[role].gone)
+                                 cancel=self.cancel, alive=alive)
+
+    def _lost_or_gone(self, role: str, request_id: str) -> Callable[[], str | None]:
+        since: float | None = None
+
+        def check() -> str | None:
+            nonlocal since
+            gone = self.peers[role].gone()
+            if gone:
+                return gone
+            doing = self.working_on(role) if self.working_on is not None else None
+            if doing is None or doing == request_id:
+                since = None
+                return None
+            now = time.monotonic()
+            since = now if since is None else since
+            if now - since < self.names.peer_grace:
+                return None
+            return (f"the {role} node no longer works on {request_id}: its heartbeats say "
+                    f"{doing!r} (it restarted?)" if doing else
+                    f"the {role} node no longer works on {request_id}: its heartbeats say it "
+                    "is idle (it restarted?)")
+        return check
 
     def answer(self, role: str, payload: Payload) -> Event:
         """The node's answer (accepted, missing), or RemoteError with its reason. A request
@@ -178,7 +210,7 @@ class RemoteModelLearning:
                             self.publish_record(self.trials[key])
                     continue
                 item = link.wait(MODEL_LEARNING, request_id, is_a(ModelUpdate, "failed"),
-                                 link.names.fit_timeout, "the model")
+                                 link.names.fit_timeout, "the model", accepted=True)
             finally:
                 link.replies.forget(request_id)
             if not isinstance(item, ModelUpdate):
@@ -229,7 +261,7 @@ class RemoteOptimization:
         try:
             link.answer(OPTIMIZATION, payload)
             item = link.wait(OPTIMIZATION, request_id, is_a(ControllerUpdatePayload, "failed"),
-                             link.names.optimization_timeout, "the controller")
+                             link.names.optimization_timeout, "the controller", accepted=True)
         finally:
             link.replies.forget(request_id)
         if not isinstance(item, ControllerUpdatePayload):

@@ -121,7 +121,7 @@ class TrialManager(GraphNode):
         self.execution_abort = self.create_client(Trigger, EXECUTION_ABORT_SERVICE)
         self.optimization_cancel = self.create_client(Trigger, OPTIMIZATION_CANCEL_SERVICE)
         self.link = Link(self.replies, self.cancel, self.names, self.request_pubs, self.peers,
-                         self._set_phase, self._on_trial_request)
+                         self._set_phase, self._on_trial_request, self._working_on)
         self.create_timer(self.names.status_period, self._check_readiness)
         self.diagnostics = Diagnostics(self, self.names, self._report)
         self._publish_status("started")
@@ -136,6 +136,14 @@ class TrialManager(GraphNode):
             return
         self.heartbeats[beat.role] = beat
         self.heard[beat.role] = time.monotonic()
+
+    def _working_on(self, role: str) -> str | None:
+        """The request `role`'s latest heartbeat says it works on ("" idle; None: no heartbeat,
+        or not one of the fitting and optimising nodes)."""
+        beat = self.heartbeats.get(role)
+        if beat is None or role not in (MODEL_LEARNING, OPTIMIZATION):
+            return None
+        return beat.busy or ""
 
     def _on_event(self, msg: String, topic: str = "") -> None:
         try:

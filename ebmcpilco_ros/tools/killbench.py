@@ -520,7 +520,7 @@ class KillBench:
 
 
 def bench(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]], kills: int = 20,
-          seed: int = 1, run_directory: str | Path | None = None, per_trial: int = 10,
+          seed: int = 1, run_directory: str | Path | None = None, per_trial: int = 20,
           max_loss: float = 45.0, startup_timeout: float = 120.0, run_timeout: float = 1800.0,
           log: Callable[[str], None] = print, targets: tuple[str, ...] = TARGETS
           ) -> dict[str, Any]:
