@@ -439,9 +439,11 @@ def test_lifecycle_transitions_open_enable_disable_and_close(tmp_path):
                                       3 * WATCHDOG_S):
                 applied = emulator.stats.commands_applied
                 assert time.monotonic() < deadline, "COMMANDs kept coming after the cleanup"
+            # The last one disables; none after the cleanup drives (a loaded emulator may still
+            # read an earlier "zero, enabled" COMMAND after it, in order, before the disable).
             assert emulator.command_log[-1][1:] == (0, False)
-            assert all((motor, enable) == (0, False)
-                       for t, motor, enable in list(emulator.command_log) if t >= closed)
+            assert all(motor == 0 for t, motor, _enable in list(emulator.command_log)
+                       if t >= closed)
         finally:
             rig.close()
 
