@@ -243,43 +243,6 @@ def test_soft_limits_hold_the_simulated_plant_against_full_push():
     assert x[0] > cfg.cart_position_limit - cfg.soft_limit_margin - 0.05  # it did push
 
 
-@pytest.mark.parametrize("force, p, pdot, expected, reason", [
-    (5.0, 0.0, 1.4, 5.0, None),                   # stopping distance 0.12 m: far from 0.3 m
-    (5.0, 0.19, 1.4, -8.0, "stopping distance"),  # 0.11 m to go: braked before the zone
-    (-9.0, 0.19, 1.4, -9.0, "stopping distance"),  # a stronger inward request is kept
-    (5.0, 0.19, -1.4, 5.0, None),                 # moving away from that end
-    (-5.0, -0.19, -1.4, 8.0, "stopping distance"),  # the other end
-    (5.0, 0.19, 0.01, 5.0, None),                 # within the deadband: never
-])
-def test_the_brake_starts_from_the_stopping_distance_at_the_measured_speed(
-        force, p, pdot, expected, reason):
-    result = cv.apply_soft_limits(force, p, pdot, LIM, braking_mass=1.0)
-    assert result.force == pytest.approx(expected) and result.reason == reason
-    # 1.4 m/s braked at 8 N with 1 kg takes 0.1225 m; without a braking mass, the fixed zone
-    assert cv.apply_soft_limits(force, p, pdot, LIM).reason is None
-
-
-def test_the_speed_aware_brake_stops_a_cart_flung_past_the_velocity_limit_sooner():
-    """The paper cart-pole on a 0.9 m soft limit with a zone sized for 3 m/s (0.45 m), the cart
-    already going faster than that (as an early model's iLQR plan drove it on the firmware
-    rig): braking from the stopping distance at the measured speed keeps it closer to the
-    limit. With the pole spinning at 15+ rad/s no 10 N brake stops it in time: that must be
-    kept from happening, not braked (docs/BENCHMARKS.md)."""
-    plant, dt = PlantConfig(), 0.002
-    cfg = CONFIG.replace(cart_position_limit=0.9, soft_limit_margin=0.45, cart_velocity_limit=3.0)
-
-    def furthest(x0, braking_mass):
-        x, largest = np.array(x0, dtype=float), 0.0
-        for _ in range(1500):
-            u = cv.apply_soft_limits(plant.u_max, x[0], x[1], cfg, braking_mass).force
-            x = cartpole.step(x, u, plant, dt=dt, substeps=1)
-            largest = max(largest, abs(x[0]))
-        return largest
-    for x0 in [(0.2, 4.0, 0.0, 0.0), (0.0, 3.5, 0.0, 0.0)]:
-        fixed, aware = furthest(x0, 0.0), furthest(x0, plant.cart_mass + plant.pole_mass)
-        assert aware < fixed - 0.05 and aware < cfg.cart_position_limit + 0.01, (x0, fixed, aware)
-
-
 # -- homing law on the paper cart-pole -------------------------------------------------------
 
 def home_simulated(x0, cfg: HardwareConfig, plant: PlantConfig, limit: float = 10.0):

@@ -154,8 +154,8 @@ class LimitedForce:
     reason: str | None = None
 
 
-def apply_soft_limits(force: float, p: float, pdot: float, config: HardwareConfig,
-                      braking_mass: float = 0.0) -> LimitedForce:
+def apply_soft_limits(force: float, p: float, pdot: float,
+                      config: HardwareConfig) -> LimitedForce:
     """Override any force that drives the cart towards a track end or beyond the speed limit.
 
     Inside the margin before the position limit (and beyond it), outward force is refused, and
@@ -164,11 +164,6 @@ def apply_soft_limits(force: float, p: float, pdot: float, config: HardwareConfi
     quantisation noise) nothing is pushed: outward requests become 0, inward ones pass. Above the
     velocity limit, force along the motion is refused. Whatever the request, the result never
     pushes outward there.
-
-    With a braking_mass m > 0 [kg] the brake also starts wherever the stopping distance at the
-    measured speed, pdot^2 m / (2 F_brake), reaches the position limit ahead: a cart the pole
-    has flung past the velocity limit is braked before the fixed zone (sized for the velocity
-    limit) would start.
     """
     if not math.isfinite(force):
         return LimitedForce(0.0, "invalid")
@@ -183,13 +178,6 @@ def apply_soft_limits(force: float, p: float, pdot: float, config: HardwareConfi
         if pdot * outward > config.soft_limit_brake_deadband:
             inward = max(config.soft_limit_brake_force, -force * outward)
             force, reason = -outward * inward, "position"
-    if (braking_mass > 0.0 and config.soft_limit_brake_force > 0.0 and reason is None
-            and abs(pdot) > config.soft_limit_brake_deadband):
-        ahead = math.copysign(1.0, pdot)
-        stopping = pdot * pdot * braking_mass / (2.0 * config.soft_limit_brake_force)
-        if config.cart_position_limit - ahead * p <= stopping:
-            inward = max(config.soft_limit_brake_force, -force * ahead)
-            force, reason = -ahead * inward, "stopping distance"
     if abs(pdot) > config.cart_velocity_limit and force * pdot > 0.0:
         force, reason = 0.0, "velocity"
     return LimitedForce(force, reason)

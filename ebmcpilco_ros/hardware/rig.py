@@ -131,14 +131,10 @@ class Rig:
     def __init__(self, config: HardwareConfig,
                  on_measurement: Callable[[Measurement, StateSample], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_session: Callable[[DeviceConfig], None] | None = None,
-                 braking_mass: float = 0.0) -> None:
+                 on_session: Callable[[DeviceConfig], None] | None = None) -> None:
         """on_session(device) runs on the driver's I/O thread at every new serial session (the
-        first handshake and each reconnection), with that session's CONFIG. braking_mass [kg]
-        (the plant's cart + pole mass) starts the soft-limit brake from the stopping distance at
-        the measured speed (conversion.apply_soft_limits); 0: the fixed zone only."""
+        first handshake and each reconnection), with that session's CONFIG."""
         self.config = config
-        self.braking_mass = braking_mass
         self._on_measurement = on_measurement
         self._on_session = on_session
         self._clock = clock
@@ -366,8 +362,7 @@ class Rig:
         limit = None
         if self._measurement is not None:
             x = self._measurement.x
-            limited = apply_soft_limits(force, float(x[0]), float(x[1]), self.config,
-                                        self.braking_mass)
+            limited = apply_soft_limits(force, float(x[0]), float(x[1]), self.config)
             force, limit = limited.force, limited.reason
         if self._sample is not None and self._sample.state.status & FAULT_BITS:
             active = False

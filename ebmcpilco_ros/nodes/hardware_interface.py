@@ -117,8 +117,7 @@ class HardwareInterface(LifecycleNode, GraphNode):
             self.autostart_timer = None
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        rig = Rig(self.hw, on_measurement=self._on_measurement, on_session=self._on_session,
-                  braking_mass=self.plant.cart_mass + self.plant.pole_mass)
+        rig = Rig(self.hw, on_measurement=self._on_measurement, on_session=self._on_session)
         try:
             device = rig.open()
         except DriverError as exc:
