@@ -104,9 +104,11 @@ def test_learning_loop_through_the_graph_improves_the_cost(graph):
     assert len(list((run_dir / "controllers").glob("*.json"))) == len(report["trials"]) - 1
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert sum(entry["event"] == "trial_done" for entry in log) == len(report["trials"])
-    # ... and the optimisation's progress, as on /ebmcpilco/status (docs/NODES.md)
+    # ... and the optimisation's progress, as on /ebmcpilco/status (docs/NODES.md): each stage
+    # as it starts (a 100-step optimisation may end before its first timed step report)
     progress = [entry["progress"] for entry in log if entry["event"] == "progress"]
-    assert any("step" in p and "cost" in p for p in progress), progress[:3]
+    assert sum(p.get("stage") == "policy" for p in progress) >= len(report["trials"]) - 1, \
+        progress
     assert json.loads((run_dir / "report.json").read_text())["trials_to_solve"] == \
         report["trials_to_solve"]
 
