@@ -196,18 +196,26 @@ class TrialManager(GraphNode):
         keep_interrupted(run_dir, record, "its record arrived after the run had stopped "
                                           "waiting for it (a crash or an abort)")
 
+    def _read_update(self, msg: String, fmt: str, cls: Any, kind: str, topic: str,
+                     what: str) -> Any:
+        """A model or controller update as read, or None: refused (counted, logged) and, where
+        it names a request this node waits on, that wait ended with the reason."""
+        try:
+            payload = decode(msg, fmt)
+        except ValueError as exc:
+            self.refusals.refuse(kind, f"a {what} on {topic}", exc)
+            return None
+        try:
+            return cls.from_dict(payload)
+        except ValueError as exc:
+            self.refusals.refuse(kind, f"{what} {payload.get('version')!r} on {topic}", exc)
+            self._fail_request(payload.get("request_id"), f"invalid {what}: {exc}")
+            return None
+
     def _on_model(self, msg: String) -> None:
-        try:
-            payload = decode(msg, MODEL_UPDATE_FORMAT)
-        except ValueError as exc:
-            self.refusals.refuse("models", f"a model update on {MODEL_TOPIC}", exc)
-            return
-        try:
-            update = ModelUpdate.from_dict(payload)
-        except ValueError as exc:
-            self.refusals.refuse("models", f"model update {payload.get('version')!r} on "
-                                           f"{MODEL_TOPIC}", exc)
-            self._fail_request(payload.get("request_id"), f"invalid model update: {exc}")
+        update = self._read_update(msg, MODEL_UPDATE_FORMAT, ModelUpdate, "models", MODEL_TOPIC,
+                                   "model update")
+        if update is None:
             return
         run_dir = self.run_dirs.get(update.run_id)
         if run_dir is not None:
@@ -215,17 +223,9 @@ class TrialManager(GraphNode):
         self.replies.post(update.request_id, update)
 
     def _on_controller(self, msg: String) -> None:
-        try:
-            payload = decode(msg, CONTROLLER_UPDATE_FORMAT)
-        except ValueError as exc:
-            self.refusals.refuse("controllers", f"a controller update on {CONTROLLER_TOPIC}", exc)
-            return
-        try:
-            update = ControllerUpdatePayload.from_dict(payload)
-        except ValueError as exc:
-            self.refusals.refuse("controllers", f"controller update {payload.get('version')!r} "
-                                                f"on {CONTROLLER_TOPIC}", exc)
-            self._fail_request(payload.get("request_id"), f"invalid controller update: {exc}")
+        update = self._read_update(msg, CONTROLLER_UPDATE_FORMAT, ControllerUpdatePayload,
+                                   "controllers", CONTROLLER_TOPIC, "controller update")
+        if update is None:
             return
         self.controller_update = update
         run_dir = self.run_dirs.get(update.run_id)
