@@ -161,7 +161,7 @@ def node_event(node: str, kind: str, **fields: Any) -> Callable[[dict[str, Any]]
 
 
 # phase: (parameters, the event that says the phase runs, the node whose log must say it
-# cancelled the work there, and how)
+# cancelled the work there because it was shutting down, and how)
 PHASES: dict[str, tuple[dict[str, Any], Callable[[dict[str, Any]], bool] | None,
                         tuple[str, str] | None]] = {
     "idle": ({}, None, None),
@@ -171,18 +171,18 @@ PHASES: dict[str, tuple[dict[str, Any], Callable[[dict[str, Any]], bool] | None,
     "fit": ({"model.fit_iterations": 2000},
             node_event("model_learning", "accepted"),
             ("model_learning", r"fit \S+ cancelled (during the GP hyperparameter fit|before)"
-                               r"|model v1 fitted on 1 trials")),
+                               r".*shutting down|model v1 fitted on 1 trials")),
     "ilqr": ({"learner.algorithm": "eb", "exploration.iterations": 1,
               "ilqr.continuation_step": 1},  # many horizon stages: a long solve
              node_event("policy_optimization", "progress", stage="ilqr"),
-             ("policy_optimization", r"cancelled at iLQR iteration")),
+             ("policy_optimization", r"cancelled at iLQR iteration.*shutting down")),
     "pretraining": ({"learner.algorithm": "eb", "exploration.iterations": 0,
                      "pretrain.steps": 100000},
                     node_event("policy_optimization", "progress", stage="pretrain"),
-                    ("policy_optimization", r"cancelled at pretraining step")),
+                    ("policy_optimization", r"cancelled at pretraining step.*shutting down")),
     "optimisation": ({"optimizer.max_steps_first": 100000},
                      node_event("policy_optimization", "progress", step=None),
-                     ("policy_optimization", r"cancelled at optimisation step")),
+                     ("policy_optimization", r"cancelled at optimisation step.*shutting down")),
 }
 
 
@@ -236,14 +236,16 @@ def test_sigint_in_any_phase_stops_every_node_cleanly(tmp_path, phase):
             g.stop()
     summary = ", ".join(f"{n} {code} in {t:.2f} s" for n, (code, t) in ended.items())
     print(f"{phase}: {summary}")
-    for name, (code, took) in ended.items():
-        assert code == 0 and took <= STOP_BOUND_S, (phase, summary, describe_failure(g))
+    late = [name for name, (code, took) in ended.items() if code != 0 or took > STOP_BOUND_S]
+    for name in late:  # the whole log first: a stack dump is longer than a message's tail
+        print(f"--- {name} ---\n{g.log_path(name).read_text(errors='replace')}")
+    assert not late, (phase, summary, "\n".join(g.log_tail(name, 40) for name in late))
     if probe.commands:
         assert probe.commands[-1][1] == 0.0, probe.commands[-5:]
     if cancelled is not None:  # the work was interrupted in the phase, not after it
         node, pattern = cancelled
         log = g.log_path(node).read_text(errors="replace")
-        assert re.search(pattern, log) and "shutting down" in log, g.log_tail(node)
+        assert re.search(pattern, log), g.log_tail(node)
     log = check_run_directory(tmp_path / "runs")
     if running is not None:
         assert log and log[-1]["event"] == "aborted", log[-3:]
