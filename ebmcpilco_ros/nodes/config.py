@@ -149,6 +149,8 @@ class NodesConfig(Section):
     resume_run: str = setting("", doc="the run /ebmcpilco/resume continues: a run directory's "
                                       "path, or a run id under run_directory; '' = the latest "
                                       "run there that did not finish")
+    record_bags: bool = setting(True, doc="also write each trial as a ROS 2 bag (MCAP) beside "
+                                          "its record in the run directory")
 
 
 NODE_SECTIONS: dict[str, type] = {
