@@ -98,6 +98,66 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path, uninterrupted, cra
     assert load_checkpoint(path)["trials_completed"] == SMALL.learner.max_trials
 
 
+@pytest.mark.timeout(120)
+def test_the_optimisation_node_goes_on_from_the_state_a_request_carries():
+    """A restarted optimisation node asked for a run's next controller starts from the state
+    the request carries (the run's last controller update), never from a fresh policy in the
+    middle of a run; a node that holds exactly that state goes on with its own optimiser."""
+    import rclpy
+
+    from ebmcpilco_ros.nodes.policy_optimization import PolicyOptimizationNode
+    from graph_helpers import isolated_domain, ros_environment
+
+    def after_a_controller(optimizer: Any) -> dict[str, Any]:
+        """What a controller update leaves: the policy moved, the generator drawn from, the
+        version counted; the state as it travels (JSON)."""
+        with torch.no_grad():
+            for parameter in optimizer.policy.parameters():
+                parameter.add_(0.1)
+        optimizer.rng.normal(size=3)
+        optimizer.version += 1
+        return json.loads(json.dumps(optimizer.state_dict()))
+
+    with ros_environment(isolated_domain(62)):
+        rclpy.init()
+        try:
+            node = PolicyOptimizationNode()
+            held = node._optimizer_for("run-a/session-1", 3, None)   # the run's first request
+            stale = after_a_controller(held)
+            state = after_a_controller(held)
+            assert node._optimizer_for("run-a/session-1", 3, state) is held
+            node.destroy_node()
+
+            restarted = PolicyOptimizationNode()
+            resumed = restarted._optimizer_for("run-a/session-1", 3, state)
+            assert resumed.version == held.version == 2
+            assert json.dumps(resumed.state_dict()["policy"]) == json.dumps(state["policy"])
+            assert resumed.rng.bit_generator.state == held.rng.bit_generator.state
+            # a request carrying another state than the one held: the request's wins
+            older = restarted._optimizer_for("run-a/session-1", 3, stale)
+            assert older is not resumed and older.version == 1
+            restarted.destroy_node()
+        finally:
+            rclpy.try_shutdown()
+
+
+def test_a_restarted_nodes_repeated_version_never_overwrites_a_runs_file(tmp_path):
+    """A node restarted within a run counts from v1 again: the earlier model stays, the later
+    one gets a name of its own; the same update again goes to its own file."""
+    from ebmcpilco_ros.nodes.rundir import RunDirectory
+    from ebmcpilco_ros.nodes.trial_manager import versioned_name
+
+    run_dir = RunDirectory(tmp_path, "run")
+    first = versioned_name(run_dir.path, "models/model", 1, "fit-a")
+    assert first == "models/model_v001.json"
+    run_dir.write_json(first, {"request_id": "fit-a", "version": 1})
+    assert versioned_name(run_dir.path, "models/model", 1, "fit-a") == first
+    again = versioned_name(run_dir.path, "models/model", 1, "fit-b")
+    assert again == "models/model_v001-fit-b.json"
+    run_dir.write_json(again, {"request_id": "fit-b", "version": 1})
+    assert json.loads((run_dir.path / first).read_text())["request_id"] == "fit-a"
+
+
 def test_a_checkpoint_of_another_format_or_configuration_is_refused(tmp_path):
     path = tmp_path / "checkpoint.json"
     learner = build_in_process(SMALL)

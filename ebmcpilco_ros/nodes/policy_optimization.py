@@ -19,6 +19,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from ..core.cancel import Cancelled
+from ..core.checkpoint import rng_state
 from ..core.config import SECTIONS, ConfigError, ExperimentConfig
 from ..core.learner import LocalPolicyOptimization, OptimizationRequest
 from ..core.mcpilco import torch_dtype
@@ -188,10 +189,17 @@ class PolicyOptimizationNode(GraphNode):
 
     def _optimizer_for(self, run_id: str, seed: int, state: dict[str, Any] | None
                        ) -> LocalPolicyOptimization:
-        """A fresh optimiser (policy, plans, rng) per learning run and session (a resumed run
-        is a new session); kept across its trials. A request carrying `optimizer_state` (a
-        resumed run's first) starts from it: what the run had when it was checkpointed."""
-        if self.optimizer is None or run_id != self.run_id or state is not None:
+        """The optimiser (policy, plans, rng) of a learning run and session (a resumed run is
+        a new session), kept across its trials. Every request after the run's first controller
+        carries `optimizer_state`, what the run's last controller update brought: the optimiser
+        held here is used only while it is exactly there (same run and session, same version
+        and generator state); otherwise (this node restarted, a resumed run) a new one starts
+        from the request's state, never from a fresh policy in the middle of a run."""
+        held = self.optimizer
+        in_sync = (held is not None and run_id == self.run_id
+                   and (state is None or (state.get("version") == held.version
+                                          and state.get("rng") == rng_state(held.rng))))
+        if not in_sync:
             config = self.config.replace(learner={"seed": seed})
             torch.manual_seed(seed)
             optimizer = LocalPolicyOptimization(config, np.random.default_rng([seed, 1]),
@@ -200,9 +208,9 @@ class PolicyOptimizationNode(GraphNode):
                                                 on_stage=self._on_stage)
             if state is not None:
                 optimizer.load_state_dict(state)
-                self.get_logger().info(f"run {run_id} resumed: the optimiser starts from the "
-                                       f"state its request carries (controller "
-                                       f"v{optimizer.version} of the run)")
+                self.get_logger().info(f"run {run_id}: the optimiser starts from the state "
+                                       f"the request carries (controller v{optimizer.version} "
+                                       f"of the run)")
             self.optimizer, self.run_id = optimizer, run_id
         return self.optimizer
 

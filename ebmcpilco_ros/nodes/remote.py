@@ -227,8 +227,9 @@ class RemoteOptimization:
 
     What the optimiser keeps across trials (the persistent policy, the last plan, its
     generators) comes back with each controller (`optimizer_state`) and goes into the trial
-    manager's checkpoint; a resumed run's first request carries it back to the node, which
-    starts from it (a new `session` gets a new optimiser there). Nothing travels by file.
+    manager's checkpoint; every later request carries it back, so a node that restarted
+    between two requests (or a resumed run's new session) starts from the run's state, not
+    from a fresh policy. Nothing travels by file.
     """
 
     def __init__(self, link: Link, run_id: str, seed: int, models: RemoteModelLearning) -> None:
@@ -238,13 +239,12 @@ class RemoteOptimization:
         self.models = models
         self.session = new_id("session")
         self.state: dict[str, Any] | None = None
-        self.send_state = False
 
     def state_dict(self) -> dict[str, Any] | None:
         return self.state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state, self.send_state = dict(state), True
+        self.state = dict(state)
 
     def next_controller(self, model: SpeedIntegrationModel, request: OptimizationRequest
                         ) -> ControllerUpdate:
@@ -256,7 +256,7 @@ class RemoteOptimization:
             model_version=model.version,
             model_request_id=self.models.fit_requests[model.version], session=self.session,
             request=request.to_dict(),
-            optimizer_state=self.state if self.send_state else None)
+            optimizer_state=self.state)
         link.send(OPTIMIZATION, payload)
         try:
             link.answer(OPTIMIZATION, payload)
@@ -269,7 +269,7 @@ class RemoteOptimization:
                 raise Aborted("aborted during optimisation")
             raise RemoteError(f"optimisation failed: {reason_of(item)}")
         predicted = item.predicted_states
-        self.state, self.send_state = item.optimizer_state, False
+        self.state = item.optimizer_state
         return ControllerUpdate(
             controller=controller_from_dict(item.controller), phase=item.phase,
             opt_steps=item.opt_steps, wall_s=dict(item.wall_s), costs=list(item.costs),

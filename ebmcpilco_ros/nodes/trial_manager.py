@@ -51,7 +51,7 @@ from .params import declare_config
 from .remote import (EXECUTION, MODEL_LEARNING, OPTIMIZATION, Link, RemoteModelLearning,
                      RemoteOptimization, RemoteSystem)
 from .rundir import (CONFIG_FILE, PROGRESS_FILE, RUNNING, RunDirError, RunDirectory,
-                     describe_run, run_status)
+                     describe_run, run_root, run_status)
 
 NAME = "trial_manager"
 IDLE, LEARNING, RUNNING_TRIAL = "idle", "learning", "running_trial"
@@ -82,6 +82,9 @@ class TrialManager(GraphNode):
         self.heard: dict[str, float] = {}
         self.controller_update: ControllerUpdatePayload | None = None
         self.run_dirs: dict[str, RunDirectory] = {}
+        self.run_root = run_root(self.names.run_directory)  # resolved once, absolute
+        self.get_logger().info(f"run directories in {self.run_root}" if self.run_root else
+                               "no run directories (nodes.run_directory is '')")
         self.manual_run = time.strftime("manual-%Y%m%d-%H%M%S")
         self.manual_trials = 0
         self.waiting_for: list[str] = ["startup"]
@@ -219,7 +222,8 @@ class TrialManager(GraphNode):
             return
         run_dir = self.run_dirs.get(update.run_id)
         if run_dir is not None:
-            run_dir.write_json(f"models/model_v{update.version:03d}.json", update.to_dict())
+            run_dir.write_json(versioned_name(run_dir.path, "models/model", update.version,
+                                              update.request_id), update.to_dict())
         self.replies.post(update.request_id, update)
 
     def _on_controller(self, msg: String) -> None:
@@ -230,7 +234,8 @@ class TrialManager(GraphNode):
         self.controller_update = update
         run_dir = self.run_dirs.get(update.run_id)
         if run_dir is not None:
-            run_dir.write_json(f"controllers/controller_v{update.version:03d}.json",
+            run_dir.write_json(versioned_name(run_dir.path, "controllers/controller",
+                                              update.version, update.request_id),
                                update.to_dict())
         self.replies.post(update.request_id, update)
 
@@ -376,7 +381,7 @@ class TrialManager(GraphNode):
 
     def _resume_target(self) -> tuple[Path, dict[str, Any] | None, dict[str, Any]]:
         """The run to resume, its checkpoint (None: no trial completed yet) and its status."""
-        root = Path(self.names.run_directory or ".").expanduser()
+        root = self.run_root or Path.cwd()
         if self.names.resume_run:
             named = Path(self.names.resume_run).expanduser()
             path = named if named.is_absolute() or not (root / named).exists() else root / named
@@ -457,11 +462,10 @@ class TrialManager(GraphNode):
                 f"{np.random.default_rng().integers(16**4):04x}")
 
     def _run_dir(self, run_id: str) -> RunDirectory | None:
-        if not self.names.run_directory:
+        if self.run_root is None:
             return None
         if run_id not in self.run_dirs:
-            self.run_dirs[run_id] = RunDirectory(Path(self.names.run_directory).expanduser(),
-                                                 run_id)
+            self.run_dirs[run_id] = RunDirectory(self.run_root, run_id)
         return self.run_dirs[run_id]
 
     def _start(self, activity: str, work: Callable[[], None], run_id: str,
@@ -581,6 +585,21 @@ class TrialManager(GraphNode):
 
 
 INTERRUPTED_FORMAT = InterruptedTrial.FORMAT  # a trial cut off with no record at all
+
+
+def versioned_name(run_path: Path, stem: str, version: int, request_id: str) -> str:
+    """`<stem>_vNNN.json` for an update of version NNN, unless that file holds another request's
+    update: a node restarted within a run counts its versions from 1 again, and the earlier
+    file must stay (then `<stem>_vNNN-<request id>.json`). The same update again (a latched
+    topic re-delivering it) goes to the file it is in already."""
+    relative = f"{stem}_v{version:03d}.json"
+    try:
+        existing = json.loads((run_path / relative).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return relative
+    if isinstance(existing, dict) and existing.get("request_id") == request_id:
+        return relative
+    return f"{stem}_v{version:03d}-{request_id}.json"
 
 
 def keep_interrupted(run_dir: RunDirectory, record: dict[str, Any], why: str) -> str:
