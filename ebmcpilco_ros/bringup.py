@@ -286,9 +286,11 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
             resume: bool = False) -> int:
     """`ebmcpilco sim`: 0 when the swing-up is solved, 1 when not, 2 on a config error.
     `resume`: continue the run `nodes.resume_run` names (resume_overrides) instead of a new one."""
+    from .nodes.rundir import run_root
+
     config, parts = validate(config_path, overrides)
     nodes_cfg = parts["nodes"]
-    log_dir = (Path(nodes_cfg.run_directory or tempfile.gettempdir()) / "logs"
+    log_dir = ((run_root(nodes_cfg.run_directory) or Path(tempfile.gettempdir())) / "logs"
                / time.strftime("%Y%m%d-%H%M%S"))
     learner = config.learner
     log(f"EB-MC-PILCO through the ROS 2 node graph: {learner.algorithm} on {plant}, "

@@ -31,6 +31,8 @@ import yaml
 
 from .core.config import ConfigError, ExperimentConfig, find_config, load_config
 
+RUN_HELP = "a run directory, or a run id under $ROS_HOME/ebmcpilco/runs (ROS_HOME: else ~/.ros)"
+
 
 def _overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     """`section.key=value` strings (YAML values) -> {section: {key: value}}."""
@@ -189,8 +191,9 @@ def _add_graph_args(p: argparse.ArgumentParser) -> None:
                    help="seconds for the graph to become ready (default 120)")
     p.add_argument("--verbose", action="store_true", help="also print each phase")
     p.add_argument("--resume", default=None, metavar="RUN",
-                   help="continue the run in run directory RUN from its last completed trial "
-                        "(its own settings; --set on top)")
+                   help="continue the run in run directory RUN (or run id RUN under "
+                        "$ROS_HOME/ebmcpilco/runs) from its last completed trial (its own "
+                        "settings; --set on top)")
 
 
 def _graph_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -208,14 +211,14 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]] | N
     """The overrides of `sim`/`rig`, with --resume RUN's settings under them (None: RUN is no
     run directory, said on stderr)."""
     from . import bringup
-    from .nodes.rundir import RunDirError, describe_run, run_status
+    from .nodes.rundir import RunDirError, describe_run, find_run, run_status
 
     overrides = _graph_overrides(args)
     if not args.resume:
         return overrides
     try:
-        resumed = bringup.resume_overrides(args.resume, overrides)
-        print(describe_run(run_status(Path(args.resume).expanduser().resolve())), flush=True)
+        resumed = bringup.resume_overrides(find_run(args.resume), overrides)
+        print(describe_run(run_status(find_run(args.resume))), flush=True)
     except RunDirError as exc:
         print(f"ebmcpilco {args.command}: --resume: {exc}", file=sys.stderr)
         return None
@@ -234,10 +237,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .nodes.rundir import RunDirError, describe_run, run_status
+    from .nodes.rundir import RunDirError, describe_run, find_run, run_status
 
     try:
-        status = run_status(Path(args.run).expanduser())
+        status = run_status(find_run(args.run))
     except RunDirError as exc:
         print(f"ebmcpilco inspect: {exc}", file=sys.stderr)
         return 2
@@ -248,10 +251,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .nodes.rundir import find_run
     from .tools.report import ReportError, write_report
 
     try:
-        files = write_report(args.run, args.out, particles=args.particles)
+        files = write_report(find_run(args.run), args.out, particles=args.particles)
     except ReportError as exc:
         print(f"ebmcpilco report: {exc}", file=sys.stderr)
         return 2
@@ -367,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="plots, an animation of the best trial and a "
                                            "markdown summary of a run directory")
-    report.add_argument("run", help="a run directory (<nodes.run_directory>/<run id>)")
+    report.add_argument("run", help=RUN_HELP)
     report.add_argument("--out", default=None, help="output folder (default RUN/report)")
     report.add_argument("--particles", type=_positive_int, default=200,
                         help="particles of the model's predictions (default 200)")
@@ -375,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser("inspect", help="how a run directory's run stands: trials "
                                              "completed, last phase, finished or died")
-    inspect.add_argument("run", help="a run directory (<nodes.run_directory>/<run id>)")
+    inspect.add_argument("run", help=RUN_HELP)
     inspect.set_defaults(func=cmd_inspect)
 
     export = sub.add_parser("export-policy", help="write a learned policy as one Python file "

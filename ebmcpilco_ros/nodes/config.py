@@ -23,6 +23,9 @@ from ..core.config import (ConfigError, PlantConfig, Section, read_parameters,
                            section_from_mapping, setting)
 from ..hardware.config import HardwareConfig
 
+# Next to ROS's own logs, whatever directory the graph is launched from (nodes/rundir.run_root).
+DEFAULT_RUN_DIRECTORY = "$ROS_HOME/ebmcpilco/runs"
+
 
 @dataclass(frozen=True)
 class SimPlantConfig(Section):
@@ -144,13 +147,19 @@ class NodesConfig(Section):
     resend_attempts: int = setting(3, 0, 100,
                                    doc="times the trial manager resends trials the model node "
                                        "reports missing")
-    run_directory: str = setting("runs",
-                                 doc="the trial manager's run directory root; '' = write none")
+    run_directory: str = setting(DEFAULT_RUN_DIRECTORY,
+                                 doc="the trial manager's run directory root: a leading "
+                                     "$ROS_HOME is $ROS_HOME (else ~/.ros), a relative path "
+                                     "is from the working directory; '' = write none")
     resume_run: str = setting("", doc="the run /ebmcpilco/resume continues: a run directory's "
                                       "path, or a run id under run_directory; '' = the latest "
                                       "run there that did not finish")
     record_bags: bool = setting(True, doc="also write each trial as a ROS 2 bag (MCAP) beside "
                                           "its record in the run directory")
+    model_max_runs: int = setting(2, 1, 1000,
+                                  doc="model_learning keeps the trial records of at most this "
+                                      "many runs (the least recently used is forgotten; a run's "
+                                      "records go when the trial manager reports it over)")
 
 
 NODE_SECTIONS: dict[str, type] = {

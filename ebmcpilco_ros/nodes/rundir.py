@@ -2,6 +2,8 @@
 
     <root>/<run_id>/config.json                  the configuration of the run
                     trials/trial_000.json        every trial record, as it arrives
+                    trials/trial_000/            the same trial as a ROS 2 bag (nodes/bag.py:
+                                                 metadata.yaml, trial_000.mcap)
                     models/model_v001.json       every model update
                     controllers/controller_v001.json
                     report.json                  the learning report at the end
@@ -13,19 +15,26 @@
 Files are written to a temporary name, fsynced and renamed (os.replace), so a crash leaves either
 the old file or the new one; log lines are flushed and fsynced one by one (a crash may cut the
 last, which readers skip).
+
+<root> is `nodes.run_directory` as `run_root` resolves it, the one function every reader and
+writer uses (trial manager, `ebmcpilco sim/rig/inspect/report`, `--resume`, `bench resume`): by
+default `$ROS_HOME/ebmcpilco/runs`, next to ROS's own logs ($ROS_HOME, else ~/.ros), not wherever
+the graph was started; an explicit relative path stays relative to the working directory.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..core.checkpoint import CHECKPOINT_FILE, write_json_atomic
 from . import payloads
 from .common import to_json
+from .config import DEFAULT_RUN_DIRECTORY
 from .payloads import Progress
 
 PROGRESS_FORMAT = payloads.PROGRESS_FORMAT
@@ -33,6 +42,39 @@ PROGRESS_FILE = "progress.json"
 CONFIG_FILE = "config.json"
 END_EVENTS = ("run_done", "failed", "aborted")  # a run's end in log.jsonl
 RUNNING = "running"
+ROS_HOME = "$ROS_HOME"  # a run_directory starting with it lies in the ROS home
+
+
+def ros_home(env: Mapping[str, str] | None = None) -> Path:
+    """$ROS_HOME, else ~/.ros: the folder ROS keeps its logs under (rcl_logging's rule), so the
+    runs of a graph land in one known place whatever directory it was launched from."""
+    home = (os.environ if env is None else env).get("ROS_HOME", "")
+    return Path(home or "~/.ros").expanduser()
+
+
+def run_root(setting: str, env: Mapping[str, str] | None = None) -> Path | None:
+    """`nodes.run_directory` as an absolute folder, None for '' (no run directories): a leading
+    `$ROS_HOME` (or `${ROS_HOME}`) is `ros_home()`, `~` the user's home, and a relative path is
+    taken from the working directory, as it always was. Resolved once by each reader and writer
+    (the nodes inherit the launching process's environment and working directory, so the trial
+    manager and `ebmcpilco sim` agree)."""
+    if not setting:
+        return None
+    head, _, tail = setting.partition("/")
+    path = ros_home(env) / tail if head in (ROS_HOME, "${ROS_HOME}") else Path(setting)
+    return Path(os.path.abspath(path.expanduser()))
+
+
+def find_run(run: str | Path, setting: str = DEFAULT_RUN_DIRECTORY) -> Path:
+    """A run named on a command line: a path to its directory, or a bare run id found under the
+    run root `setting` names (`ebmcpilco inspect 20260101-120000-eb-seed1-1a2b`). Absolute;
+    what does not exist is returned as given, for the caller's error message."""
+    given = Path(run).expanduser()
+    root = run_root(setting)
+    if not given.exists() and len(given.parts) == 1 and root is not None \
+            and (root / given).exists():
+        return root / given
+    return Path(os.path.abspath(given))
 
 
 class RunDirError(ValueError):
@@ -69,11 +111,15 @@ class RunDirectory:
 
     def remove_temporaries(self) -> list[str]:
         """The temporary files a writer killed between writing and renaming left behind
-        (`.<name>.<pid>.<thread>.tmp`, core.checkpoint.write_json_atomic), removed; for a
-        resume, which runs only once the run's trial manager is gone. Their paths here."""
+        (`.<name>.<pid>.<thread>.tmp`, core.checkpoint.write_json_atomic; a directory for a
+        bag, nodes/bag.py), removed; for a resume, which runs only once the run's trial manager
+        is gone. Their paths here."""
         removed = []
         for path in sorted(self.path.rglob(".*.tmp")):
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed.append(str(path.relative_to(self.path)))
         return removed
 

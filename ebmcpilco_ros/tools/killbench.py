@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..bringup import SIM_NODES, Graph, GraphClient, flatten, start_learning, validate
+from ..nodes.rundir import run_root
 
 TARGETS = (*SIM_NODES, "graph")  # cycled through, one per kill
 MOMENTS = ("trial", "fit", "optim", "write")
@@ -527,7 +528,8 @@ def bench(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]], k
     """Kill the learning `kills` times at moments drawn with `seed`; the figures and checks."""
     import tempfile
 
-    root = Path(run_directory) if run_directory else Path(tempfile.mkdtemp(prefix="killbench-"))
+    root = (run_root(str(run_directory)) if run_directory
+            else Path(tempfile.mkdtemp(prefix="killbench-")))
     root = root.expanduser().resolve()
     overrides = {section: dict(values) for section, values in overrides.items()}
     overrides.setdefault("learner", {}).setdefault("seed", seed)

@@ -767,6 +767,9 @@ def write_report(run_path: str | Path, out: str | Path | None = None,
 
 def report_hint(run_directory: str, run_id: str | None) -> str:
     """The line `ebmcpilco sim` and `rig` print when a run ends."""
-    if not run_directory or not run_id:
+    from ..nodes.rundir import run_root
+
+    root = run_root(run_directory)
+    if root is None or not run_id:
         return "report: none (no run directory)"
-    return f"report: ebmcpilco report {(Path(run_directory).expanduser() / run_id).resolve()}"
+    return f"report: ebmcpilco report {root / run_id}"
