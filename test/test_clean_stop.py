@@ -275,7 +275,7 @@ def test_ctrl_c_stops_ebmcpilco_sim_and_its_nodes_while_optimising(tmp_path):
     def read() -> None:
         for line in sim.stdout:  # type: ignore[union-attr]
             lines.append(line.rstrip())
-            if "optimising (policy" in line:
+            if line.strip().startswith("optimising (policy"):  # the verbose phase line
                 optimising.set()
     reader = threading.Thread(target=read, daemon=True)
     reader.start()

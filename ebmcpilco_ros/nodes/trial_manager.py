@@ -309,13 +309,18 @@ class TrialManager(GraphNode):
             return f"a trial is running ({self.phase})"
         return None
 
+    def _start_refusal(self) -> str | None:
+        """Why a run cannot start now (busy, or a node not ready), or None; under self.lock."""
+        reason = self._busy_reason()
+        waiting = self._readiness()
+        if reason is None and waiting:
+            reason = "not ready: waiting for " + ", ".join(waiting)
+        return reason
+
     def _on_learn(self, _request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
         with self.lock:
-            reason = self._busy_reason()
-            waiting = self._readiness()
-            if reason is None and waiting:
-                reason = "not ready: waiting for " + ", ".join(waiting)
+            reason = self._start_refusal()
             if reason is None:
                 self._start(LEARNING, self._learn, self._new_run_id())
         response.success = reason is None
@@ -361,10 +366,7 @@ class TrialManager(GraphNode):
         did not finish); refused with the reason (not a run directory, another configuration, a
         checkpoint of another format, finished, busy, not ready)."""
         with self.lock:
-            reason = self._busy_reason()
-            waiting = self._readiness()
-            if reason is None and waiting:
-                reason = "not ready: waiting for " + ", ".join(waiting)
+            reason = self._start_refusal()
             if reason is None:
                 try:
                     path, checkpoint, previous = self._resume_target()
