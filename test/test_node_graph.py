@@ -10,6 +10,7 @@ import pytest
 from ebmcpilco_ros.bringup import GraphClient
 from ebmcpilco_ros.core.config import load_config
 
+from bag_helpers import check_bag
 from graph_helpers import (CONFIG, REDUCED, STARTUP_TIMEOUT, Probe, describe_failure,
                            isolated_domain, ros_environment, start_graph, wait_event)
 
@@ -35,7 +36,7 @@ def graph(tmp_path_factory):
 
 @pytest.mark.timeout(180)
 def test_run_trial_records_a_trial_of_the_right_length_and_period(graph):
-    g, client, probe, _tmp = graph
+    g, client, probe, tmp = graph
     ok, message = client.call("run_trial")
     assert ok, message
     assert probe.wait_for(lambda: any(r["meta"]["run_id"].startswith("manual")
@@ -65,6 +66,15 @@ def test_run_trial_records_a_trial_of_the_right_length_and_period(graph):
     done = wait_event(client, ("trial_done", "failed"), 30)
     assert done is not None and done["event"] == "trial_done", done
     assert done["trial"]["kind"] == "random" and not done["trial"]["failed"]
+    # The run directory has the record and, beside it, the trial as a bag: every state and
+    # command, stamped as the execution node recorded them (the plant's state stamps, each
+    # command after its step's state).
+    stamps, sent = record["meta"]["state_stamps_ns"], record["meta"]["command_stamps_ns"]
+    assert len(stamps) == PLANT.steps + 1 and len(sent) == PLANT.steps
+    assert all(c >= s for s, c in zip(stamps, sent)) and sorted(stamps) == stamps
+    written = tmp / "runs" / record["meta"]["run_id"] / "trials" / "trial_000.json"
+    assert json.loads(written.read_text()) == record
+    check_bag(written.with_suffix(""), record)
 
 
 @pytest.mark.timeout(LEARNING_TIMEOUT + 60)

@@ -365,6 +365,9 @@ class PolicyExecution(GraphNode):
                 "outcome": run.outcome, "reason": run.reason,
                 "period": self.plant.control_period, "state_topic": self.names.state_topic,
                 "requested_inputs": [round(u, 6) for u in run.inputs[:n_in]],
+                # the plant's stamp of each state, and when each command went out [ns]: the
+                # trial's bag carries them (nodes/bag.py)
+                "state_stamps_ns": run.stamps[:n], "command_stamps_ns": run.sent_ns[:n_in],
             }
             if self.exe.record_timing:
                 meta["timing"] = {name: [round(v, 7) for v in values[:n_in]] for name, values in

@@ -18,6 +18,8 @@ import dataclasses
 import functools
 import json
 import math
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -44,6 +46,7 @@ from .common import (ABORT_SERVICE, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT,
                      TRIAL_RECORDS_TOPIC, TRIAL_REQUEST_TOPIC, Aborted, Diagnostics, GraphNode,
                      PeerWatch, Replies, decode, encode, heartbeat_topic, latched_qos,
                      reliable_qos, run_node)
+from .bag import BagTopics, bag_path, preload, write_trial_bag
 from .hygiene import Refusals, record_label
 from .payloads import (ControllerUpdatePayload, Event, Heartbeat, InterruptedTrial, ModelUpdate,
                        Status)
@@ -92,6 +95,17 @@ class TrialManager(GraphNode):
             "events", "records", "models", "controllers", "heartbeats"))
         self.closing = False
         self.shutting_down = False  # close() has begun: the worker ends, then closing
+        # Every trial also as a ROS 2 bag beside its record, on the graph's own topic names.
+        self.bags_failed = 0
+        self.bag_topics = BagTopics(*(self.resolve_topic_name(name) for name in (
+            self.names.state_topic, self.names.true_state_topic, self.names.command_topic)),
+            joint_names=tuple(self.names.joint_names))
+        if self.names.record_bags and self.names.run_directory:
+            try:
+                preload()
+            except Exception as exc:  # noqa: BLE001 - no bags is no reason not to learn
+                self.get_logger().warning(f"trial bags cannot be written: "
+                                          f"{type(exc).__name__}: {exc}")
         # Requests out, replies in.
         self.request_pubs = {
             EXECUTION: self.create_publisher(String, TRIAL_REQUEST_TOPIC, reliable_qos(depth)),
@@ -189,6 +203,7 @@ class TrialManager(GraphNode):
         relative = f"trials/trial_{index:03d}.json"
         if self.replies.expecting(request_id):
             run_dir.write_json(relative, record)
+            self._write_bag(run_dir, relative, record)
             return
         try:
             written = json.loads((run_dir.path / relative).read_text(encoding="utf-8"))
@@ -196,8 +211,22 @@ class TrialManager(GraphNode):
                 return
         except (OSError, ValueError, AttributeError):
             pass
-        keep_interrupted(run_dir, record, "its record arrived after the run had stopped "
-                                          "waiting for it (a crash or an abort)")
+        kept = keep_interrupted(run_dir, record, "its record arrived after the run had stopped "
+                                                 "waiting for it (a crash or an abort)")
+        self._write_bag(run_dir, kept, record)
+
+    def _write_bag(self, run_dir: RunDirectory, relative: str, record: dict[str, Any]) -> None:
+        """The record's bag beside its JSON (nodes.record_bags). A bag that cannot be written is
+        logged and counted (/diagnostics bags_failed); the record is written already and the
+        run goes on."""
+        if not self.names.record_bags:
+            return
+        try:
+            write_trial_bag(record, bag_path(run_dir.path / relative), self.bag_topics)
+        except Exception as exc:  # noqa: BLE001 - any failure: the JSON record stands
+            self.bags_failed += 1
+            self.get_logger().warning(f"the bag of {relative} was not written "
+                                      f"({type(exc).__name__}: {exc}); the record was")
 
     def _read_update(self, msg: String, fmt: str, cls: Any, kind: str, topic: str,
                      what: str) -> Any:
@@ -571,7 +600,8 @@ class TrialManager(GraphNode):
         message = self.activity if not self.waiting_for else (
             "waiting for " + ", ".join(self.waiting_for))
         return level, message, {"run_id": self.run_id, "phase": self.phase,
-                                "trials": self.trials_done, **self.refusals.values()}
+                                "trials": self.trials_done, "bags_failed": self.bags_failed,
+                                **self.refusals.values()}
 
     def close(self) -> None:
         """Abort the run (the worker's waits end at once), ask the execution node to zero the
@@ -632,6 +662,7 @@ def keep_cut_off(run_dir: RunDirectory, completed: int, running: dict[str, Any] 
             continue
         relative = keep_interrupted(run_dir, record, "the run stopped before this trial's "
                                                      "checkpoint (a crash)")
+        move_bag(bag_path(path), bag_path(run_dir.path / relative))
         path.unlink()
         kept.append({"index": index, "request_id": record.get("meta", {}).get("request_id"),
                      "record": True, "path": relative})
@@ -650,6 +681,16 @@ def keep_cut_off(run_dir: RunDirectory, completed: int, running: dict[str, Any] 
             (run_dir.path / relative).read_text()).get("format") != INTERRUPTED_FORMAT,
             "path": relative})
     return kept
+
+
+def move_bag(source: Path, target: Path) -> None:
+    """A trial's bag (nodes/bag.py) to where its record went, if it has one; a bag already
+    there (an earlier resume cut short after moving it) is replaced."""
+    if not source.is_dir():
+        return
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(source, target)
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -123,7 +123,8 @@ class Ledger:
         """What is wrong with the run directory now (empty: nothing)."""
         problems = []
         temporaries = [str(p.relative_to(self.run)) for p in self.run.rglob("*")
-                       if p.name.endswith(".tmp") and not writing(p)]
+                       if p.name.endswith(".tmp") and not writing(p)
+                       and not inside_temporary(p.relative_to(self.run))]
         if temporaries:
             problems.append(f"temporary files left: {temporaries}")
         for path in self.run.rglob("*.json"):
@@ -172,6 +173,12 @@ def writing(path: Path) -> bool:
     except PermissionError:
         return True
     return path.exists()
+
+
+def inside_temporary(relative: Path) -> bool:
+    """A file in a temporary directory (a bag being written, nodes/bag.py: the library's own
+    `metadata.yaml.tmp`), judged with that directory, not by its own name."""
+    return any(part.endswith(".tmp") for part in relative.parts[:-1])
 
 
 def phase_kind(phase: str) -> str:
