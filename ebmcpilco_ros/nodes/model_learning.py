@@ -5,12 +5,20 @@ node and, when this node reports some missing, again from the trial manager; eac
 keyed `<run_id>/<index>/<request_id>`. A fit request names exactly the trials to fit on: missing
 ones are reported (event "missing"), otherwise the speed-integration model (core.model) is fitted
 in a worker thread and published latched on ebmcpilco/model with a version number.
+
+A long-lived graph runs many runs, so the dataset forgets (`Dataset`): a run's records go when
+the trial manager's status names it while idle (run_done, failed, aborted, a manual trial's end,
+and every later idle status: one missed message is made good by the next), and at most
+nodes.model_max_runs runs are held, the least recently used forgotten first (a run whose end was
+never heard at all). Forgetting too much costs only a resend: a fit request naming forgotten
+trials gets "missing" and the trial manager sends them again (a resumed run, from its checkpoint).
 """
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Sequence
+from collections import OrderedDict
+from typing import Any, Iterable, Sequence
 
 from std_msgs.msg import String
 
@@ -18,14 +26,16 @@ from ..core.cancel import Cancelled
 from ..core.model import SpeedIntegrationModel
 from ..core.trial import TRIAL_FORMAT, Trial
 from .common import (ANSWER_EVENTS, FIT_REQUEST_FORMAT, FIT_REQUEST_TOPIC, MODEL_EVENTS_TOPIC,
-                     MODEL_TOPIC, TRIAL_RECORDS_TOPIC, Answers, Diagnostics,
-                     GraphNode, Heartbeat, decode, encode, event, latched_qos,
+                     MODEL_TOPIC, STATUS_FORMAT, STATUS_TOPIC, TRIAL_RECORDS_TOPIC, Answers,
+                     Diagnostics, GraphNode, Heartbeat, decode, encode, event, latched_qos,
                      preload_lazy_imports, reliable_qos, run_node, set_torch_threads)
 from .hygiene import Refusals, record_label
-from .payloads import FitRequest, ModelUpdate
+from .payloads import FitRequest, ModelUpdate, Status
 from .params import declare_config
 
 NAME = "model_learning"
+IDLE = "idle"  # the trial manager's state when no run is going on
+ENDED_REMEMBERED = 100  # run ids remembered as over, so that their late records are not kept
 
 
 def trial_key(trial: Trial) -> str:
@@ -37,20 +47,89 @@ def trial_key(trial: Trial) -> str:
     return f"{key}/{request}" if request else key
 
 
+class Dataset:
+    """The trial records held, by run, least recently used run first; not thread-safe (the
+    node holds its lock). A run is *used* when a record of it is stored or a fit names it."""
+
+    def __init__(self, max_runs: int, remember_ended: int = ENDED_REMEMBERED) -> None:
+        self.max_runs = max_runs
+        self.remember_ended = remember_ended
+        self.trials: dict[str, Trial] = {}
+        self.runs: OrderedDict[str, set[str]] = OrderedDict()  # run id -> its keys
+        self.ended: OrderedDict[str, None] = OrderedDict()     # runs reported over, newest last
+        self.duplicates = 0
+        self.ignored = 0    # records of a run reported over, arrived after it (not kept)
+        self.forgotten = 0  # runs whose records were let go
+
+    def __len__(self) -> int:
+        return len(self.trials)
+
+    def add(self, trial: Trial) -> tuple[str, list[tuple[str, int]]]:
+        """Keep `trial` unless held already or of a run reported over: ("stored", the runs
+        forgotten to make room, with their record counts), ("duplicate", []) or ("ended", [])."""
+        run, key = str(trial.meta.get("run_id", "")), trial_key(trial)
+        if key in self.trials:
+            self.duplicates += 1
+            return "duplicate", []
+        if run in self.ended:
+            self.ignored += 1
+            return "ended", []
+        self.trials[key] = trial
+        self.runs.setdefault(run, set()).add(key)
+        return "stored", self._use(run)
+
+    def lookup(self, run: str, keys: Iterable[str]) -> tuple[list[Trial], list[str]]:
+        """The trials `keys` name and the keys not held, for a fit of run `run` (which is going
+        on, whatever was heard of it: its records are kept again from here)."""
+        self.live(run)
+        keys = list(keys)
+        return ([self.trials[k] for k in keys if k in self.trials],
+                [k for k in keys if k not in self.trials])
+
+    def live(self, run: str) -> None:
+        """`run` goes on (started, resumed, fitting): no longer over."""
+        self.ended.pop(run, None)
+        if run in self.runs:
+            self.runs.move_to_end(run)
+
+    def end(self, run: str) -> int:
+        """`run` is over: its records go (how many), later ones are not kept until it goes on."""
+        self.ended[run] = None
+        self.ended.move_to_end(run)
+        while len(self.ended) > self.remember_ended:
+            self.ended.popitem(last=False)
+        return self._forget(run)
+
+    def _use(self, run: str) -> list[tuple[str, int]]:
+        self.runs.move_to_end(run)
+        evicted = []
+        while len(self.runs) > self.max_runs:
+            oldest = next(iter(self.runs))
+            evicted.append((oldest, self._forget(oldest)))
+        return evicted
+
+    def _forget(self, run: str) -> int:
+        keys = self.runs.pop(run, set())
+        for key in keys:
+            del self.trials[key]
+        self.forgotten += bool(keys)
+        return len(keys)
+
+
 class ModelLearningNode(GraphNode):
     """The dataset and the GP fit; one fit at a time, never on the executor."""
 
-    def __init__(self) -> None:
-        super().__init__(NAME)
+    def __init__(self, **node_options: Any) -> None:
+        super().__init__(NAME, **node_options)  # options: an in-process test's context
         config, parts = declare_config(self, ["plant", "model", "optimizer"], ["nodes"])
         set_torch_threads(config.optimizer.threads)
         preload_lazy_imports()
         self.config = config
         self.names = parts["nodes"]
         self.lock = threading.Lock()
-        self.trials: dict[str, Trial] = {}
-        self.duplicates = 0
-        self.refusals = Refusals(self.get_logger().warning, ("records", "fit_requests"))
+        self.dataset = Dataset(self.names.model_max_runs)
+        self.refusals = Refusals(self.get_logger().warning,
+                                 ("records", "fit_requests", "statuses"))
         self.version = 0
         self.busy: str | None = None
         self.stopping = threading.Event()  # shutdown: the fit checks it every iteration
@@ -63,9 +142,12 @@ class ModelLearningNode(GraphNode):
                                  reliable_qos(depth))
         self.create_subscription(String, FIT_REQUEST_TOPIC, self._on_fit_request,
                                  reliable_qos(depth))
+        # Volatile: a status from before this node started names no run it holds.
+        self.create_subscription(String, STATUS_TOPIC, self._on_status,
+                                 reliable_qos(self.names.status_depth))
         self.answers = Answers(depth)
         self.heartbeat = Heartbeat(self, NAME, self.names,
-                                   lambda: {"busy": self.busy, "trials": len(self.trials),
+                                   lambda: {"busy": self.busy, "trials": len(self.dataset),
                                             "model_version": self.version})
         self.diagnostics = Diagnostics(self, self.names, self._report)
 
@@ -92,12 +174,35 @@ class ModelLearningNode(GraphNode):
             return
         key = trial_key(trial)
         with self.lock:
-            if key in self.trials:
-                self.duplicates += 1
+            outcome, evicted = self.dataset.add(trial)
+        log = self.get_logger().info
+        if outcome == "stored":
+            log(f"trial {key} stored ({trial.steps} steps"
+                f"{', failed: not used for fitting' if trial.failed else ''})")
+        elif outcome == "ended":
+            log(f"trial {key} not kept: the trial manager reported its run over")
+        for run, count in evicted:
+            log(f"forgot run {run}'s {count} trial records: more than nodes.model_max_runs = "
+                f"{self.names.model_max_runs} runs held (the least recently used goes)")
+
+    def _on_status(self, msg: String) -> None:
+        """The trial manager idle names a run that is over: its records go. Any other state
+        names a run going on (a resumed one after its end: its records are kept again)."""
+        try:
+            status = Status.from_dict(decode(msg, STATUS_FORMAT))
+        except ValueError as exc:
+            self.refusals.refuse("statuses", f"a status on {STATUS_TOPIC}", exc)
+            return
+        if not status.run_id:
+            return
+        with self.lock:
+            if status.state != IDLE:
+                self.dataset.live(status.run_id)
                 return
-            self.trials[key] = trial
-        self.get_logger().info(f"trial {key} stored ({trial.steps} steps"
-                               f"{', failed: not used for fitting' if trial.failed else ''})")
+            count = self.dataset.end(status.run_id)
+        if count:
+            self.get_logger().info(f"run {status.run_id} over ({status.event}): forgot its "
+                                   f"{count} trial records")
 
     def _on_fit_request(self, msg: String) -> None:
         try:
@@ -119,10 +224,9 @@ class ModelLearningNode(GraphNode):
                 reason = "the request names no trials"
             else:
                 reason = None
-            missing = [k for k in keys if k not in self.trials]
+            trials, missing = self.dataset.lookup(req.run_id, keys)
             if reason is None and not missing:
                 self.busy = request_id
-                trials = [self.trials[k] for k in keys]
         if reason is not None:
             self._send_event(request_id, "refused", reason=reason)
         elif missing:
@@ -170,10 +274,12 @@ class ModelLearningNode(GraphNode):
 
     def _report(self) -> tuple[str, str, dict[str, Any]]:
         with self.lock:
-            stored, busy = len(self.trials), self.busy
+            data, busy = self.dataset, self.busy
+            values = {"trials": len(data), "runs": len(data.runs),
+                      "duplicates_ignored": data.duplicates, "runs_forgotten": data.forgotten,
+                      "records_of_ended_runs": data.ignored}
         return "ok", (f"fitting for {busy}" if busy else "idle"), {
-            "trials": stored, "duplicates_ignored": self.duplicates,
-            "model_version": self.version, "last_fit_s": round(self.last_fit_s, 3),
+            **values, "model_version": self.version, "last_fit_s": round(self.last_fit_s, 3),
             **self.refusals.values()}
 
     def close(self) -> None:
