@@ -11,8 +11,8 @@ RUN/report/ (or another folder).
 What a run directory holds and does not: the MC-PILCO policy optimisation's cost at every step
 (`costs` of each controller update; `opt_costs` in report.json and checkpoint.json), but of
 GP-iLQR and of the pretraining only the final figures (plan cost and iterations, RMS errors) and
-wall times: their per-iteration costs are not stored, and the optimiser's progress events are
-not written to log.jsonl.
+wall times: their per-iteration costs are not stored (the optimiser's progress events in
+log.jsonl name the stage as it starts and MC-PILCO's step and cost every nodes.progress_period).
 """
 from __future__ import annotations
 
@@ -719,8 +719,7 @@ def _markdown(run: RunData, files: ReportFiles, predictions: dict[int, Predictio
               f"![optimisation]({files.optimisation.relative_to(rel)})", "",
               "The run directory stores MC-PILCO's cost at every optimisation step (the "
               "controller updates' `costs`), but of GP-iLQR and of the pretraining only their "
-              "final figures and wall times: their per-iteration costs are not stored, and the "
-              "optimiser's progress events are not written to log.jsonl.", "",
+              "final figures and wall times: their per-iteration costs are not stored.", "",
               "## Success per trial", "", f"![success]({files.success.relative_to(rel)})", "",
               "## Each trial against the model's prediction", "",
               "The model fitted on the trials before each one, propagated from the trial's "
