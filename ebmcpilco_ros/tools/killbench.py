@@ -14,7 +14,8 @@ it was asked for anything) is left running.
 After each kill, before and after its resume, the run directory is checked: every trial
 completed before the kill (the checkpoint's `trials_completed`) still there byte for byte and
 never fewer completed, every JSON file parsing, every log.jsonl line parsing, no temporary file
-left, and the run's status saying what happened (`died` after a trial manager or graph kill, a
+left (right after a kill, one whose writer it killed is the write it cut short, which the resume
+removes), and the run's status saying what happened (`died` after a trial manager or graph kill, a
 `resumed` event with `previous` as it was). Kills stop after `kills`; then the run finishes and
 the final checks run (run_done, solved, one trial file per completed trial). Each segment of the
 run (from one trial boundary to the next) gets at most `per_trial` kills, and a kill whose moment
@@ -119,13 +120,16 @@ class Ledger:
         self.most_completed = max(self.most_completed, done)
         return done
 
-    def check(self) -> list[str]:
-        """What is wrong with the run directory now (empty: nothing)."""
+    def check(self, killed: bool = False) -> list[str]:
+        """What is wrong with the run directory now (empty: nothing). Right after a kill
+        (`killed`), a temporary whose writer is gone is the write the kill cut short (a trial's
+        bag takes tens of milliseconds to write, the 'write' moment's window): the resume
+        removes it, and every check after the kill's finds one left."""
         problems = []
         temporaries = [str(p.relative_to(self.run)) for p in self.run.rglob("*")
                        if p.name.endswith(".tmp") and not writing(p)
                        and not inside_temporary(p.relative_to(self.run))]
-        if temporaries:
+        if temporaries and not killed:
             problems.append(f"temporary files left: {temporaries}")
         for path in self.run.rglob("*.json"):
             try:
@@ -342,7 +346,7 @@ class KillBench:
             self.graph.kill(name, signal.SIGKILL)
         for name in names:
             self.graph.processes[name].wait(10)
-        problems = self.ledger.check()
+        problems = self.ledger.check(killed=True)
         from ..nodes.rundir import run_status
 
         outcome = run_status(self.ledger.run)["outcome"]
