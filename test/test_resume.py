@@ -186,12 +186,13 @@ GRAPH = {"optimizer.max_steps": 40, "optimizer.max_steps_first": 40,
 RUN_TIMEOUT = 420.0  # startup, fits and optimisations on a busy 2-core machine
 
 
-def files_of(run: Path) -> dict[str, str]:
-    """Every file of a run (no temporary left, every JSON whole), by path."""
+def files_of(run: Path) -> dict[str, bytes]:
+    """Every file of a run (no temporary left, every JSON whole), by path (bytes: the trial
+    bags are binary)."""
     from test_clean_stop import check_run_directory
 
     check_run_directory(run.parent)
-    return {str(p.relative_to(run)): p.read_text() for p in run.rglob("*") if p.is_file()}
+    return {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
 
 def resume_and_finish(client: Any, graph: Any, run_id: str, killed: float) -> dict[str, Any]:
@@ -258,7 +259,7 @@ def check_resumed_run(run: Path, before: dict[str, str], end: dict[str, Any]) ->
     report = end["report"]
     assert [t["index"] for t in report["trials"]] == [0, 1, 2]
     assert [t["kind"] for t in report["trials"]] == ["random", "policy", "policy"]
-    assert sorted(p for p in after if p.startswith("trials/trial_")) == [
+    assert sorted(p for p in after if p.startswith("trials/trial_") and p.endswith(".json")) == [
         f"trials/trial_{i:03d}.json" for i in range(3)]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     resumed = [e for e in log if e["event"] == "resumed"]
@@ -312,33 +313,44 @@ def test_a_killed_trial_manager_resumes_without_losing_a_trial(tmp_path):
 
 
 @pytest.mark.timeout(2 * 120 + 2 * RUN_TIMEOUT + 60)
-def test_a_killed_graph_resumes_from_its_run_directory(tmp_path):
-    """SIGKILL to every node while the policy for trial 2 is optimised; a new graph resumes
-    the run (the optimiser's state travels in the first request) and ends it."""
+def test_a_killed_graph_resumes_with_ebmcpilco_sim_resume(tmp_path):
+    """SIGKILL to every node while the policy for trial 2 is optimised; `ebmcpilco sim --resume
+    RUN` brings a new graph up on the run's own settings, resumes the run (the optimiser's
+    state travels in the first request) and ends it, pointing at its report."""
+    import os
     import signal
+    import subprocess
+    import sys
 
-    from ebmcpilco_ros.bringup import GraphClient
+    from ebmcpilco_ros.bringup import GraphClient, graph_environment
     from graph_helpers import isolated_domain, ros_environment, start_graph
 
-    with ros_environment(isolated_domain(61)):
+    domain = isolated_domain(61)
+    with ros_environment(domain):
         g = start_graph(tmp_path, GRAPH)
         client = GraphClient()
         events = AllEvents(client)
         try:
             moment = nth("policy_optimization", "accepted", 2)
             run_id = learn_until(client, g, events, moment)
-            killed = time.time()
             for name in g.processes:
                 g.kill(name, signal.SIGKILL)
             for process in g.processes.values():
                 process.wait(10)
-            run = tmp_path / "runs" / run_id
-            before = files_of(run)
-            g.start()
-            end = resume_and_finish(client, g, run_id, killed)
         finally:
             client.close()
             g.stop()
-    assert check_resumed_run(run, before, end) == []
-    log = g.log_path("policy_optimization").read_text(errors="replace")
-    assert "resumed: the optimiser starts from the state its request carries" in log, log
+    run = tmp_path / "runs" / run_id
+    before = files_of(run)
+    env = graph_environment(os.environ, domain_id=domain)
+    env.pop("EBMCPILCO_DIE_WITH_PARENT")  # the sim process itself is no node
+    sim = subprocess.run([sys.executable, "-m", "ebmcpilco_ros.cli", "sim", "--resume", str(run)],
+                         env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=120 + RUN_TIMEOUT)
+    output = sim.stdout + sim.stderr
+    assert sim.returncode in (0, 1) and "after 3 trials" in output, output
+    end = {"report": json.loads((run / "report.json").read_text())}
+    assert check_resumed_run(run, before, end) == [], output
+    logs = list((tmp_path / "runs" / "logs").rglob("policy_optimization*"))
+    log = "".join(path.read_text(errors="replace") for path in logs)
+    assert "the optimiser starts from the state the request carries" in log, (logs, output)
