@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import yaml
 
 from .core.config import ExperimentConfig, config_from_dict, read_parameters
+from .launch_support import exit_reason
 from .nodes import NODE_NAMES, RIG_NODE_NAMES, STOP_BOUND_S
 from .nodes.config import NODE_SECTIONS, build_node_section
 from .tools.report import report_hint
@@ -451,7 +452,7 @@ def _check(graph: Graph, interrupted: threading.Event) -> None:
     dead = graph.exited()
     if dead:
         name, code = next(iter(dead.items()))
-        raise _NodeDied(f"node {name} exited with code {code}:\n{graph.log_tail(name)}")
+        raise _NodeDied(f"node {exit_reason(name, code)}:\n{graph.log_tail(name)}")
 
 
 def _follow(client: GraphClient, graph: Graph, log: Callable[[str], None], verbose: bool,
