@@ -30,6 +30,7 @@ from .core.config import ExperimentConfig, config_from_dict, read_parameters
 from .launch_support import exit_reason
 from .nodes import NODE_NAMES, RIG_NODE_NAMES, STOP_BOUND_S
 from .nodes.config import NODE_SECTIONS, build_node_section
+from .progress import END_EVENTS, StatusView, end_code
 from .tools.report import report_hint
 
 SIM_NODES = NODE_NAMES  # sim_plant, policy_execution, model_learning, policy_optimization,
@@ -165,7 +166,9 @@ class GraphClient:
     """An rclpy node in this process: the trial manager's services and its status topic."""
 
     def __init__(self, namespace: str = "", name: str = "ebmcpilco_client",
-                 status_depth: int = 50) -> None:
+                 status_depth: int = 50, services: Mapping[str, str] | None = None) -> None:
+        """`services`: more std_srvs/Trigger services to call by name (or other names for
+        learn, run_trial, abort, resume)."""
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from std_msgs.msg import String
@@ -182,11 +185,15 @@ class GraphClient:
         self.statuses: queue.Queue[dict[str, Any]] = queue.Queue()
         self.latest_status: dict[str, Any] | None = None
         self._status_cond = threading.Condition()
+        # The service clients before the status reader: DDS announces a participant's readers
+        # in the order they were made, so a trial manager whose latched status has reached us
+        # knows our response readers too (Fast DDS drops an answer to a reader it does not know).
+        names = {"learn": LEARN_SERVICE, "run_trial": RUN_TRIAL_SERVICE,
+                 "abort": ABORT_SERVICE, "resume": RESUME_SERVICE, **(services or {})}
+        self.clients = {name: self.node.create_client(Trigger, srv)
+                        for name, srv in names.items()}
         self.node.create_subscription(String, STATUS_TOPIC, self._on_status,
                                       latched_qos(status_depth))
-        self.clients = {name: self.node.create_client(Trigger, srv) for name, srv in
-                        (("learn", LEARN_SERVICE), ("run_trial", RUN_TRIAL_SERVICE),
-                         ("abort", ABORT_SERVICE), ("resume", RESUME_SERVICE))}
         self._trigger = Trigger
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
@@ -243,19 +250,6 @@ class GraphClient:
 
 # -- ebmcpilco sim --------------------------------------------------------------------------------
 
-def _trial_line(trial: Mapping[str, Any]) -> str:
-    wall = trial.get("wall_s") or {}
-    timing = ", ".join(f"{k} {v:.1f} s" for k, v in wall.items())
-    extra = (f"  ({trial.get('opt_steps', 0)} optimisation steps; {timing})" if timing else "")
-    if not trial["success"]:
-        outcome = "not solved"
-    elif trial["kind"] == "policy":
-        outcome = "SWING-UP SOLVED"
-    else:
-        outcome = "swung up by the plan (a learned policy must do it)"
-    return f"trial {trial['index']}: {trial['kind']:7s} cost {trial['cost']:6.2f}  {outcome}{extra}"
-
-
 def resume_overrides(run: str | Path, overrides: Mapping[str, Mapping[str, Any]]
                      ) -> dict[str, dict[str, Any]]:
     """`--resume RUN`: the run's own settings (its config.json: the learning sections and
@@ -284,9 +278,12 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
             namespace: str = "", startup_timeout: float = 120.0,
             log: Callable[[str], None] = print, verbose: bool = False,
             nodes: Iterable[str] = SIM_NODES, plant: str = "the simulated cart-pole",
-            resume: bool = False) -> int:
+            resume: bool = False, learn: bool = True) -> int:
     """`ebmcpilco sim`: 0 when the swing-up is solved, 1 when not, 2 on a config error.
-    `resume`: continue the run `nodes.resume_run` names (resume_overrides) instead of a new one."""
+    `resume`: continue the run `nodes.resume_run` names (resume_overrides) instead of a new one.
+    `learn=False` is `ebmcpilco up`: the graph stays up, learning nothing by itself, printing a
+    line per status event, until SIGINT or SIGTERM (then 0, or 1 if a node did not stop
+    cleanly) or until a node dies (1); the operator calls the services (`ebmcpilco call`)."""
     from .nodes.rundir import run_root
 
     config, parts = validate(config_path, overrides)
@@ -301,9 +298,12 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
     graph = Graph(config_path, flatten(overrides), nodes=nodes, namespace=namespace,
                   log_dir=log_dir)
     client: GraphClient | None = None
+    view = StatusView(all_events=not learn, verbose=verbose, write=log)
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
-    try:
+
+    def session() -> int:
+        nonlocal client
         graph.start()
         client = GraphClient(namespace=namespace, status_depth=nodes_cfg.status_depth)
         ready = _wait(client, graph, lambda s: bool(s.get("ready")), startup_timeout,
@@ -313,23 +313,34 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
             log(f"the node graph did not come up within {startup_timeout:g} s: waiting for "
                 + ", ".join(waiting))
             return 1
+        if not learn:
+            log(UP_HINT.format(ns=f"--namespace {namespace} " if namespace else ""))
+            return _follow(client, graph, view, interrupted, until_end=False)
         ok, message = start_learning(client, service="resume" if resume else "learn")
         log(message)
         if not ok:
             return 1
-        code = _follow(client, graph, log, verbose, interrupted)
+        code = _follow(client, graph, view, interrupted)
         log(report_hint(nodes_cfg.run_directory, (client.latest_status or {}).get("run_id")))
         return code
+
+    failed: dict[str, int] = {}
+    try:
+        code = session()
     except KeyboardInterrupt:
-        log("interrupted: aborting")
+        view.close()
+        log("interrupted: aborting" if learn else "interrupted: stopping the graph")
         with _shielded():
-            if client is not None:
+            if client is not None and (learn or (client.latest_status or {}).get(
+                    "state", "idle") != "idle"):
                 client.call("abort", timeout=2.0)
-        return 130
+        code = 130 if learn else 0
     except _NodeDied as exc:
+        view.close()
         log(str(exc))
-        return 1
+        code = 1
     finally:
+        view.close()
         with _shielded():  # another Ctrl-C must not leave the nodes running
             signal.signal(signal.SIGTERM, previous)
             if client is not None:
@@ -340,6 +351,12 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
                 log("stopping the graph: " + ", ".join(
                     f"{n} exited with code {c}" for n, c in failed.items())
                     + f" (node logs in {log_dir})")
+    return 1 if failed and not learn else code
+
+
+UP_HINT = ("the node graph is up and learns nothing by itself: from another shell on the same "
+           "ROS_DOMAIN_ID, `ebmcpilco call {ns}learn` (run_trial, abort, resume, reset, estop) "
+           "and `ebmcpilco status {ns}--follow`; Ctrl-C stops the graph")
 
 
 @contextlib.contextmanager
@@ -455,30 +472,25 @@ def _check(graph: Graph, interrupted: threading.Event) -> None:
         raise _NodeDied(f"node {exit_reason(name, code)}:\n{graph.log_tail(name)}")
 
 
-def _follow(client: GraphClient, graph: Graph, log: Callable[[str], None], verbose: bool,
-            interrupted: threading.Event) -> int:
-    """Print the run's progress from the status topic until it ends."""
+def _follow(client: GraphClient, graph: Graph, view: StatusView,
+            interrupted: threading.Event, until_end: bool = True) -> int:
+    """Show the status topic through `view` until the run ends (its exit code: 0 solved, 1
+    not), or, without `until_end`, until interrupted (KeyboardInterrupt) or a node dies."""
     run_id = (client.latest_status or {}).get("run_id")
     while True:
         _check(graph, interrupted)
         try:
             status = client.statuses.get(timeout=0.5)
         except queue.Empty:
+            view.tick()
+            continue
+        if not until_end:
+            view.handle(status)
             continue
         if status.get("run_id") != run_id and status.get("event") != "started_learning":
             continue
         run_id = status.get("run_id")
-        event = status.get("event")
-        if event == "trial_done":
-            log(_trial_line(status["trial"]))
-        elif event == "phase" and verbose:
-            log(f"  {status.get('phase')}")
-        elif event == "run_done":
-            report = status["report"]
-            log(f"{'solved' if report['solved'] else 'NOT solved'} after "
-                f"{len(report['trials'])} trials, {report['interaction_s']:.1f} s of "
-                f"interaction, {report['wall_s']['total']:.0f} s total (run {run_id})")
-            return 0 if report["solved"] else 1
-        elif event in ("failed", "aborted"):
-            log(f"learning {event}: {status.get('reason', '')}")
-            return 1
+        view.handle(status)
+        if status.get("event") in END_EVENTS:
+            view.close()
+            return end_code(status)

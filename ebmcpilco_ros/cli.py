@@ -5,6 +5,9 @@
     ebmcpilco rig --port DEV           the graph on a physical rig (--emulator: on the emulator,
                                        --firmware-sim: on the firmware ELF in simavr)
     ebmcpilco sim|rig --resume RUN     continue a run that crashed, failed or was aborted
+    ebmcpilco up sim|rig [...]         bring the graph up, learning nothing until called
+    ebmcpilco call VERB                learn, run_trial, abort, resume, reset, estop: one call
+    ebmcpilco status [--follow]        the trial manager's status, or a line per event
     ebmcpilco inspect RUN              how a run directory's run stands (finished, died, ...)
     ebmcpilco report RUN [--out DIR]   plots, a GIF of the best trial and report.md of a run
     ebmcpilco bench learn ...          learning runs over seeds -> table + JSON
@@ -181,8 +184,9 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_graph_args(p: argparse.ArgumentParser) -> None:
-    """What `sim` and `rig` share: shortcuts for the learning run and the bring-up's options."""
+def _add_graph_args(p: argparse.ArgumentParser, up: bool = False) -> None:
+    """What `sim` and `rig` (and `up sim`, `up rig`) share: shortcuts for the learning run and
+    the bring-up's options."""
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--algorithm", choices=["mc", "eb"], default=None)
     p.add_argument("--device", default=None, help="optimizer.device: cpu, cuda, cuda:N")
@@ -191,9 +195,13 @@ def _add_graph_args(p: argparse.ArgumentParser) -> None:
                    help="seconds for the graph to become ready (default 120)")
     p.add_argument("--verbose", action="store_true", help="also print each phase")
     p.add_argument("--resume", default=None, metavar="RUN",
-                   help="continue the run in run directory RUN (or run id RUN under "
-                        "$ROS_HOME/ebmcpilco/runs) from its last completed trial (its own "
-                        "settings; --set on top)")
+                   help=("the run in run directory RUN (or run id RUN under "
+                         "$ROS_HOME/ebmcpilco/runs) with its own settings (--set on top), to "
+                         "continue with `ebmcpilco call resume`" if up else
+                         "continue the run in run directory RUN (or run id RUN under "
+                         "$ROS_HOME/ebmcpilco/runs) from its last completed trial (its own "
+                         "settings; --set on top)"))
+    p.set_defaults(learn=not up)
 
 
 def _graph_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -227,13 +235,34 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]] | N
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from . import bringup
+    from .shell import ros_defaults
 
     overrides = _resume_overrides(args)
     if overrides is None:
         return 2
+    ros_defaults()
     return bringup.run_sim(find_config(args.config), overrides, namespace=args.namespace,
                            startup_timeout=args.startup_timeout, verbose=args.verbose,
-                           resume=bool(args.resume))
+                           resume=bool(args.resume), learn=args.learn)
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    from .shell import call
+
+    return call(args.verb.replace("-", "_"), namespace=args.namespace, timeout=args.timeout,
+                service=args.service)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .shell import follow, status
+
+    if args.until_end and not args.follow:
+        print("ebmcpilco status: --until-end goes with --follow", file=sys.stderr)
+        return 2
+    if args.follow:
+        return follow(namespace=args.namespace, until_end=args.until_end,
+                      timeout=args.timeout, as_json=args.json)
+    return status(namespace=args.namespace, timeout=args.timeout or 10.0, as_json=args.json)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -266,6 +295,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_rig(args: argparse.Namespace) -> int:
     from . import bringup
+    from .shell import ros_defaults
 
     overrides = _resume_overrides(args)
     if overrides is None:
@@ -276,10 +306,11 @@ def cmd_rig(args: argparse.Namespace) -> int:
         print("ebmcpilco rig: give --port DEVICE (or --emulator, or --firmware-sim)",
               file=sys.stderr)
         return 2
+    ros_defaults()
     return bringup.run_rig(find_config(args.config), overrides, port=args.port,
                            stand_in=stand_in, namespace=args.namespace,
                            startup_timeout=args.startup_timeout, verbose=args.verbose,
-                           resume=bool(args.resume))
+                           resume=bool(args.resume), learn=args.learn)
 
 
 def cmd_bench_link(args: argparse.Namespace) -> int:
@@ -340,6 +371,26 @@ def cmd_emulator(args: argparse.Namespace, rest: list[str]) -> int:
     return int(emulator.main(rest) or 0)
 
 
+def _add_sim_args(p: argparse.ArgumentParser, up: bool = False) -> None:
+    _add_config_args(p)
+    _add_graph_args(p, up)
+    p.set_defaults(func=cmd_sim)
+
+
+def _add_rig_args(p: argparse.ArgumentParser, up: bool = False) -> None:
+    _add_config_args(p, "rig_example")
+    p.add_argument("--port", default=None, help="serial device of the rig (hardware.port)")
+    stand_in = p.add_mutually_exclusive_group()
+    stand_in.add_argument("--emulator", action="store_true",
+                          help="start the firmware emulator here (the config's plant) and use it")
+    stand_in.add_argument("--firmware-sim", action="store_true",
+                          help="run the real firmware ELF in simavr with the config's plant "
+                               "behind its pins (needs a source checkout and the AVR "
+                               "toolchain: firmware/README.md)")
+    _add_graph_args(p, up)
+    p.set_defaults(func=cmd_rig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ebmcpilco", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -351,23 +402,60 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     sim = sub.add_parser("sim", help="learn through the ROS 2 node graph (separate processes)")
-    _add_config_args(sim)
-    _add_graph_args(sim)
-    sim.set_defaults(func=cmd_sim)
-
+    _add_sim_args(sim)
     rig = sub.add_parser("rig", help="learn on a physical rig through the ROS 2 node graph "
                                      "(hardware_interface in place of sim_plant)")
-    _add_config_args(rig, "rig_example")
-    rig.add_argument("--port", default=None, help="serial device of the rig (hardware.port)")
-    stand_in = rig.add_mutually_exclusive_group()
-    stand_in.add_argument("--emulator", action="store_true",
-                          help="start the firmware emulator here (the config's plant) and use it")
-    stand_in.add_argument("--firmware-sim", action="store_true",
-                          help="run the real firmware ELF in simavr with the config's plant "
-                               "behind its pins (needs a source checkout and the AVR "
-                               "toolchain: firmware/README.md)")
-    _add_graph_args(rig)
-    rig.set_defaults(func=cmd_rig)
+    _add_rig_args(rig)
+
+    up = sub.add_parser("up", help="bring the node graph up and keep it running, learning "
+                                   "nothing until called (Ctrl-C stops it)",
+                        description="Bring the node graph up (the processes of `sim` or `rig`) "
+                                    "and keep it up until Ctrl-C or SIGTERM, printing a line "
+                                    "per status event; it learns only when called: "
+                                    "`ebmcpilco call learn`. Exit 0 after Ctrl-C when every "
+                                    "node stopped cleanly, 1 when a node died or did not, 2 "
+                                    "for a configuration error.")
+    usub = up.add_subparsers(dest="plant", required=True)
+    _add_sim_args(usub.add_parser("sim", help="the simulated cart-pole (the processes of "
+                                              "`ebmcpilco sim`)"), up=True)
+    _add_rig_args(usub.add_parser("rig", help="a rig (the processes of `ebmcpilco rig`)"),
+                  up=True)
+
+    call = sub.add_parser(
+        "call", help="call a service of a running graph: learn, run_trial, abort, resume, "
+                     "reset, estop",
+        description="Call one std_srvs/Trigger service of a running graph (`ebmcpilco up`, "
+                    "`sim`, `rig` or `ros2 launch`) on this ROS_DOMAIN_ID and print its "
+                    "answer. Exit 0: it succeeded; 1: refused (the answer says why); 3: no "
+                    "such service or no answer.")
+    call.add_argument("verb", choices=["learn", "run_trial", "run-trial", "abort", "resume",
+                                       "reset", "estop"],
+                      help="/ebmcpilco/learn, run_trial, abort, resume (the trial manager); "
+                           "/cartpole/reset, /cartpole/estop (the plant; estop: a rig only)")
+    call.add_argument("--namespace", default="", help="ROS namespace of the graph")
+    call.add_argument("--timeout", type=float, default=30.0,
+                      help="seconds to find the service and get its answer (default 30)")
+    call.add_argument("--service", default=None,
+                      help="another service name (e.g. the rig's nodes.reset_service)")
+    call.set_defaults(func=cmd_call)
+
+    st = sub.add_parser(
+        "status", help="the trial manager's status now, or a line per event (--follow)",
+        description="Read /ebmcpilco/status of a running graph on this ROS_DOMAIN_ID. Without "
+                    "--follow: one line, how things stand (exit 0; 3 when no status came "
+                    "within --timeout, default 10 s). --follow: that line, then a line per "
+                    "event as it comes, with a live progress bar on a terminal, until Ctrl-C "
+                    "(exit 0); --until-end: until a learning run or a run_trial trial ends "
+                    "(0: solved, or the trial ran; 1: not solved, failed or aborted; 3: none "
+                    "ended within --timeout; 130: Ctrl-C).")
+    st.add_argument("--follow", action="store_true", help="a line per status event")
+    st.add_argument("--until-end", action="store_true",
+                    help="with --follow: end when a run (or a run_trial trial) ends")
+    st.add_argument("--timeout", type=float, default=None,
+                    help="seconds to wait (default: 10 without --follow, none with it)")
+    st.add_argument("--json", action="store_true", help="the status messages as JSON")
+    st.add_argument("--namespace", default="", help="ROS namespace of the graph")
+    st.set_defaults(func=cmd_status)
 
     report = sub.add_parser("report", help="plots, an animation of the best trial and a "
                                            "markdown summary of a run directory")

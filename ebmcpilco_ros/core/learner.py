@@ -23,7 +23,7 @@ from .cancel import StopCheck, check
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_checkpoint, load_module_state,
                          module_state, plain, plan_from_dict, plan_to_dict, rng_state,
                          set_rng_state, summary_to_dict, torch_rng_from, torch_rng_state)
-from .config import ExperimentConfig
+from .config import ExperimentConfig, OptimizerConfig
 from .cost import trajectory_cost
 from .mcpilco import (OptimizationResult, model_costs, optimize_policy, torch_dtype,
                       torch_threads)
@@ -80,6 +80,11 @@ class ControllerUpdate:
 class PolicyOptimization(Protocol):
     def next_controller(self, model: SpeedIntegrationModel, request: OptimizationRequest
                         ) -> ControllerUpdate: ...
+
+
+def policy_step_limit(config: OptimizerConfig, iteration: int) -> int:
+    """MC-PILCO's step limit in learning trial `iteration` (the first has its own)."""
+    return config.max_steps_first if iteration == 0 else config.max_steps
 
 
 class LocalModelLearning:
@@ -213,7 +218,7 @@ class LocalPolicyOptimization:
         if request.pretrain and self.config.pretrain.method != "none":
             self._warm_start(model, request.iteration, wall, info)
         opt = self.config.optimizer
-        max_steps = opt.max_steps_first if request.iteration == 0 else opt.max_steps
+        max_steps = policy_step_limit(opt, request.iteration)
         self._stage("policy")
         result_opt: OptimizationResult = optimize_policy(
             self.policy, model, opt, self.config.cost, self.config.plant.initial_state_std,

@@ -380,7 +380,8 @@ class Event(Payload):
     trials: int | None = optional(_count)            # accepted fit
     phase: str | None = optional(_one_of(REQUEST_PHASES))   # accepted optimisation
     stage: str | None = optional(_one_of(STAGES))    # progress
-    step: int | None = optional(_count)              # progress during MC-PILCO
+    step: int | None = optional(_count)              # progress within a stage
+    max_steps: int | None = optional(_count)         # progress: the stage's step limit
     cost: float | None = optional(_number)
     lr: float | None = optional(_number)
     dropout: float | None = optional(_number)

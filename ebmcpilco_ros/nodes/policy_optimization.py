@@ -21,7 +21,7 @@ from std_srvs.srv import Trigger
 from ..core.cancel import Cancelled
 from ..core.checkpoint import rng_state
 from ..core.config import SECTIONS, ConfigError, ExperimentConfig
-from ..core.learner import LocalPolicyOptimization, OptimizationRequest
+from ..core.learner import LocalPolicyOptimization, OptimizationRequest, policy_step_limit
 from ..core.mcpilco import torch_dtype
 from ..core.native_rollout import (NativeKernelUnavailable, native_applies, resolve_backend,
                                    unavailable_reason)
@@ -88,6 +88,8 @@ class PolicyOptimizationNode(GraphNode):
         self.version = 0
         self.progress: dict[str, Any] = {}
         self._last_progress = 0.0
+        self.step_limit: int | None = None  # MC-PILCO's step limit of the request worked on
+        self.iterations = 0  # of the running iLQR or pretraining stage (asked to stop so often)
         depth = self.names.record_depth
         self.controller_pub = self.create_publisher(String, CONTROLLER_TOPIC, latched_qos())
         self.events_pub = self.create_publisher(String, OPTIMIZATION_EVENTS_TOPIC,
@@ -204,7 +206,7 @@ class PolicyOptimizationNode(GraphNode):
             torch.manual_seed(seed)
             optimizer = LocalPolicyOptimization(config, np.random.default_rng([seed, 1]),
                                                 on_step=self._on_step,
-                                                should_stop=self.cancel.is_set,
+                                                should_stop=self._should_stop,
                                                 on_stage=self._on_stage)
             if state is not None:
                 optimizer.load_state_dict(state)
@@ -215,15 +217,33 @@ class PolicyOptimizationNode(GraphNode):
         return self.optimizer
 
     def _on_stage(self, stage: str) -> None:
-        """Each stage (ilqr, pretrain, policy) as it starts: a progress event at once."""
-        self.progress = {"stage": stage}
+        """Each stage (ilqr, pretrain, policy) as it starts: a progress event at once, with
+        the stage's step limit where it has one (pretraining's steps; MC-PILCO's limit, which it
+        may stop before)."""
+        limit = {"policy": self.step_limit, "pretrain": self.config.pretrain.steps}.get(stage)
+        self.progress = {"stage": stage, **({"max_steps": limit} if limit else {})}
+        self.iterations = 0
         if self.busy:
             self._last_progress = time.monotonic()
-            self._send_event(self.busy, "progress", stage=stage)
+            self._send_event(self.busy, "progress", **self.progress)
+
+    def _should_stop(self) -> bool:
+        """Asked at every iteration of iLQR, pretraining and MC-PILCO. iLQR and pretraining
+        report no steps of their own: their progress events (every nodes.progress_period)
+        count these questions as steps (MC-PILCO's come from _on_step)."""
+        if self.progress.get("stage") in ("ilqr", "pretrain"):
+            self.iterations += 1
+            now = time.monotonic()
+            if now - self._last_progress >= self.names.progress_period and self.busy:
+                self._last_progress = now
+                self.progress = {**self.progress, "step": self.iterations - 1}
+                self._send_event(self.busy, "progress", **self.progress)
+        return self.cancel.is_set()
 
     def _on_step(self, step: int, grad: Any, monitor: Any) -> None:
         self.progress = {"stage": "policy", "step": step, "cost": float(grad.cost),
-                         "lr": monitor.lr, "dropout": monitor.dropout}
+                         "lr": monitor.lr, "dropout": monitor.dropout,
+                         **({"max_steps": self.step_limit} if self.step_limit else {})}
         now = time.monotonic()
         if now - self._last_progress >= self.names.progress_period and self.busy:
             self._last_progress = now
@@ -236,6 +256,8 @@ class PolicyOptimizationNode(GraphNode):
             optimizer = self._optimizer_for(f"{req.run_id}/{req.session}", req.seed,
                                             req.optimizer_state)
             started = time.perf_counter()
+            self.step_limit = policy_step_limit(self.config.optimizer, request.iteration)
+            self.progress = {}  # no stage until the optimiser names one (_on_stage)
             update = optimizer.next_controller(model, request)
             self.version += 1
             self.controller_pub.publish(encode(ControllerUpdatePayload(
