@@ -175,7 +175,9 @@ class GraphClient:
         from std_srvs.srv import Trigger
 
         from .nodes.common import (ABORT_SERVICE, LEARN_SERVICE, RESUME_SERVICE,
-                                   RUN_TRIAL_SERVICE, STATUS_TOPIC, latched_qos)
+                                   RUN_TRIAL_SERVICE, STATUS_FORMAT, STATUS_TOPIC, decode,
+                                   latched_qos)
+        from .nodes.payloads import Status
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -184,6 +186,10 @@ class GraphClient:
         self.executor.add_node(self.node)
         self.statuses: queue.Queue[dict[str, Any]] = queue.Queue()
         self.latest_status: dict[str, Any] | None = None
+        # A status that is not a whole ebmcpilco.status/1 is refused here (counted, the first
+        # said on stderr), so a reader's s["field"] never meets a missing or mistyped field.
+        self.refused_statuses = 0
+        self._read_status = lambda msg: Status.from_dict(decode(msg, STATUS_FORMAT)).to_dict()
         self._status_cond = threading.Condition()
         # The service clients before the status reader: DDS announces a participant's readers
         # in the order they were made, so a trial manager whose latched status has reached us
@@ -205,8 +211,12 @@ class GraphClient:
 
     def _on_status(self, msg: Any) -> None:
         try:
-            status = json.loads(msg.data)
-        except ValueError:
+            status = self._read_status(msg)
+        except ValueError as exc:
+            self.refused_statuses += 1
+            if self.refused_statuses == 1:
+                print(f"ebmcpilco: refused a status message (more are only counted): {exc}",
+                      file=sys.stderr, flush=True)
             return
         self.statuses.put(status)
         with self._status_cond:

@@ -299,6 +299,35 @@ def _unfittable(index: int, run_id: str) -> dict[str, Any]:
     return _record(trial, run_id)
 
 
+@pytest.mark.timeout(60)
+def test_the_graph_client_refuses_a_status_that_is_not_whole():
+    """`ebmcpilco sim`/`status` read statuses through GraphClient: one without a required field,
+    with a mistyped one, or not JSON is refused and counted; a whole one arrives as it was."""
+    from std_msgs.msg import String
+
+    good = {"format": common.STATUS_FORMAT, "event": "ready", "state": "idle", "ready": True,
+            "waiting_for": [], "run_id": "", "phase": "idle", "trials": 0, "stamp": 1.0,
+            "node": "/trial_manager"}
+    bad = [{k: v for k, v in good.items() if k != "trials"}, {**good, "ready": "yes"},
+           {**good, "trials": -1}, "not JSON"]
+    with ros_environment(isolated_domain(44)):
+        client = GraphClient()
+        sender = GraphClient(name="status_sender")
+        try:
+            watch = Watch(sender)
+            pub = watch.publisher(String, common.STATUS_TOPIC, common.latched_qos(50))
+            assert watch.wait_matched([common.STATUS_TOPIC], 30)
+            for payload in (*bad, good):
+                pub.publish(_string(payload))
+            got = client.wait_status(lambda s: True, 30)
+            assert got == good, got
+            assert client.refused_statuses == len(bad)
+            assert client.statuses.get(timeout=1) == good and client.statuses.empty()
+        finally:
+            sender.close()
+            client.close()
+
+
 @pytest.mark.timeout(STARTUP_TIMEOUT + 2 * FIT_WAIT + 120)
 def test_model_learning_refuses_a_nan_record_and_fits_the_good_ones(tmp_path):
     """A trial record with a NaN state is refused (counted, logged, not stored: a fit naming it
