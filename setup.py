@@ -17,12 +17,19 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
     install_requires=["setuptools"],
+    python_requires=">=3.10",
+    # What `colcon test` looks for to run the suite with pytest (tests_require, which it also
+    # reads, is gone from current setuptools); the pinned versions are in requirements.txt, the
+    # rosdep keys in package.xml.
+    extras_require={"test": ["pytest", "pytest-timeout", "pycodestyle", "pyflakes", "pillow",
+                             "mcap", "mcap-ros2-support"]},
     zip_safe=True,
-    maintainer="ebmcpilco_ros maintainers",
+    # TODO(maintainer): no maintainer contact is known; the address is reserved (.invalid) so
+    # that nothing is sent to a stranger. Put a real name and address here and in package.xml.
+    maintainer="ebmcpilco_ros maintainers (contact not yet set)",
     maintainer_email="maintainers@ebmcpilco-ros.invalid",
     description="EB-MC-PILCO cart-pole swing-up learning for ROS 2",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "ebmcpilco = ebmcpilco_ros.cli:main",
