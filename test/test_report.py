@@ -131,6 +131,35 @@ def test_report_of_a_run(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
     assert written.count("wrote ") == len(pngs) + 2  # and the GIF and report.md
 
 
+def test_repeated_versions_after_a_restart_are_told_apart_by_when_written(run_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """A model_learning and policy_optimization restarted within a run count from v1 again
+    (the trial manager writes model_v001-<request>.json): trial 3 ran the controller written
+    after the model fitted last before its record, whatever their versions say."""
+    import os
+
+    run = tmp_path / RUN_ID
+    shutil.copytree(run_dir, run)
+    first = json.loads((run / "models" / "model_v003.json").read_text())
+    [policy] = [p for p in (run / "controllers").glob("controller_v*.json")
+                if json.loads(p.read_text())["model_version"] == 3]
+    again = {**json.loads(policy.read_text()), "version": 1, "model_version": 1,
+             "request_id": "opt-again", "opt_steps": 99}
+    files = {run / "models" / "model_v003.json": 100.0,
+             run / "models" / "model_v001-fit-again.json": 101.0,
+             run / "controllers" / "controller_v001-opt-again.json": 102.0,
+             run / "trials" / "trial_003.json": 103.0}
+    _write(run / "models" / "model_v001-fit-again.json",
+           {**first, "version": 1, "request_id": "fit-again"})
+    _write(run / "controllers" / "controller_v001-opt-again.json", again)
+    for path, stamp in files.items():
+        os.utime(path, (stamp, stamp))
+    data = report.read_run(run)
+    assert report.model_before(data, 3).version == 1
+    assert report.controller_of(data, 3).opt_steps == 99
+    assert report.controller_of(data, 1).phase == "ilqr"   # earlier trials as before
+
+
 def test_read_run_links_models_and_controllers(run_dir: Path) -> None:
     run = report.read_run(run_dir)
     assert report.model_before(run, 0) is None  # the random trial had no model before it

@@ -62,6 +62,7 @@ class TrialRecord:
     wall_s: dict[str, float] = field(default_factory=dict)
     predicted_cost: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    written: float = math.inf   # when its file was written (st_mtime), for the run's order
 
     def trial(self) -> Trial:
         return Trial(states=self.states, inputs=self.inputs, times=self.times, kind=self.kind,
@@ -77,6 +78,7 @@ class ModelRecord:
     points: tuple[int, ...]
     fit_s: float | None
     model: dict[str, Any]   # ebmcpilco.model/1 (core.model.SpeedIntegrationModel.from_dict)
+    written: float = 0.0    # st_mtime: a node restarted within a run counts from v1 again
 
 
 @dataclass
@@ -91,6 +93,7 @@ class ControllerRecord:
     wall_s: dict[str, float]
     info: dict[str, Any]
     predicted_states: np.ndarray | None  # the iLQR plan's nominal states (ilqr phase)
+    written: float = 0.0    # st_mtime
 
 
 @dataclass
@@ -223,12 +226,16 @@ def _trial_record(data: dict[str, Any], summary: dict[str, Any] | None,
         predicted_cost=s.get("predicted_cost"), info=dict(s.get("info", {})))
 
 
-def _versioned(path: Path, pattern: str, notes: list[str]) -> list[dict[str, Any]]:
+def _versioned(path: Path, pattern: str, notes: list[str]
+               ) -> list[tuple[dict[str, Any], float]]:
+    """Each update file's payload and when it was written (model_vNNN.json, and after a node
+    restarted within the run model_vNNN-<request>.json: versions repeat, the order is the
+    files')."""
     out = []
     for file in sorted(path.glob(pattern)):
         data = _read_json(file, notes)
         if isinstance(data, dict):
-            out.append(data)
+            out.append((data, file.stat().st_mtime))
     return out
 
 
@@ -247,28 +254,30 @@ def read_run(path: str | Path) -> RunData:
         data = _read_json(file, notes)
         try:
             index = int(data["index"]) if isinstance(data, dict) else -1
-            trials.append(_trial_record(data, summaries.get(index), config))
+            trials.append(dataclasses.replace(_trial_record(data, summaries.get(index), config),
+                                              written=file.stat().st_mtime))
         except (ValueError, KeyError, TypeError) as exc:
             notes.append(f"trials/{file.name}: not a trial record ({exc}); left out")
     if not trials:
         raise ReportError(f"{path}: a run directory with no trials (no trials/trial_NNN.json)")
     trials.sort(key=lambda t: t.index)
     models = []
-    for m in _versioned(path / "models", "model_v*.json", notes):
+    for m, written in _versioned(path / "models", "model_v*.json", notes):
         indices = tuple(i for i in map(_trial_index, m.get("trials", [])) if i is not None)
         if isinstance(m.get("model"), dict):
             models.append(ModelRecord(version=int(m.get("version", 0)), trial_indices=indices,
                                       points=tuple(m.get("points", ())), fit_s=m.get("fit_s"),
-                                      model=m["model"]))
+                                      model=m["model"], written=written))
     controllers = []
-    for c in _versioned(path / "controllers", "controller_v*.json", notes):
+    for c, written in _versioned(path / "controllers", "controller_v*.json", notes):
         plan = c.get("predicted_states")
         controllers.append(ControllerRecord(
             version=int(c.get("version", 0)), model_version=c.get("model_version"),
             phase=str(c.get("phase", "")), opt_steps=int(c.get("opt_steps", 0)),
             costs=[float(x) for x in c.get("costs") or []], wall_s=dict(c.get("wall_s", {})),
             info=dict(c.get("info", {})),
-            predicted_states=np.asarray(plan, dtype=float) if plan is not None else None))
+            predicted_states=np.asarray(plan, dtype=float) if plan is not None else None,
+            written=written))
     outcome, reason = _outcome(path)
     opt_costs = [list(map(float, c)) for c in report.get("opt_costs", [])]
     if not opt_costs:
@@ -279,19 +288,28 @@ def read_run(path: str | Path) -> RunData:
                    opt_costs=opt_costs, notes=notes)
 
 
+def _recorded(run: RunData, index: int) -> float:
+    """When trial `index`'s record was written (inf if it has none)."""
+    return next((t.written for t in run.trials if t.index == index), math.inf)
+
+
 def model_before(run: RunData, index: int) -> ModelRecord | None:
-    """The model fitted before trial `index`: on the trials before it (the newest such)."""
-    fits = [m for m in run.models if m.trial_indices and max(m.trial_indices) == index - 1]
-    return max(fits, key=lambda m: m.version) if fits else None
+    """The model fitted before trial `index`: on the trials before it, the last one written
+    before the trial's record (a resumed run fits the same trials again)."""
+    fits = [m for m in run.models if m.trial_indices and max(m.trial_indices) == index - 1
+            and m.written <= _recorded(run, index)]
+    return max(fits, key=lambda m: (m.written, m.version)) if fits else None
 
 
 def controller_of(run: RunData, index: int) -> ControllerRecord | None:
-    """The controller update trial `index` ran: the one optimised on the model before it."""
+    """The controller update trial `index` ran: optimised on the model before it, the last
+    one written between that model and the trial's record."""
     model = model_before(run, index)
     if model is None:
         return None
-    matches = [c for c in run.controllers if c.model_version == model.version]
-    return max(matches, key=lambda c: c.version) if matches else None
+    matches = [c for c in run.controllers if c.model_version == model.version
+               and model.written <= c.written <= _recorded(run, index)]
+    return max(matches, key=lambda c: (c.written, c.version)) if matches else None
 
 
 def best_trial(run: RunData) -> TrialRecord:
