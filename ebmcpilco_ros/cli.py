@@ -10,6 +10,7 @@
     ebmcpilco status [--follow]        the trial manager's status, or a line per event
     ebmcpilco inspect RUN              how a run directory's run stands (finished, died, ...)
     ebmcpilco report RUN [--out DIR]   plots, a GIF of the best trial and report.md of a run
+    ebmcpilco profile RUN [--phases]   where a graph run's wall time went (work, overhead, crashes)
     ebmcpilco bench learn ...          learning runs over seeds -> table + JSON
     ebmcpilco bench merge A B --json C several learn JSONs as one (later files win per variant)
     ebmcpilco bench step ...           one policy-optimisation step at several GP sizes
@@ -293,6 +294,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .core.checkpoint import write_json_atomic
+    from .nodes.rundir import RunDirError, find_run
+    from .tools.profile import ProfileError, format_profile, profile_run
+
+    try:
+        profile = profile_run(find_run(args.run))
+    except (RunDirError, ProfileError) as exc:
+        print(f"ebmcpilco profile: {exc}", file=sys.stderr)
+        return 2
+    print(format_profile(profile, phases=args.phases))
+    if args.json:
+        write_json_atomic(Path(args.json), profile.to_dict())
+    return 0
+
+
 def cmd_rig(args: argparse.Namespace) -> int:
     from . import bringup
     from .shell import ros_defaults
@@ -464,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--particles", type=_positive_int, default=200,
                         help="particles of the model's predictions (default 200)")
     report.set_defaults(func=cmd_report)
+
+    prof = sub.add_parser("profile", help="where a graph run's wall time went: rollouts, fits, "
+                                          "each optimisation stage, overhead, crashes")
+    prof.add_argument("run", help=RUN_HELP)
+    prof.add_argument("--phases", action="store_true", help="every phase too, not only totals")
+    prof.add_argument("--json", default=None, help="write the profile to this JSON file")
+    prof.set_defaults(func=cmd_profile)
 
     inspect = sub.add_parser("inspect", help="how a run directory's run stands: trials "
                                              "completed, last phase, finished or died")
