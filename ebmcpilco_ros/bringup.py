@@ -174,9 +174,10 @@ class GraphClient:
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
-        from .nodes.common import (ABORT_SERVICE, LEARN_SERVICE, RESUME_SERVICE,
-                                   RUN_TRIAL_SERVICE, STATUS_FORMAT, STATUS_TOPIC, decode,
-                                   latched_qos)
+        from .nodes.names import (ABORT_SERVICE, LEARN_SERVICE, RESUME_SERVICE, RUN_TRIAL_SERVICE,
+                                  STATUS_FORMAT, STATUS_TOPIC)
+        from .nodes.qos import latched_qos
+        from .nodes.codec import decode
         from .nodes.payloads import Status
 
         self.context = rclpy.Context()
@@ -205,7 +206,7 @@ class GraphClient:
         self.thread.start()
 
     def _spin(self) -> None:
-        from .nodes.common import spin_until_shutdown
+        from .nodes.process import spin_until_shutdown
 
         spin_until_shutdown(self.executor)
 

@@ -143,10 +143,12 @@ class _Requester:
 
         from .core.policy import SquashedRBFPolicy
         from .core.controllers import PolicyController
-        from .nodes import common
-
+        from .nodes import codec, qos, sampling
+        from .nodes.names import (EXECUTION_EVENTS_TOPIC, TRIAL_RECORDS_TOPIC,
+                                  TRIAL_REQUEST_FORMAT, TRIAL_REQUEST_TOPIC)
         self.config = config
-        self.common = common
+        self.codec = codec
+        self.trial_request_format = TRIAL_REQUEST_FORMAT
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("realtime_bench", context=self.context)
@@ -159,22 +161,22 @@ class _Requester:
         self.timing: dict[str, list[float]] = {k: [] for k in ("lateness", "latency", "compute",
                                                                "state_age")}
         self.node.create_subscription(Float64MultiArray, names.command_topic, self._on_command,
-                                      common.sensor_qos())
-        self.node.create_subscription(String, common.TRIAL_RECORDS_TOPIC, self._on_record,
-                                      common.reliable_qos(names.record_depth))
-        self.node.create_subscription(String, common.EXECUTION_EVENTS_TOPIC, self._on_event,
-                                      common.reliable_qos(names.record_depth))
-        self.requests = self.node.create_publisher(String, common.TRIAL_REQUEST_TOPIC,
-                                                   common.reliable_qos(names.record_depth))
+                                      qos.sensor_qos())
+        self.node.create_subscription(String, TRIAL_RECORDS_TOPIC, self._on_record,
+                                      qos.reliable_qos(names.record_depth))
+        self.node.create_subscription(String, EXECUTION_EVENTS_TOPIC, self._on_event,
+                                      qos.reliable_qos(names.record_depth))
+        self.requests = self.node.create_publisher(String, TRIAL_REQUEST_TOPIC,
+                                                   qos.reliable_qos(names.record_depth))
         # The receiver stands in for the plant: its DDS receive threads get the plant's priority.
-        common.set_dds_receive_priority(self.node, sim_priority)
+        sampling.set_dds_receive_priority(self.node, sim_priority)
         policy = SquashedRBFPolicy(config.policy, config.plant.u_max)
         self.controller = PolicyController(policy.parameters_snapshot()).to_dict()
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
 
     def _spin(self) -> None:
-        from .nodes.common import spin_until_shutdown
+        from .nodes.process import spin_until_shutdown
 
         spin_until_shutdown(self.executor)
 
@@ -219,9 +221,9 @@ class _Requester:
     def run_trial(self, index: int, graph: Graph) -> None:
         deadline = time.monotonic() + 120.0
         while True:
-            request_id = self.common.new_id("bench")
-            self.requests.publish(self.common.encode({
-                "format": self.common.TRIAL_REQUEST_FORMAT, "request_id": request_id,
+            request_id = self.codec.new_id("bench")
+            self.requests.publish(self.codec.encode({
+                "format": self.trial_request_format, "request_id": request_id,
                 "run_id": "realtime-bench", "index": index, "kind": "policy",
                 "controller": self.controller}))
             with self.cond:

@@ -228,22 +228,22 @@ class _Responder:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
 
-        from .nodes import common
-
+        from .nodes import qos, sampling
         self.hardware = hardware
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("roundtrip_responder", context=self.context)
-        self.sampler = common.sampler_node(self.node)
+        self.sampler = sampling.sampler_node(self.node)
         self.msg_type = Float64MultiArray
         self.pub = self.node.create_publisher(Float64MultiArray, names.command_topic,
-                                              common.sensor_qos())
+                                              qos.sensor_qos())
         self.answered = 0
         self.first = threading.Event()
-        self.listener = common.SampleListener(self.node, self.sampler, JointState,
-                                              self.node.resolve_topic_name(names.state_topic),
-                                              STATE_DEPTH, self._on_state, priority, "responder")
-        common.set_dds_receive_priority(self.node, priority)
+        self.listener = sampling.SampleListener(self.node, self.sampler, JointState,
+                                                self.node.resolve_topic_name(names.state_topic),
+                                                STATE_DEPTH, self._on_state, priority,
+                                                "responder")
+        sampling.set_dds_receive_priority(self.node, priority)
 
     def _on_state(self, msg: Any, _received_ns: int) -> None:
         tick = pole_counts(float(msg.position[1]), self.hardware)

@@ -25,7 +25,7 @@ import time
 from typing import Any, Callable, TextIO
 
 from .bringup import GraphClient, graph_environment
-from .nodes.common import STATUS_TOPIC
+from .nodes.names import STATUS_TOPIC
 from .progress import StatusView, end_code, ended, summary_line
 
 TRIAL_MANAGER_VERBS = ("learn", "run_trial", "abort", "resume")
@@ -61,7 +61,7 @@ def where(namespace: str) -> str:
 def service_names() -> dict[str, str]:
     """The services the verbs call, relative to the namespace (the plant's are the defaults of
     nodes.reset_service and nodes.estop_service)."""
-    from .nodes.common import ABORT_SERVICE, LEARN_SERVICE, RESUME_SERVICE, RUN_TRIAL_SERVICE
+    from .nodes.names import ABORT_SERVICE, LEARN_SERVICE, RESUME_SERVICE, RUN_TRIAL_SERVICE
     from .nodes.config import build_node_section
 
     nodes = build_node_section("nodes", None)

@@ -59,8 +59,7 @@ class Probe:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray, String
 
-        from ebmcpilco_ros.nodes import common
-
+        from ebmcpilco_ros.nodes import names, qos
         node = client.node
         self.cond = threading.Condition()
         self.records: list[dict[str, Any]] = []
@@ -68,17 +67,17 @@ class Probe:
         self.controllers: list[dict[str, Any]] = []
         self.commands: list[tuple[float, float]] = []
         self.efforts: list[tuple[float, float]] = []
-        node.create_subscription(String, common.TRIAL_RECORDS_TOPIC,
-                                 self._json(self.records), common.reliable_qos(50))
-        node.create_subscription(String, common.MODEL_TOPIC, self._json(self.models),
-                                 common.latched_qos())
-        node.create_subscription(String, common.CONTROLLER_TOPIC, self._json(self.controllers),
-                                 common.latched_qos())
+        node.create_subscription(String, names.TRIAL_RECORDS_TOPIC,
+                                 self._json(self.records), qos.reliable_qos(50))
+        node.create_subscription(String, names.MODEL_TOPIC, self._json(self.models),
+                                 qos.latched_qos())
+        node.create_subscription(String, names.CONTROLLER_TOPIC, self._json(self.controllers),
+                                 qos.latched_qos())
         node.create_subscription(Float64MultiArray, "cartpole/effort_command",
-                                 self._command, common.sensor_qos())
+                                 self._command, qos.sensor_qos())
         if joint_states:
             node.create_subscription(JointState, "cartpole/joint_states", self._state,
-                                     common.sensor_qos())
+                                     qos.sensor_qos())
 
     def _json(self, into: list[dict[str, Any]]) -> Callable[[Any], None]:
         def callback(msg: Any) -> None:

@@ -138,7 +138,7 @@ class NodeEvents:
     def __init__(self, client: GraphClient) -> None:
         from std_msgs.msg import String
 
-        from ebmcpilco_ros.nodes.common import reliable_qos
+        from ebmcpilco_ros.nodes.qos import reliable_qos
 
         self.cond = threading.Condition()
         self.events: list[dict[str, Any]] = []

@@ -21,7 +21,7 @@ from ebmcpilco_ros.bringup import GraphClient
 from ebmcpilco_ros.core.controllers import RandomController
 from ebmcpilco_ros.core.model import INPUT_NAMES, MODEL_FORMAT, SpeedIntegrationModel
 from ebmcpilco_ros.core.trial import Trial
-from ebmcpilco_ros.nodes import common
+from ebmcpilco_ros.nodes import names, qos, codec
 from ebmcpilco_ros.nodes.hygiene import Refusals, command_fault
 from ebmcpilco_ros.nodes.payloads import (ControllerUpdatePayload, Event, FitRequest, Heartbeat,
                                           ModelUpdate, OptimizationRequestPayload, TrialRequest)
@@ -76,13 +76,13 @@ def _model_payload(n: int = 3) -> dict[str, Any]:
 
 
 def _model_update(**changes: Any) -> dict[str, Any]:
-    return {"format": common.MODEL_UPDATE_FORMAT, "request_id": "fit-1", "run_id": "r",
+    return {"format": names.MODEL_UPDATE_FORMAT, "request_id": "fit-1", "run_id": "r",
             "version": 1, "trials": ["r/0"], "points": [3, 3], "fit_s": 0.5,
             "model": _model_payload(), **changes}
 
 
 def _controller_update(**changes: Any) -> dict[str, Any]:
-    return {"format": common.CONTROLLER_UPDATE_FORMAT, "request_id": "opt-1", "run_id": "r",
+    return {"format": names.CONTROLLER_UPDATE_FORMAT, "request_id": "opt-1", "run_id": "r",
             "version": 1, "model_version": 1, "phase": "policy", "opt_steps": 2,
             "wall_s": {"policy": 1.0}, "node_wall_s": 1.1, "costs": [2.0, 1.0],
             "predicted_states": None, "info": {}, "optimizer_state": {},
@@ -96,27 +96,27 @@ def _bad_support() -> dict[str, Any]:
 
 
 def _event(**changes: Any) -> dict[str, Any]:
-    return {**common.event("n", "r", "progress"), **changes}
+    return {**codec.event("n", "r", "progress"), **changes}
 
 
 def _heartbeat(**changes: Any) -> dict[str, Any]:
-    return {"format": common.HEARTBEAT_FORMAT, "role": "model_learning", "node": "/n",
+    return {"format": names.HEARTBEAT_FORMAT, "role": "model_learning", "node": "/n",
             "stamp": 1.0, **changes}
 
 
 def _fit_request(**changes: Any) -> dict[str, Any]:
-    return {"format": common.FIT_REQUEST_FORMAT, "request_id": "f", "run_id": "r",
+    return {"format": names.FIT_REQUEST_FORMAT, "request_id": "f", "run_id": "r",
             "trials": ["r/0"], **changes}
 
 
 def _optimization_request(**changes: Any) -> dict[str, Any]:
-    return {"format": common.OPTIMIZATION_REQUEST_FORMAT, "request_id": "o", "run_id": "r",
+    return {"format": names.OPTIMIZATION_REQUEST_FORMAT, "request_id": "o", "run_id": "r",
             "seed": 1, "model_version": 1, "model_request_id": "f", "session": "s",
             "request": {"phase": "policy", "iteration": 0, "pretrain": False}, **changes}
 
 
 def _trial_request(**changes: Any) -> dict[str, Any]:
-    return {"format": common.TRIAL_REQUEST_FORMAT, "request_id": "t", "run_id": "r",
+    return {"format": names.TRIAL_REQUEST_FORMAT, "request_id": "t", "run_id": "r",
             "index": 0, "kind": "random", "controller": RandomController(10.0, seed=1).to_dict(),
             **changes}
 
@@ -156,9 +156,9 @@ def test_envelope_checks_name_the_field(payload_type, payload, message):
 
 
 def test_envelope_checks_pass_what_the_nodes_send():
-    Event.from_dict(common.event("model_learning", "fit-1", "accepted", trials=2))
-    Event.from_dict(common.event("policy_optimization", "o", "progress", step=3, cost=1.5,
-                                 lr=0.01, dropout=0.25, stage="policy"))
+    Event.from_dict(codec.event("model_learning", "fit-1", "accepted", trials=2))
+    Event.from_dict(codec.event("policy_optimization", "o", "progress", step=3, cost=1.5,
+                                lr=0.01, dropout=0.25, stage="policy"))
     Heartbeat.from_dict(_heartbeat(role="policy_execution", fresh=True, state_age_s=None))
     FitRequest.from_dict(_fit_request(trials=["r/0", "r/1"]))
     OptimizationRequestPayload.from_dict(_optimization_request(
@@ -273,7 +273,7 @@ def _counts(values: dict[str, str] | None, *keys: str) -> dict[str, str]:
 def _string(payload: dict[str, Any] | str) -> Any:
     from std_msgs.msg import String
 
-    return String(data=payload if isinstance(payload, str) else common.to_json(payload))
+    return String(data=payload if isinstance(payload, str) else codec.to_json(payload))
 
 
 def _record(trial: Trial, run_id: str, request_id: str = "") -> dict[str, Any]:
@@ -305,7 +305,7 @@ def test_the_graph_client_refuses_a_status_that_is_not_whole():
     with a mistyped one, or not JSON is refused and counted; a whole one arrives as it was."""
     from std_msgs.msg import String
 
-    good = {"format": common.STATUS_FORMAT, "event": "ready", "state": "idle", "ready": True,
+    good = {"format": names.STATUS_FORMAT, "event": "ready", "state": "idle", "ready": True,
             "waiting_for": [], "run_id": "", "phase": "idle", "trials": 0, "stamp": 1.0,
             "node": "/trial_manager"}
     bad = [{k: v for k, v in good.items() if k != "trials"}, {**good, "ready": "yes"},
@@ -315,8 +315,8 @@ def test_the_graph_client_refuses_a_status_that_is_not_whole():
         sender = GraphClient(name="status_sender")
         try:
             watch = Watch(sender)
-            pub = watch.publisher(String, common.STATUS_TOPIC, common.latched_qos(50))
-            assert watch.wait_matched([common.STATUS_TOPIC], 30)
+            pub = watch.publisher(String, names.STATUS_TOPIC, qos.latched_qos(50))
+            assert watch.wait_matched([names.STATUS_TOPIC], 30)
             for payload in (*bad, good):
                 pub.publish(_string(payload))
             got = client.wait_status(lambda s: True, 30)
@@ -343,11 +343,11 @@ def test_model_learning_refuses_a_nan_record_and_fits_the_good_ones(tmp_path):
         client = GraphClient()
         watch = Watch(client)
         try:
-            watch.listen(common.MODEL_TOPIC, common.latched_qos())
-            watch.listen(common.MODEL_EVENTS_TOPIC, common.reliable_qos(50))
-            records = watch.publisher(String, common.TRIAL_RECORDS_TOPIC, common.reliable_qos(50))
-            fits = watch.publisher(String, common.FIT_REQUEST_TOPIC, common.reliable_qos(50))
-            assert watch.wait_matched([common.TRIAL_RECORDS_TOPIC, common.FIT_REQUEST_TOPIC],
+            watch.listen(names.MODEL_TOPIC, qos.latched_qos())
+            watch.listen(names.MODEL_EVENTS_TOPIC, qos.reliable_qos(50))
+            records = watch.publisher(String, names.TRIAL_RECORDS_TOPIC, qos.reliable_qos(50))
+            fits = watch.publisher(String, names.FIT_REQUEST_TOPIC, qos.reliable_qos(50))
+            assert watch.wait_matched([names.TRIAL_RECORDS_TOPIC, names.FIT_REQUEST_TOPIC],
                                       STARTUP_TIMEOUT), describe_failure(g)
             for record in (bad, *good):
                 records.publish(_string(record))
@@ -357,24 +357,24 @@ def test_model_learning_refuses_a_nan_record_and_fits_the_good_ones(tmp_path):
                 and v.get("rejected_records") == "2")
             assert stored is not None, (watch.diagnostics[-1:], describe_failure(g))
             line = watch.wait_log("model_learning", f"refused trial record {run}/2 on "
-                                  f"{common.TRIAL_RECORDS_TOPIC}", "field 'states'[12][1] is "
+                                  f"{names.TRIAL_RECORDS_TOPIC}", "field 'states'[12][1] is "
                                   "not finite")
             assert line is not None, watch.logged("model_learning")
 
             # The refused trial is not in the dataset: a fit naming it reports it missing.
-            fits.publish(_string({"format": common.FIT_REQUEST_FORMAT, "request_id": "fit-nan",
+            fits.publish(_string({"format": names.FIT_REQUEST_FORMAT, "request_id": "fit-nan",
                                   "run_id": run, "trials": [f"{run}/0", f"{run}/2"]}))
-            missing = watch.wait_payload(common.MODEL_EVENTS_TOPIC,
+            missing = watch.wait_payload(names.MODEL_EVENTS_TOPIC,
                                          lambda e: e["request_id"] == "fit-nan")
             assert missing is not None and missing["event"] == "missing", missing
             assert missing["missing"] == [f"{run}/2"]
 
             # The next fit, on the good trials, works.
-            fits.publish(_string({"format": common.FIT_REQUEST_FORMAT, "request_id": "fit-good",
+            fits.publish(_string({"format": names.FIT_REQUEST_FORMAT, "request_id": "fit-good",
                                   "run_id": run, "trials": [f"{run}/0", f"{run}/1"]}))
-            update = watch.wait_payload(common.MODEL_TOPIC,
+            update = watch.wait_payload(names.MODEL_TOPIC,
                                         lambda m: m["request_id"] == "fit-good", FIT_WAIT)
-            assert update is not None, (watch.payloads[common.MODEL_EVENTS_TOPIC],
+            assert update is not None, (watch.payloads[names.MODEL_EVENTS_TOPIC],
                                         describe_failure(g))
             model = SpeedIntegrationModel.from_dict(update["model"])
             assert model.num_data == 2 * len(good[0]["inputs"])
@@ -383,12 +383,12 @@ def test_model_learning_refuses_a_nan_record_and_fits_the_good_ones(tmp_path):
             # and in the event the trial manager would get.
             records.publish(_string(_unfittable(3, run)))
             assert watch.wait_diagnostics("model_learning", lambda v: v.get("trials") == "3")
-            fits.publish(_string({"format": common.FIT_REQUEST_FORMAT, "request_id": "fit-bad",
+            fits.publish(_string({"format": names.FIT_REQUEST_FORMAT, "request_id": "fit-bad",
                                   "run_id": run, "trials": [f"{run}/3"]}))
-            failed = watch.wait_payload(common.MODEL_EVENTS_TOPIC,
+            failed = watch.wait_payload(names.MODEL_EVENTS_TOPIC,
                                         lambda e: e["request_id"] == "fit-bad"
                                         and e["event"] == "failed", FIT_WAIT)
-            assert failed is not None, watch.payloads[common.MODEL_EVENTS_TOPIC]
+            assert failed is not None, watch.payloads[names.MODEL_EVENTS_TOPIC]
             assert "GPFitError" in failed["reason"] and "not positive definite" in \
                 failed["reason"] and "starting hyperparameters" in failed["reason"], failed
             line = watch.wait_log("model_learning", "fit fit-bad on 1 trials failed: GPFitError",
@@ -412,23 +412,23 @@ def test_trial_manager_policy_execution_and_plant_count_and_log_what_they_refuse
         client = GraphClient()
         watch = Watch(client)
         try:
-            watch.listen(common.TRIAL_REQUEST_TOPIC, common.reliable_qos(50))
-            watch.listen(common.EXECUTION_EVENTS_TOPIC, common.reliable_qos(50))
+            watch.listen(names.TRIAL_REQUEST_TOPIC, qos.reliable_qos(50))
+            watch.listen(names.EXECUTION_EVENTS_TOPIC, qos.reliable_qos(50))
             topics = {
-                "execution_events": (common.EXECUTION_EVENTS_TOPIC, common.reliable_qos(50)),
-                "model_events": (common.MODEL_EVENTS_TOPIC, common.reliable_qos(50)),
-                "optimization_events": (common.OPTIMIZATION_EVENTS_TOPIC,
-                                        common.reliable_qos(50)),
-                "records": (common.TRIAL_RECORDS_TOPIC, common.reliable_qos(50)),
-                "model": (common.MODEL_TOPIC, common.latched_qos()),
-                "controller": (common.CONTROLLER_TOPIC, common.latched_qos()),
-                "heartbeat": (common.heartbeat_topic("policy_execution"), common.latched_qos()),
-                "trial_request": (common.TRIAL_REQUEST_TOPIC, common.reliable_qos(50)),
+                "execution_events": (names.EXECUTION_EVENTS_TOPIC, qos.reliable_qos(50)),
+                "model_events": (names.MODEL_EVENTS_TOPIC, qos.reliable_qos(50)),
+                "optimization_events": (names.OPTIMIZATION_EVENTS_TOPIC,
+                                        qos.reliable_qos(50)),
+                "records": (names.TRIAL_RECORDS_TOPIC, qos.reliable_qos(50)),
+                "model": (names.MODEL_TOPIC, qos.latched_qos()),
+                "controller": (names.CONTROLLER_TOPIC, qos.latched_qos()),
+                "heartbeat": (names.heartbeat_topic("policy_execution"), qos.latched_qos()),
+                "trial_request": (names.TRIAL_REQUEST_TOPIC, qos.reliable_qos(50)),
             }
             pubs = {name: watch.publisher(String, topic, qos)
                     for name, (topic, qos) in topics.items()}
             commands = watch.publisher(Float64MultiArray, "cartpole/effort_command",
-                                       common.sensor_qos())
+                                       qos.sensor_qos())
             assert watch.wait_matched([t for t, _q in topics.values()]
                                       + ["cartpole/effort_command"], STARTUP_TIMEOUT), \
                 describe_failure(g)
@@ -458,15 +458,15 @@ def test_trial_manager_policy_execution_and_plant_count_and_log_what_they_refuse
             bad_controller = _controller_update(
                 controller={**RandomController(10.0, seed=1).to_dict(), "u_max": None})
             garbage = {
-                "execution_events": {"format": common.EVENT_FORMAT, "node": "/x",
+                "execution_events": {"format": names.EVENT_FORMAT, "node": "/x",
                                      "event": "accepted", "stamp": time.time()},
-                "model_events": {"format": common.EVENT_FORMAT, "node": "/x", "request_id": "r",
+                "model_events": {"format": names.EVENT_FORMAT, "node": "/x", "request_id": "r",
                                  "event": "progress", "stamp": time.time(), "cost": math.nan},
                 "optimization_events": "not JSON",
                 "records": nan_trial,
                 "model": bad_model,
                 "controller": bad_controller,
-                "heartbeat": {"format": common.HEARTBEAT_FORMAT, "role": "intruder",
+                "heartbeat": {"format": names.HEARTBEAT_FORMAT, "role": "intruder",
                               "node": "/x", "stamp": time.time()},
             }
             for name, payload in garbage.items():
@@ -479,17 +479,17 @@ def test_trial_manager_policy_execution_and_plant_count_and_log_what_they_refuse
             assert manager is not None, (_counts(watch.wait_diagnostics(
                 "trial_manager", lambda v: True, 1.0), *keys), describe_failure(g))
             for fragments in (
-                    (f"refused an event on {common.EXECUTION_EVENTS_TOPIC}",
+                    (f"refused an event on {names.EXECUTION_EVENTS_TOPIC}",
                      "field 'request_id'"),
-                    (f"refused an event on {common.MODEL_EVENTS_TOPIC}", "field 'cost'"),
-                    (f"refused an event on {common.OPTIMIZATION_EVENTS_TOPIC}", "not JSON"),
-                    (f"refused trial record stray/0 on {common.TRIAL_RECORDS_TOPIC}",
+                    (f"refused an event on {names.MODEL_EVENTS_TOPIC}", "field 'cost'"),
+                    (f"refused an event on {names.OPTIMIZATION_EVENTS_TOPIC}", "not JSON"),
+                    (f"refused trial record stray/0 on {names.TRIAL_RECORDS_TOPIC}",
                      "field 'states'[3][0] is not finite"),
-                    (f"refused model update 1 on {common.MODEL_TOPIC}",
+                    (f"refused model update 1 on {names.MODEL_TOPIC}",
                      "field 'support'[1][4] is not finite"),
-                    (f"refused controller update 1 on {common.CONTROLLER_TOPIC}",
+                    (f"refused controller update 1 on {names.CONTROLLER_TOPIC}",
                      "field 'u_max'"),
-                    (f"refused a heartbeat on {common.heartbeat_topic('policy_execution')}",
+                    (f"refused a heartbeat on {names.heartbeat_topic('policy_execution')}",
                      "field 'role'")):
                 assert watch.wait_log("trial_manager", *fragments), \
                     (fragments, watch.logged("trial_manager"))
@@ -499,9 +499,9 @@ def test_trial_manager_policy_execution_and_plant_count_and_log_what_they_refuse
                     "seed": 0, "X": [[0.0] * 4] * 3, "U": [0.0, None], "K": [[0.0] * 4] * 2,
                     "sigma": [0.0, 0.0]}
             pubs["trial_request"].publish(_string({
-                "format": common.TRIAL_REQUEST_FORMAT, "request_id": "trial-nan",
+                "format": names.TRIAL_REQUEST_FORMAT, "request_id": "trial-nan",
                 "run_id": "stray", "index": 0, "kind": "ilqr", "controller": plan}))
-            refused = watch.wait_payload(common.EXECUTION_EVENTS_TOPIC,
+            refused = watch.wait_payload(names.EXECUTION_EVENTS_TOPIC,
                                          lambda e: e.get("request_id") == "trial-nan")
             assert refused is not None and refused["event"] == "refused", refused
             assert "field 'U'[1] is not finite" in refused["reason"], refused
@@ -515,7 +515,7 @@ def test_trial_manager_policy_execution_and_plant_count_and_log_what_they_refuse
             assert client.wait_status(can_run_trial, WAIT), describe_failure(g)
             ok, message = client.call("run_trial")
             assert ok and "random exploration" in message, message  # not the refused controller
-            request = watch.wait_payload(common.TRIAL_REQUEST_TOPIC,
+            request = watch.wait_payload(names.TRIAL_REQUEST_TOPIC,
                                          lambda r: r["request_id"] != "trial-nan")
             assert request is not None, describe_failure(g)
             forged = _with_nan(_record(random_trials(1, seed=7)[0], request["run_id"],

@@ -71,7 +71,7 @@ class FirmwareRig:
         from std_msgs.msg import Float64MultiArray
         from std_srvs.srv import Trigger
 
-        from ebmcpilco_ros.nodes.common import sensor_qos
+        from ebmcpilco_ros.nodes.qos import sensor_qos
 
         node = self.client.node
         self.trigger = Trigger

@@ -64,7 +64,7 @@ class Rig:
         from std_msgs.msg import Float64MultiArray
         from std_srvs.srv import Trigger
 
-        from ebmcpilco_ros.nodes.common import sensor_qos
+        from ebmcpilco_ros.nodes.qos import sensor_qos
 
         self.trigger = Trigger
         self.services = {name: self.client.node.create_client(Trigger, f"cartpole/{name}")
@@ -75,7 +75,8 @@ class Rig:
         self.client.node.create_timer(PLANT.control_period, self._push)
         from std_msgs.msg import String
 
-        from ebmcpilco_ros.nodes.common import heartbeat_topic, latched_qos
+        from ebmcpilco_ros.nodes.names import heartbeat_topic
+        from ebmcpilco_ros.nodes.qos import latched_qos
 
         self.heartbeats: list[tuple[float, bool]] = []     # policy_execution: (time, fresh)
         self.heartbeat_cond = threading.Condition()
@@ -210,8 +211,9 @@ def test_a_trial_records_the_force_the_rig_applied_not_the_one_asked_for(rig):
     from std_msgs.msg import String
 
     from ebmcpilco_ros.core.controllers import FeedbackPlan, FeedbackPlanController
-    from ebmcpilco_ros.nodes.common import (TRIAL_REQUEST_FORMAT, TRIAL_REQUEST_TOPIC,
-                                            reliable_qos, to_json)
+    from ebmcpilco_ros.nodes.names import TRIAL_REQUEST_FORMAT, TRIAL_REQUEST_TOPIC
+    from ebmcpilco_ros.nodes.qos import reliable_qos
+    from ebmcpilco_ros.nodes.codec import to_json
     assert rig.client.wait_status(can_run_trial, STARTUP_TIMEOUT), rig.failure()
     steps = PLANT.steps
     push = FeedbackPlanController(FeedbackPlan(
@@ -364,7 +366,7 @@ def test_lifecycle_transitions_open_enable_disable_and_close(tmp_path):
     from lifecycle_msgs.srv import ChangeState, GetState
     from sensor_msgs.msg import JointState
 
-    from ebmcpilco_ros.nodes.common import sensor_qos
+    from ebmcpilco_ros.nodes.qos import sensor_qos
 
     with ros_environment(isolated_domain(6)):
         rig = Rig(tmp_path, 6, {"hardware.autostart": False}, nodes=("hardware_interface",))

@@ -78,7 +78,7 @@ def test_model_payload_round_trip_rebuilds_identical_predictions():
 def _payload(edit):
     import json
 
-    from ebmcpilco_ros.nodes.common import to_json
+    from ebmcpilco_ros.nodes.codec import to_json
 
     data = json.loads(to_json(fitted_model(count=1, seed=2).to_dict()))
     edit(data)

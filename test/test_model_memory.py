@@ -16,7 +16,7 @@ from rclpy.parameter import Parameter
 from ebmcpilco_ros.bringup import GraphClient
 from ebmcpilco_ros.core.model import SpeedIntegrationModel
 from ebmcpilco_ros.core.trial import Trial
-from ebmcpilco_ros.nodes import common
+from ebmcpilco_ros.nodes import names, qos, codec, process
 from ebmcpilco_ros.nodes.model_learning import Dataset, ModelLearningNode, trial_key
 from ebmcpilco_ros.nodes.payloads import FitRequest, Status
 
@@ -89,7 +89,7 @@ def graph() -> Iterator[tuple[ModelLearningNode, Watch]]:
             Parameter(k, value=v) for k, v in overrides.items()])
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
-        spinner = threading.Thread(target=common.spin_until_shutdown, args=(executor,),
+        spinner = threading.Thread(target=process.spin_until_shutdown, args=(executor,),
                                    daemon=True)
         spinner.start()
         client = GraphClient()
@@ -114,12 +114,12 @@ def test_the_node_forgets_an_ended_run_and_a_resumed_run_still_fits(graph):
     from std_msgs.msg import String
 
     node, watch = graph
-    topics = (common.TRIAL_RECORDS_TOPIC, common.FIT_REQUEST_TOPIC, common.STATUS_TOPIC)
+    topics = (names.TRIAL_RECORDS_TOPIC, names.FIT_REQUEST_TOPIC, names.STATUS_TOPIC)
     records, fits, statuses = (
         watch.publisher(String, topic, qos) for topic, qos in zip(topics, (
-            common.reliable_qos(50), common.reliable_qos(50), common.latched_qos(10))))
-    watch.listen(common.MODEL_EVENTS_TOPIC, common.reliable_qos(50))
-    watch.listen(common.MODEL_TOPIC, common.latched_qos())
+            qos.reliable_qos(50), qos.reliable_qos(50), qos.latched_qos(10))))
+    watch.listen(names.MODEL_EVENTS_TOPIC, qos.reliable_qos(50))
+    watch.listen(names.MODEL_TOPIC, qos.latched_qos())
     assert watch.wait_matched(list(topics), WAIT)
 
     seen = [0]  # reports before this index came before the last step: stale
@@ -142,25 +142,25 @@ def test_the_node_forgets_an_ended_run_and_a_resumed_run_still_fits(graph):
         return match[0] if match else None
 
     def fit(request_id: str, run: str, keys: list[str]) -> dict[str, Any] | None:
-        fits.publish(common.encode(FitRequest(request_id=request_id, run_id=run,
-                                              trials=keys).to_dict()))
-        return watch.wait_payload(common.MODEL_EVENTS_TOPIC,
+        fits.publish(codec.encode(FitRequest(request_id=request_id, run_id=run,
+                                             trials=keys).to_dict()))
+        return watch.wait_payload(names.MODEL_EVENTS_TOPIC,
                                   lambda e: e["request_id"] == request_id, WAIT)
 
     run = "20260101-120000-mc-seed1-aaaa"
     sent = [_record(TRIALS[i], run, f"req-{i}") for i in range(2)]
     keys = [f"{run}/{i}/req-{i}" for i in range(2)]
     for record in sent:
-        records.publish(common.encode(record))
+        records.publish(codec.encode(record))
     assert diagnostics(trials=2, runs=1), watch.diagnostics[-1:]
 
     # The trial manager reports the run over (aborted; idle): its records go.
-    statuses.publish(common.encode(_status("aborted", "idle", run)))
+    statuses.publish(codec.encode(_status("aborted", "idle", run)))
     assert diagnostics(trials=0, runs=0, runs_forgotten=1), watch.diagnostics[-1:]
     assert watch.wait_log("model_learning", f"run {run} over (aborted): forgot its 2 trial "
                                             "records"), watch.logged("model_learning")
     # The record of the trial the abort cut off arrives late: not kept.
-    records.publish(common.encode(_record(TRIALS[0], run, "req-late") | {"index": 2}))
+    records.publish(codec.encode(_record(TRIALS[0], run, "req-late") | {"index": 2}))
     assert diagnostics(trials=0, records_of_ended_runs=1), watch.diagnostics[-1:]
     statuses.publish(String(data="not JSON"))
     assert diagnostics(rejected_statuses=1), watch.diagnostics[-1:]
@@ -171,20 +171,20 @@ def test_the_node_forgets_an_ended_run_and_a_resumed_run_still_fits(graph):
     assert missing is not None and missing["event"] == "missing", missing
     assert missing["missing"] == keys
     for record in sent:
-        records.publish(common.encode(record))
+        records.publish(codec.encode(record))
     assert diagnostics(trials=2, runs=1), watch.diagnostics[-1:]
     accepted = fit("fit-2", run, keys)
     assert accepted is not None and accepted["event"] == "accepted", accepted
-    update = watch.wait_payload(common.MODEL_TOPIC, lambda m: m["request_id"] == "fit-2",
+    update = watch.wait_payload(names.MODEL_TOPIC, lambda m: m["request_id"] == "fit-2",
                                 FIT_WAIT)
-    assert update is not None, watch.payloads[common.MODEL_EVENTS_TOPIC]
+    assert update is not None, watch.payloads[names.MODEL_EVENTS_TOPIC]
     model = SpeedIntegrationModel.from_dict(update["model"])
     assert model.num_data == sum(len(r["inputs"]) for r in sent)
 
     # Runs whose end was never heard: at most nodes.model_max_runs = 2 are held.
     others = [f"20260101-13000{i}-mc-seed1-bbbb" for i in range(2)]
     for other in others:
-        records.publish(common.encode(_record(TRIALS[0], other, "req-0")))
+        records.publish(codec.encode(_record(TRIALS[0], other, "req-0")))
     assert diagnostics(trials=2, runs=2, runs_forgotten=2), watch.diagnostics[-1:]
     assert watch.wait_log("model_learning", f"forgot run {run}'s 2 trial records: more than "
                                             "nodes.model_max_runs = 2 runs held")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from std_msgs.msg import String
 
-from ebmcpilco_ros.nodes.common import (Aborted, Answers, NoAnswer, Replies, decode, encode,
-                                        to_json)
+from ebmcpilco_ros.nodes.codec import decode, encode, to_json
+from ebmcpilco_ros.nodes.requests import Aborted, Answers, NoAnswer, Replies
 from ebmcpilco_ros.nodes.convert import command_message, state_from_message, state_message
 from ebmcpilco_ros.nodes.rundir import RunDirectory
 

@@ -17,7 +17,7 @@ from ebmcpilco_ros.core.controllers import (CONTROLLER_FORMAT, FeedbackPlan,
 from ebmcpilco_ros.core.model import INPUT_NAMES, MODEL_FORMAT, SpeedIntegrationModel
 from ebmcpilco_ros.core.trial import TRIAL_FORMAT, Trial
 from ebmcpilco_ros.nodes import payloads
-from ebmcpilco_ros.nodes.common import event, to_json
+from ebmcpilco_ros.nodes.codec import event, to_json
 from ebmcpilco_ros.nodes.payloads import (ControllerUpdatePayload, Event, FitRequest, Heartbeat,
                                           InterruptedTrial, ModelUpdate,
                                           OptimizationRequestPayload, Progress, Status,

@@ -7,7 +7,7 @@ import pytest
 
 from ebmcpilco_ros.core.model import SpeedIntegrationModel, training_data
 from ebmcpilco_ros.core.trial import Trial
-from ebmcpilco_ros.nodes.common import to_json
+from ebmcpilco_ros.nodes.codec import to_json
 
 from helpers import random_trials
 

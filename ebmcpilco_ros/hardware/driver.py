@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Callable
 
 import serial
 
+from ..scheduling import set_thread_priority
 from .config import HardwareConfig
 from .protocol import (DELIMITER, Command, Counters, DecoderStats, DeviceConfig, FrameDecoder,
                        Heartbeat, Hello, Message, SequenceCounter, State, TIMESTAMP_MODULUS,
@@ -85,21 +85,6 @@ class DriverStats:
     @property
     def drops(self) -> int:
         return self.decoder.drops
-
-
-def set_thread_priority(priority: int, what: str,
-                        warn: Callable[[str], None] | None = None) -> bool:
-    """SCHED_FIFO for the calling thread (Linux applies it per thread); 0 leaves it alone.
-    Without the privilege (CAP_SYS_NICE or an rtprio limit) it warns (`warn`, else this
-    module's logger) and carries on with normal scheduling."""
-    if priority <= 0:
-        return False
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return True
-    except (OSError, AttributeError) as exc:
-        (warn or log.warning)(f"no SCHED_FIFO {priority} for {what}: {exc}")
-        return False
 
 
 def _sum(a: DecoderStats, b: DecoderStats) -> DecoderStats:

@@ -40,8 +40,10 @@ from ..hardware.conversion import Measurement, applied_force, calibration_mismat
 from ..hardware.driver import DriverError, StateSample
 from ..hardware.protocol import Counters, DeviceConfig, Status, reset_cause_text
 from ..hardware.rig import Rig
-from .common import (Diagnostics, GraphNode, SampleListener, run_node, sampler_node,
-                     sensor_qos, set_dds_receive_priority)
+from .qos import sensor_qos
+from .health import Diagnostics
+from .sampling import SampleListener, sampler_node, set_dds_receive_priority
+from .process import GraphNode, run_node
 from .config import NodesConfig, check_hardware
 from .convert import state_message
 from .hygiene import Refusals, command_fault

@@ -25,10 +25,13 @@ from std_msgs.msg import String
 from ..core.cancel import Cancelled
 from ..core.model import SpeedIntegrationModel
 from ..core.trial import TRIAL_FORMAT, Trial
-from .common import (ANSWER_EVENTS, FIT_REQUEST_FORMAT, FIT_REQUEST_TOPIC, MODEL_EVENTS_TOPIC,
-                     MODEL_TOPIC, STATUS_FORMAT, STATUS_TOPIC, TRIAL_RECORDS_TOPIC, Answers,
-                     Diagnostics, GraphNode, Heartbeat, decode, encode, event, latched_qos,
-                     preload_lazy_imports, reliable_qos, run_node, set_torch_threads)
+from .names import (ANSWER_EVENTS, FIT_REQUEST_FORMAT, FIT_REQUEST_TOPIC, MODEL_EVENTS_TOPIC,
+                    MODEL_TOPIC, STATUS_FORMAT, STATUS_TOPIC, TRIAL_RECORDS_TOPIC)
+from .qos import latched_qos, reliable_qos
+from .codec import decode, encode, event
+from .requests import Answers
+from .health import Diagnostics, Heartbeat
+from .process import GraphNode, preload_lazy_imports, run_node, set_torch_threads
 from .hygiene import Refusals, record_label
 from .payloads import FitRequest, ModelUpdate, Status
 from .params import declare_config

@@ -32,11 +32,14 @@ from std_srvs.srv import Trigger
 from ..core import cartpole
 from ..core.controllers import Controller, controller_from_dict
 from ..core.trial import Trial
-from .common import (ANSWER_EVENTS, EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TOPIC,
-                     TRIAL_RECORDS_TOPIC, TRIAL_REQUEST_FORMAT, TRIAL_REQUEST_TOPIC, Answers,
-                     Diagnostics, GraphNode, Heartbeat, SampleReader, decode, encode, event,
-                     reliable_qos, run_node, sampler_node, sensor_qos, set_dds_receive_priority,
-                     set_realtime_priority)
+from .names import (ANSWER_EVENTS, EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TOPIC,
+                    TRIAL_RECORDS_TOPIC, TRIAL_REQUEST_FORMAT, TRIAL_REQUEST_TOPIC)
+from .qos import reliable_qos, sensor_qos
+from .codec import decode, encode, event
+from .requests import Answers
+from .health import Diagnostics, Heartbeat
+from .sampling import SampleReader, sampler_node, set_dds_receive_priority, set_realtime_priority
+from .process import GraphNode, run_node
 from .convert import command_message, effort_from_message, state_from_message
 from .hygiene import Refusals
 from .payloads import TrialRequest, request_id_of

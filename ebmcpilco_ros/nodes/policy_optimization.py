@@ -26,11 +26,14 @@ from ..core.mcpilco import torch_dtype
 from ..core.native_rollout import (NativeKernelUnavailable, native_applies, resolve_backend,
                                    unavailable_reason)
 from ..core.model import SpeedIntegrationModel
-from .common import (ANSWER_EVENTS, CONTROLLER_TOPIC, MODEL_TOPIC,
-                     MODEL_UPDATE_FORMAT, OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
-                     OPTIMIZATION_REQUEST_FORMAT, OPTIMIZATION_REQUEST_TOPIC, Answers,
-                     Diagnostics, GraphNode, Heartbeat, decode, encode, event, latched_qos,
-                     preload_lazy_imports, reliable_qos, run_node, set_torch_threads)
+from .names import (ANSWER_EVENTS, CONTROLLER_TOPIC, MODEL_TOPIC, MODEL_UPDATE_FORMAT,
+                    OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
+                    OPTIMIZATION_REQUEST_FORMAT, OPTIMIZATION_REQUEST_TOPIC)
+from .qos import latched_qos, reliable_qos
+from .codec import decode, encode, event
+from .requests import Answers
+from .health import Diagnostics, Heartbeat
+from .process import GraphNode, preload_lazy_imports, run_node, set_torch_threads
 from .hygiene import Refusals
 from .payloads import (ControllerUpdatePayload, ModelUpdate, OptimizationRequestPayload,
                        request_id_of)

@@ -22,8 +22,10 @@ from ..core.controllers import Controller, controller_from_dict
 from ..core.learner import ControllerUpdate, OptimizationRequest
 from ..core.model import SpeedIntegrationModel
 from ..core.trial import Trial
-from .common import (ANSWER_EVENTS, Aborted, NoAnswer, PeerWatch, RemoteError, Replies, encode,
-                     new_id)
+from .names import ANSWER_EVENTS
+from .codec import encode, new_id
+from .requests import Aborted, NoAnswer, RemoteError, Replies
+from .health import PeerWatch
 from .config import NodesConfig
 from .model_learning import trial_key
 from .payloads import (ControllerUpdatePayload, Event, FitRequest, ModelUpdate,

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from ..core.checkpoint import CHECKPOINT_FILE, write_json_atomic
 from . import payloads
-from .common import to_json
+from .codec import to_json
 from .config import DEFAULT_RUN_DIRECTORY
 from .payloads import Progress
 

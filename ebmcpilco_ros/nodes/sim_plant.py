@@ -21,8 +21,10 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from ..core import cartpole
-from .common import (Diagnostics, GraphNode, SampleReader, run_node, sampler_node,
-                     sensor_qos, set_dds_receive_priority, set_realtime_priority)
+from .qos import sensor_qos
+from .health import Diagnostics
+from .sampling import SampleReader, sampler_node, set_dds_receive_priority, set_realtime_priority
+from .process import GraphNode, run_node
 from .config import check_sim_plant
 from .convert import state_message
 from .hygiene import Refusals, command_fault

@@ -36,16 +36,17 @@ from ..core.controllers import Controller, RandomController, controller_from_dic
 from ..core.cost import trajectory_cost
 from ..core.learner import Learner, LearningReport, TrialSummary
 from ..core.trial import TRIAL_FORMAT, Trial, swing_up_success
-from .common import (ABORT_SERVICE, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT,
-                     EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TOPIC, EVENT_FORMAT,
-                     HEARTBEAT_FORMAT,
-                     FIT_REQUEST_TOPIC, LEARN_SERVICE, MODEL_EVENTS_TOPIC, MODEL_TOPIC,
-                     MODEL_UPDATE_FORMAT, OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
-                     OPTIMIZATION_REQUEST_TOPIC, RESUME_SERVICE, RUN_TRIAL_SERVICE,
-                     STATUS_TOPIC,
-                     TRIAL_RECORDS_TOPIC, TRIAL_REQUEST_TOPIC, Aborted, Diagnostics, GraphNode,
-                     PeerWatch, Replies, decode, encode, heartbeat_topic, latched_qos,
-                     reliable_qos, run_node)
+from .names import (ABORT_SERVICE, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT,
+                    EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TOPIC, EVENT_FORMAT, HEARTBEAT_FORMAT,
+                    FIT_REQUEST_TOPIC, LEARN_SERVICE, MODEL_EVENTS_TOPIC, MODEL_TOPIC,
+                    MODEL_UPDATE_FORMAT, OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
+                    OPTIMIZATION_REQUEST_TOPIC, RESUME_SERVICE, RUN_TRIAL_SERVICE, STATUS_TOPIC,
+                    TRIAL_RECORDS_TOPIC, TRIAL_REQUEST_TOPIC, heartbeat_topic)
+from .qos import latched_qos, reliable_qos
+from .codec import decode, encode
+from .requests import Aborted, Replies
+from .health import Diagnostics, PeerWatch
+from .process import GraphNode, run_node
 from .bag import BagTopics, bag_path, preload, write_trial_bag
 from .hygiene import Refusals, record_label
 from .payloads import (ControllerUpdatePayload, Event, Heartbeat, InterruptedTrial, ModelUpdate,

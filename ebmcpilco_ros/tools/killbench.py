@@ -56,18 +56,17 @@ class Events:
     def __init__(self, client: GraphClient, status_depth: int) -> None:
         from std_msgs.msg import String
 
-        from ..nodes import common
-
+        from ..nodes import names, qos
         self.cond = threading.Condition()
         self.items: list[tuple[float, str, dict[str, Any]]] = []
         for source, topic in self.SOURCES.items():
-            client.node.create_subscription(String, getattr(common, topic), self._on(source),
-                                            common.reliable_qos(50))
-        client.node.create_subscription(String, common.STATUS_TOPIC, self._on("status"),
-                                        common.latched_qos(status_depth))
+            client.node.create_subscription(String, getattr(names, topic), self._on(source),
+                                            qos.reliable_qos(50))
+        client.node.create_subscription(String, names.STATUS_TOPIC, self._on("status"),
+                                        qos.latched_qos(status_depth))
         for role in self.ROLES:
-            client.node.create_subscription(String, common.heartbeat_topic(role),
-                                            self._on("heartbeat"), common.latched_qos())
+            client.node.create_subscription(String, names.heartbeat_topic(role),
+                                            self._on("heartbeat"), qos.latched_qos())
 
     def _on(self, source: str) -> Callable[[Any], None]:
         def callback(msg: Any) -> None:
