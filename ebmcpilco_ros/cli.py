@@ -27,7 +27,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -606,8 +608,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interruptible() -> None:
+    """SIGINT raises KeyboardInterrupt, whatever this process inherited: a background job of a
+    non-interactive shell (a script's `ebmcpilco up &`, a CI runner) starts with SIGINT ignored,
+    and Python then installs no handler, so `kill -INT` and a test's SIGINT did nothing."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    interruptible()
     if argv[:1] == ["emulator"]:
         return cmd_emulator(argparse.Namespace(), argv[1:])
     args = build_parser().parse_args(argv)

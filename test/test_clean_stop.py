@@ -258,7 +258,8 @@ def test_sigint_in_any_phase_stops_every_node_cleanly(tmp_path, phase):
 @pytest.mark.timeout(STARTUP_TIMEOUT + PHASE_TIMEOUT + 60)
 def test_ctrl_c_stops_ebmcpilco_sim_and_its_nodes_while_optimising(tmp_path):
     """`ebmcpilco sim` interrupted while the policy is optimised: it aborts, stops every node
-    (each exits 0: sim names any that does not) and exits 130."""
+    (each exits 0: sim names any that does not) and exits 130, also when it inherited SIGINT
+    ignored."""
     domain = isolated_domain(30)
     settings = {**REDUCED, "optimizer.max_steps_first": 100000,
                 "nodes.run_directory": str(tmp_path / "runs")}
@@ -267,8 +268,11 @@ def test_ctrl_c_stops_ebmcpilco_sim_and_its_nodes_while_optimising(tmp_path):
         command += ["--set", f"{key}={value}"]
     env = graph_environment(os.environ, domain_id=domain)
     env.pop("EBMCPILCO_DIE_WITH_PARENT")  # the sim process itself is no node
+    # started with SIGINT ignored, as a script's background job (or a CI runner's) is: sim
+    # must act on it all the same
     sim = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, text=True)
+                           stdin=subprocess.DEVNULL, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines: list[str] = []
     optimising = threading.Event()
 
