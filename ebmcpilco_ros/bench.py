@@ -30,7 +30,8 @@ from .core.native_rollout import resolve_backend, unavailable_reason
 from .core.model import SpeedIntegrationModel, training_data
 from .core.policy import SquashedRBFPolicy
 from .core.policy_numpy import export_source
-from .core.rollout import ParticleDynamics, RolloutNoise, rollout_cost_and_gradient
+from .core.rollout import (TORCH_BACKEND, ParticleDynamics, RolloutNoise,
+                           rollout_cost_and_gradient)
 from .core.controllers import PolicyController, RandomController
 from .core.systems import SimulatedCartPole
 
@@ -285,11 +286,11 @@ def model_with_points(points: int, config: ExperimentConfig, seed: int = 0
     X, Y = training_data(trials)
     gps = []
     for i in range(2):
-        hyp = fit_hyperparameters(X, Y[:, i], ModelConfig())
-        keep = select_subset(X, hyp, 0.0, points)
+        kernel, likelihood = fit_hyperparameters(X, Y[:, i], ModelConfig())
+        keep = select_subset(X, kernel, likelihood, 0.0, points)
         if len(keep) != points:
             raise RuntimeError(f"could only select {len(keep)} of {points} support points")
-        gps.append(GPPosterior.build(X[keep], Y[keep, i], hyp))
+        gps.append(GPPosterior.build(X[keep], Y[keep, i], kernel, likelihood))
     return SpeedIntegrationModel(gps=tuple(gps), dt=config.plant.control_period)  # type: ignore
 
 
@@ -309,10 +310,10 @@ def accuracy(config: ExperimentConfig, points: int = 170, draws: int = 8,
                                  generator=torch.Generator().manual_seed(points))
     policy32 = SquashedRBFPolicy(config.policy, config.plant.u_max, dtype=torch.float32)
     policy32.load_snapshot(policy64.parameters_snapshot())
-    paths = [("torch", "float64", 0.0, policy64, exact_dyn)]
-    paths += [(backend, "float32", opt.variance_rank_tol, policy32, fast_dyn)
-              for backend in ("torch", "native")
-              if backend == "torch" or unavailable_reason() is None]
+    paths = [(TORCH_BACKEND, "float64", 0.0, policy64, exact_dyn)]
+    paths += [(resolve_backend(name, torch.float32, "cpu"), "float32", opt.variance_rank_tol,
+               policy32, fast_dyn)
+              for name in ("torch", "native") if name == "torch" or unavailable_reason() is None]
     costs: dict[int, list[float]] = {i: [] for i in range(len(paths))}
     with torch_threads(opt.threads):
         for draw in range(draws):
@@ -330,11 +331,11 @@ def accuracy(config: ExperimentConfig, points: int = 170, draws: int = 8,
     results = []
     for i, (backend, dtype, tol, _, dyn) in enumerate(paths):
         err = np.array(costs[i]) - exact
-        row = {"backend": backend, "dtype": dtype, "variance_rank_tol": tol,
+        row = {"backend": backend.name, "dtype": dtype, "variance_rank_tol": tol,
                "rank": dyn.rank, "mean_cost": round(float(np.mean(costs[i])), 5),
                "mean_error": round(float(err.mean()), 5), "sd_error": round(float(err.std()), 5)}
         results.append(row)
-        log(f"{backend:6s} {dtype}  rank {row['rank']:3d}  J {row['mean_cost']:9.4f}  "
+        log(f"{backend.name:6s} {dtype}  rank {row['rank']:3d}  J {row['mean_cost']:9.4f}  "
             f"error vs exact {row['mean_error']:+.5f} (sd {row['sd_error']:.5f})")
     mc_std = float(exact.std(ddof=1))
     log(f"Monte Carlo std of J (exact, {draws} draws of {opt.particles} particles): {mc_std:.5f}")
@@ -408,7 +409,8 @@ def step(config: ExperimentConfig, points: Sequence[int], repeats: int = 20,
     return {"results": results,
             "settings": {"particles": opt.particles, "horizon": opt.horizon,
                          "basis": config.policy.num_basis, "dtype": opt.dtype,
-                         "device": opt.device, "dropout": opt.dropout, "backend": backend},
+                         "device": opt.device, "dropout": opt.dropout,
+                         "backend": backend.name},
             "machine": machine_info(opt.threads or None)}
 
 

@@ -29,6 +29,7 @@ from ebmcpilco_ros.core.cancel import Cancelled
 from ebmcpilco_ros.core.config import (CostConfig, ExperimentConfig, ModelConfig,
                                        OptimizerConfig, PolicyConfig, PretrainConfig)
 from ebmcpilco_ros.core.gp import fit_gp
+from ebmcpilco_ros.core.ilqr_cost import SwingUpCost
 from ebmcpilco_ros.core.learner import LocalPolicyOptimization, OptimizationRequest
 from ebmcpilco_ros.core.mcpilco import optimize_policy
 from ebmcpilco_ros.core.model import training_data
@@ -64,13 +65,13 @@ def model():
 def test_ilqr_asks_every_iteration_and_stops_when_told(model):
     config = ExperimentConfig().ilqr
     never = StopAfter(10**9)
-    plan = ilqr.solve(model, config.cost(), np.zeros(4), 10.0, horizon=30, config=config,
-                      should_stop=never)
+    plan = ilqr.solve(model, SwingUpCost.from_config(config), np.zeros(4), 10.0, horizon=30,
+                      config=config, should_stop=never)
     assert never.asked >= plan.iterations > 0
     stop = StopAfter(3)
     with pytest.raises(Cancelled, match="iLQR iteration"):
-        ilqr.solve(model, config.cost(), np.zeros(4), 10.0, horizon=30, config=config,
-                   should_stop=stop)
+        ilqr.solve(model, SwingUpCost.from_config(config), np.zeros(4), 10.0, horizon=30,
+                   config=config, should_stop=stop)
     assert stop.asked == 4
 
 

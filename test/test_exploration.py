@@ -7,6 +7,7 @@ from ebmcpilco_ros.core import ilqr
 from ebmcpilco_ros.core.config import ExperimentConfig, ExplorationConfig, PretrainConfig
 from ebmcpilco_ros.core.exploration import (exploration_noise, exploration_plan,
                                             plan_tracking_error)
+from ebmcpilco_ros.core.ilqr_cost import SwingUpCost
 from ebmcpilco_ros.core.policy import SquashedRBFPolicy
 from ebmcpilco_ros.core.systems import SimulatedCartPole
 
@@ -17,8 +18,8 @@ CFG = ExperimentConfig()
 
 @pytest.fixture(scope="module")
 def true_plan():
-    return ilqr.solve(ilqr.cartpole_dynamics(CFG.plant), CFG.ilqr.cost(), np.zeros(4),
-                      CFG.plant.u_max, horizon=CFG.plant.steps, config=CFG.ilqr)
+    return ilqr.solve(ilqr.cartpole_dynamics(CFG.plant), SwingUpCost.from_config(CFG.ilqr),
+                      np.zeros(4), CFG.plant.u_max, horizon=CFG.plant.steps, config=CFG.ilqr)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from ebmcpilco_ros.core.systems import SimulatedCartPole
 
 PLANT = PlantConfig()
 CONFIG = ilqr.ILQRConfig()
+COST = SwingUpCost.from_config(CONFIG)
 # Bound on the total iterations (all continuation stages, symmetry kick included) of the 60-step
 # swing-up; it takes about 50 with the default config.
 ITERATION_BOUND = 120
@@ -35,7 +36,7 @@ def true_dynamics() -> ilqr.FiniteDifferenceDynamics:
 @pytest.fixture(scope="module")
 def swing_up(true_dynamics) -> tuple[ilqr.ILQRPlan, float]:
     started = time.perf_counter()
-    plan = ilqr.solve(true_dynamics, CONFIG.cost(), np.zeros(4), PLANT.u_max,
+    plan = ilqr.solve(true_dynamics, COST, np.zeros(4), PLANT.u_max,
                       horizon=PLANT.steps, config=CONFIG)
     return plan, time.perf_counter() - started
 
@@ -60,7 +61,7 @@ def test_swing_up_nominal_reaches_and_holds_upright(swing_up, true_dynamics):
     # Within a stage the cost only goes down; overall far below hanging at rest.
     assert np.all(np.diff(plan.cost_history) < 0.0)
     zeros = np.zeros((PLANT.steps, 1))
-    hanging = CONFIG.cost().total(ilqr.rollout(true_dynamics, np.zeros(4), zeros), zeros)
+    hanging = COST.total(ilqr.rollout(true_dynamics, np.zeros(4), zeros), zeros)
     assert plan.cost < 0.2 * hanging
     print(f"\niLQR swing-up: {seconds:.2f} s, {plan.iterations} iterations, J = {plan.cost:.2f}, "
           f"stages {plan.stages}")
@@ -132,7 +133,7 @@ def test_expected_change_matches_the_forward_pass_to_first_order(true_dynamics):
     rng = np.random.default_rng(0)
     U = rng.uniform(-9.0, 9.0, size=(30, 1))
     x0 = np.array([0.1, 0.0, 0.5, 0.0])
-    cost = CONFIG.cost()
+    cost = COST
     X = ilqr.rollout(true_dynamics, x0, U)
     A, B = true_dynamics.linearize(X[:-1], U)
     derivs, final = cost.running_derivatives(X[:-1], U), cost.final_derivatives(X[-1])
@@ -150,7 +151,7 @@ def test_expected_change_matches_the_forward_pass_to_first_order(true_dynamics):
 # -- the cost ------------------------------------------------------------------------------------
 
 def test_cost_is_mirror_symmetric_and_zero_at_both_uprights():
-    cost = CONFIG.cost()
+    cost = COST
     rng = np.random.default_rng(1)
     X = rng.normal(scale=3.0, size=(50, 4))
     U = rng.uniform(-10.0, 10.0, size=(50, 1))
@@ -164,7 +165,7 @@ def test_cost_is_mirror_symmetric_and_zero_at_both_uprights():
 def test_solve_is_mirror_symmetric(true_dynamics):
     """J(x0, U) = J(-x0, -U) on the plant, and iLQR from -x0 returns the mirror plan."""
     x0 = np.array([0.01, -0.01, 0.02, 0.01])
-    cost = CONFIG.cost()
+    cost = COST
     U = np.random.default_rng(2).uniform(-10.0, 10.0, size=(PLANT.steps, 1))
     J_plus = cost.total(ilqr.rollout(true_dynamics, x0, U), U)
     J_minus = cost.total(ilqr.rollout(true_dynamics, -x0, -U), -U)
@@ -242,7 +243,7 @@ def test_a_track_limit_keeps_the_swing_up_on_the_track(swing_up, true_dynamics):
     free, _ = swing_up
     assert np.abs(free.X[:, 0]).max() > 0.5
     config = ilqr.ILQRConfig(track_limit=0.3)
-    plan = ilqr.solve(true_dynamics, config.cost(), np.zeros(4), PLANT.u_max,
+    plan = ilqr.solve(true_dynamics, SwingUpCost.from_config(config), np.zeros(4), PLANT.u_max,
                       horizon=PLANT.steps, config=config)
     assert plan.converged, plan.message
     assert np.abs(plan.X[:, 0]).max() < 0.3 + 0.01
@@ -253,7 +254,7 @@ def test_hanging_at_rest_is_stationary_and_the_kick_breaks_the_tie(true_dynamics
     """With no kick, U = 0 from the hanging state is a fixed point of iLQR (zero gradient by
     symmetry); that is why symmetry_kick exists."""
     config = ilqr.ILQRConfig(symmetry_kick=0.0, continuation_start=0)
-    plan = ilqr.solve(true_dynamics, config.cost(), np.zeros(4), PLANT.u_max,
+    plan = ilqr.solve(true_dynamics, SwingUpCost.from_config(config), np.zeros(4), PLANT.u_max,
                       horizon=PLANT.steps, config=config)
     assert plan.iterations == 1 and plan.converged
     assert np.all(plan.U == 0.0)
@@ -322,14 +323,14 @@ X0 = np.array([0.1, 0.0, 0.5, 0.0])
 def test_nan_dynamics_raise_ilqr_error(nan_after):
     model = _LinearModel(B_WORKING, nan_after=nan_after)
     with pytest.raises(ilqr.ILQRError, match="non-finite state"):
-        ilqr.solve(model, CONFIG.cost(), X0, PLANT.u_max, horizon=20, config=CONFIG)
+        ilqr.solve(model, COST, X0, PLANT.u_max, horizon=20, config=CONFIG)
 
 
 @pytest.mark.timeout(10)
 def test_nan_jacobian_raises_ilqr_error():
     model = _LinearModel(B_WORKING, nan_jacobian=True)
     with pytest.raises(ilqr.ILQRError, match="non-finite A_t"):
-        ilqr.solve(model, CONFIG.cost(), X0, PLANT.u_max, horizon=20, config=CONFIG)
+        ilqr.solve(model, COST, X0, PLANT.u_max, horizon=20, config=CONFIG)
 
 
 @pytest.mark.timeout(10)
@@ -338,15 +339,16 @@ def test_zero_input_effect_with_r_zero_raises_instead_of_hanging():
     model = _LinearModel(np.zeros((4, 1)))
     started = time.perf_counter()
     with pytest.raises(ilqr.ILQRError, match="Q_uu not positive definite"):
-        ilqr.solve(model, config.cost(), X0, PLANT.u_max, horizon=20, config=config)
+        ilqr.solve(model, SwingUpCost.from_config(config), X0, PLANT.u_max, horizon=20,
+                   config=config)
     assert time.perf_counter() - started < 2.0
 
 
 @pytest.mark.timeout(30)
 def test_iterations_are_bounded(true_dynamics):
     config = ilqr.ILQRConfig(max_iterations=2, continuation_start=0)
-    plan = ilqr.solve(true_dynamics, config.cost(), X0, PLANT.u_max, horizon=PLANT.steps,
-                      config=config)
+    plan = ilqr.solve(true_dynamics, SwingUpCost.from_config(config), X0, PLANT.u_max,
+                      horizon=PLANT.steps, config=config)
     assert plan.iterations == 2 and not plan.converged
     assert "max_iterations" in plan.message
 

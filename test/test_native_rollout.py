@@ -1,5 +1,7 @@
 """The compiled rollout kernel: same cost and gradient as autograd and the torch path, built
 once per source/compiler/CPU, and a clear fallback or error where it cannot be built."""
+import ctypes
+import dataclasses
 import warnings
 
 import numpy as np
@@ -10,7 +12,8 @@ from ebmcpilco_ros.core import native_rollout
 from ebmcpilco_ros.core.config import CostConfig, OptimizerConfig, PolicyConfig
 from ebmcpilco_ros.core.cost import saturating_cost
 from ebmcpilco_ros.core.mcpilco import optimize_policy
-from ebmcpilco_ros.core.native_rollout import NativeKernelUnavailable, resolve_backend
+from ebmcpilco_ros.core.native_rollout import (NativeKernelUnavailable, native_backend,
+                                               resolve_backend)
 from ebmcpilco_ros.core.policy import SquashedRBFPolicy
 from ebmcpilco_ros.core.rollout import (GradientOperands, ParticleDynamics, RolloutNoise,
                                         rollout, rollout_cost_and_gradient)
@@ -56,7 +59,7 @@ def test_native_gradient_matches_float64_autograd(model, particles, basis, dropo
     J.backward()
     J = float(J.detach())
     g = rollout_cost_and_gradient(policy32, dyn32, x0.float(), _cast(noise, torch.float32),
-                                  horizon, CostConfig(), backend="native")
+                                  horizon, CostConfig(), backend=native_backend())
     assert g.cost == pytest.approx(J, rel=2e-5)
     for auto, native in ((policy.weights.grad, g.grad_weights),
                          (policy.centres.grad, g.grad_centres),
@@ -82,7 +85,8 @@ def test_native_and_torch_float32_errors_are_below_monte_carlo_noise(model):
         exact.append(ref.cost)
         for backend in errors:
             g = rollout_cost_and_gradient(policy32, dyn, x0.float(), _cast(noise64, torch.float32),
-                                          60, CostConfig(), backend=backend)
+                                          60, CostConfig(),
+                                          backend=resolve_backend(backend, torch.float32, "cpu"))
             errors[backend].append(g.cost - ref.cost)
             for a, b in ((ref.grad_weights, g.grad_weights),
                          (ref.grad_centres.flatten(), g.grad_centres.flatten()),
@@ -121,11 +125,11 @@ def test_optimisation_with_the_native_kernel_lowers_the_cost(model):
 
 
 def test_backend_resolution():
-    assert resolve_backend("auto", torch.float32, "cpu") == "native"
-    assert resolve_backend("auto", torch.float64, "cpu") == "torch"
-    assert resolve_backend("auto", torch.float32, "cuda") == "torch"
-    assert resolve_backend("torch", torch.float32, "cpu") == "torch"
-    assert resolve_backend("native", torch.float32, "cpu") == "native"
+    assert resolve_backend("auto", torch.float32, "cpu").name == "native"
+    assert resolve_backend("auto", torch.float64, "cpu").name == "torch"
+    assert resolve_backend("auto", torch.float32, "cuda").name == "torch"
+    assert resolve_backend("torch", torch.float32, "cpu").name == "torch"
+    assert resolve_backend("native", torch.float32, "cpu").name == "native"
     with pytest.raises(NativeKernelUnavailable, match="float32"):
         resolve_backend("native", torch.float64, "cpu")
     with pytest.raises(ValueError, match="optimizer.backend must be one of"):
@@ -137,7 +141,7 @@ def test_kernel_refuses_tensors_of_another_dtype(model):
     dyn64 = ParticleDynamics.from_model(model, torch.float64)
     with pytest.raises(NativeKernelUnavailable, match="float32 CPU tensors, got torch.float64"):
         rollout_cost_and_gradient(policy32, dyn64, x0.float(), _cast(noise, torch.float32), 3,
-                                  CostConfig(), backend="native")
+                                  CostConfig(), backend=native_backend())
 
 
 def test_build_is_cached_per_source_and_compiler(tmp_path, monkeypatch):
@@ -158,7 +162,7 @@ def test_without_a_compiler_auto_falls_back_and_native_says_why(tmp_path, monkey
             native_rollout.build()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert resolve_backend("auto", torch.float32, "cpu") == "torch"
+            assert resolve_backend("auto", torch.float32, "cpu").name == "torch"
         assert any("no C compiler" in str(w.message) for w in caught)
         with pytest.raises(NativeKernelUnavailable, match="no C compiler"):
             resolve_backend("native", torch.float32, "cpu")
@@ -175,3 +179,27 @@ def test_a_broken_compiler_reports_its_error(tmp_path, monkeypatch):
     with pytest.raises(NativeKernelUnavailable, match="fakecc: internal error"):
         native_rollout.build(tmp_path / "cache")
     assert not list((tmp_path / "cache").iterdir())   # nothing half-built left
+
+
+def test_kernel_reports_a_shape_it_is_not_written_for(model):
+    """Policy features of 4 instead of 5: the kernel answers its shape-mismatch status (and
+    the call says so) instead of reading past the operands."""
+    _, policy32, noise, x0, dyn = _setup(model, torch.float32, 16, 10, 3, 0.0, 0)
+    noise = _cast(noise, torch.float32)
+    ops = GradientOperands.build(policy32, dyn, noise.keep_scale)
+    short = dataclasses.replace(ops, il=ops.il[:4].contiguous())
+    with pytest.raises(ValueError, match="status 1, shape mismatch.*features 4"):
+        native_rollout.native_kernel().cost_and_gradient(short, dyn, x0.float(), noise, 3,
+                                                         CostConfig())
+
+
+def test_a_library_whose_argument_struct_differs_is_not_loaded(monkeypatch):
+    """A field added on the Python side only: the sizes disagree and the kernel is refused
+    before any call could misread its arguments."""
+    class Wider(native_rollout.RolloutArgs):
+        _fields_ = [("extra", ctypes.c_int)]
+
+    library = native_rollout.native_kernel().library
+    monkeypatch.setattr(native_rollout, "RolloutArgs", Wider)
+    with pytest.raises(NativeKernelUnavailable, match="the two definitions disagree"):
+        native_rollout.NativeRolloutKernel(library, native_rollout.scipy_sgemm_address())

@@ -13,12 +13,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import yaml
-
-if TYPE_CHECKING:
-    from .ilqr_cost import SwingUpCost
 
 # Dimensions of the iLQR swing-up cost (ilqr_cost.py): e = [p, pdot, 1 + cos theta, sin theta,
 # thetadot]; and its Hessian options.
@@ -274,13 +271,6 @@ class ILQRConfig(Section):
         alphas = self.line_search_alphas
         if not alphas or any(b >= a for a, b in zip(alphas, alphas[1:])):
             self.fail("line_search_alphas", "must be non-empty and strictly decreasing")
-
-    def cost(self) -> "SwingUpCost":
-        """The quadratic swing-up cost these weights define."""
-        from .ilqr_cost import SwingUpCost
-
-        return SwingUpCost(self.q, self.r, self.q_final, hessian=self.hessian,
-                           track_limit=self.track_limit, track_weight=self.track_weight)
 
 
 @dataclass(frozen=True)

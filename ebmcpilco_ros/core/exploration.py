@@ -16,6 +16,7 @@ from . import ilqr
 from .cancel import StopCheck
 from .config import ExperimentConfig, ExplorationConfig
 from .controllers import FeedbackPlan
+from .ilqr_cost import SwingUpCost
 from .model import SpeedIntegrationModel
 from .trial import Trial
 
@@ -43,8 +44,9 @@ def plan_swing_up(model: SpeedIntegrationModel, config: ExperimentConfig,
     horizon = config.plant.steps
 
     def solve(U_init: np.ndarray | None) -> ilqr.ILQRPlan:
-        return ilqr.solve(model, config.ilqr.cost(), x0, config.plant.u_max, horizon=horizon,
-                          U_init=U_init, config=config.ilqr, should_stop=should_stop)
+        return ilqr.solve(model, SwingUpCost.from_config(config.ilqr), x0, config.plant.u_max,
+                          horizon=horizon, U_init=U_init, config=config.ilqr,
+                          should_stop=should_stop)
 
     plan = solve(None)
     if config.exploration.warm_start and previous is not None and previous.horizon == horizon:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import ERROR_DIM, HESSIANS
+from .config import ERROR_DIM, HESSIANS, ILQRConfig
 # State layout (core/cartpole.py) and error-feature layout.
 STATE_DIM = 4
 INPUT_DIM = 1
@@ -68,6 +68,12 @@ class SwingUpCost:
         if np.any(self.q < 0) or np.any(self.q_final < 0) or self.r < 0:
             raise ValueError("cost weights must be non-negative")
         self.hessian = hessian
+
+    @classmethod
+    def from_config(cls, config: ILQRConfig) -> "SwingUpCost":
+        """The cost the weights of the ilqr section define."""
+        return cls(config.q, config.r, config.q_final, hessian=config.hessian,
+                   track_limit=config.track_limit, track_weight=config.track_weight)
 
     # -- features -------------------------------------------------------------------------
     @staticmethod

@@ -148,10 +148,6 @@ class OptimizationResult:
     # divergence guard: at "step" the parameters of "restored_step" were restored
     restarts: list[dict[str, int]] = field(default_factory=list)
 
-    @property
-    def final_cost(self) -> float:
-        return self.costs[-1] if self.costs else float("nan")
-
 
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:

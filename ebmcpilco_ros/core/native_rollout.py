@@ -1,6 +1,6 @@
 """The compiled float32 CPU rollout kernel (native/rollout_kernel.c): build, load, call.
 
-The kernel computes what `rollout._torch_cost_and_gradient` computes, from the same
+The kernel computes what `rollout.torch_cost_and_gradient` computes, from the same
 `GradientOperands`, in one call per optimisation step: a time step's per-particle arithmetic
 becomes one C loop instead of ~80 tensor operations, and the passes over the kernel values and
 policy activations are fused (docs/ALGORITHM.md §6). Its two large products per step go to the
@@ -30,13 +30,13 @@ import torch
 from torch import Tensor
 
 from .config import ROLLOUT_BACKENDS, CostConfig
-from .rollout import (_MAX_EXPONENT2, _MIN_STD, _MIN_VARIANCE, GradientOperands,
-                      ParticleDynamics, RolloutNoise)
+from .rollout import (_MAX_EXPONENT2, _MIN_STD, _MIN_VARIANCE, TORCH_BACKEND,
+                      GradientOperands, GradientSums, ParticleDynamics, RolloutBackend,
+                      RolloutNoise)
 
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math",
           "-fopenmp-simd", "-fPIC", "-shared", "-std=gnu11", "-g")
 _SOURCE = "rollout_kernel.c"
-_SGEMM = ctypes.CFUNCTYPE(None, *([ctypes.c_char_p] * 2 + [ctypes.c_void_p] * 11))
 _FLOAT_P = ctypes.POINTER(ctypes.c_float)
 
 
@@ -44,10 +44,17 @@ class NativeKernelUnavailable(RuntimeError):
     """The kernel cannot run here; the message says why."""
 
 
+# rollout_cost_and_gradient's status, in words (the enum in rollout_kernel.c).
+STATUS = {0: "ok",
+          1: "shape mismatch: the kernel takes states of 4, policy features of 5 and GP inputs "
+             "of 6, and sizes of at least 1 (R at most N)"}
+
+
 class RolloutArgs(ctypes.Structure):
     """Mirrors `rollout_args` in rollout_kernel.c, field by field."""
 
-    _fields_ = ([(n, ctypes.c_int) for n in ("M", "H", "B", "G", "N", "R")]
+    _fields_ = ([(n, ctypes.c_int) for n in ("M", "H", "B", "G", "N", "R", "state_size",
+                                             "feature_size", "input_size")]
                 + [(n, ctypes.c_float) for n in ("umax", "inv_lt", "inv_lp", "max_exponent2",
                                                  "min_variance", "min_std")]
                 + [(n, _FLOAT_P) for n in ("x0", "il", "AsT_aug", "w_eff", "wAsT")]
@@ -152,7 +159,7 @@ def _ptr(t: Tensor | None) -> ctypes._Pointer | None:
 
 
 class NativeRolloutKernel:
-    """The loaded kernel; `cost_and_gradient` mirrors `rollout._torch_cost_and_gradient`."""
+    """The loaded kernel; `cost_and_gradient` mirrors `rollout.torch_cost_and_gradient`."""
 
     def __init__(self, library: Path, sgemm: int) -> None:
         self.library = library
@@ -161,6 +168,13 @@ class NativeRolloutKernel:
         self._lib.rollout_cost_and_gradient.restype = ctypes.c_int
         self._lib.rollout_workspace_floats.argtypes = [ctypes.POINTER(RolloutArgs)]
         self._lib.rollout_workspace_floats.restype = ctypes.c_size_t
+        self._lib.rollout_args_size.argtypes = []
+        self._lib.rollout_args_size.restype = ctypes.c_size_t
+        size = self._lib.rollout_args_size()
+        if size != ctypes.sizeof(RolloutArgs):  # a field added on one side only
+            raise NativeKernelUnavailable(
+                f"{library.name}: its rollout_args has {size} bytes, RolloutArgs here "
+                f"{ctypes.sizeof(RolloutArgs)}: the two definitions disagree")
         self._sgemm = sgemm
         self._local = threading.local()  # one reusable workspace per calling thread
 
@@ -173,7 +187,7 @@ class NativeRolloutKernel:
 
     def cost_and_gradient(self, ops: GradientOperands, dyn: ParticleDynamics, x0: Tensor,
                           noise: RolloutNoise, horizon: int,
-                          cost: CostConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                          cost: CostConfig) -> GradientSums:
         """Cost per step (H,), final states (M, 4), V_sum (6, B), g_log_f (5,)."""
         M, B = x0.shape[0], ops.AsT_aug.shape[1]
         G, N, R1 = ops.VA.shape
@@ -192,10 +206,14 @@ class NativeRolloutKernel:
             wAsT=c(ops.wAsT), inv_ls=c(dyn.inv_ls), centre=c(dyn.centre),
             VA=c(ops.VA), V=c(dyn.V), ZT=c(dyn.Z.mT), alpha=c(dyn.alpha),
             sf2=c(dyn.sf2), F=c(dyn.F), Gm=c(dyn.Gm), eps=c(noise.eps))
-        outputs = dict(cost_per_step=torch.empty(horizon), final_x=torch.empty(M, 4),
-                       V_sum=torch.empty(6, B), g_log_f=torch.empty(5))
+        f32 = torch.float32
+        outputs = dict(cost_per_step=torch.empty(horizon, dtype=f32),
+                       final_x=torch.empty(M, x0.shape[1], dtype=f32),
+                       V_sum=torch.empty(1 + ops.il.shape[0], B, dtype=f32),
+                       g_log_f=torch.empty(ops.il.shape[0], dtype=f32))
         args = RolloutArgs(
-            M=M, H=horizon, B=B, G=G, N=N, R=R1 - 1, umax=ops.u_max,
+            M=M, H=horizon, B=B, G=G, N=N, R=R1 - 1, state_size=x0.shape[1],
+            feature_size=ops.il.shape[0], input_size=dyn.Z.shape[-1], umax=ops.u_max,
             inv_lt=1.0 / cost.length_theta, inv_lp=1.0 / cost.length_p,
             max_exponent2=_MAX_EXPONENT2, min_variance=_MIN_VARIANCE, min_std=_MIN_STD,
             sgemm=self._sgemm,
@@ -210,7 +228,10 @@ class NativeRolloutKernel:
         args.workspace = _ptr(self._workspace(self._lib.rollout_workspace_floats(args)))
         status = self._lib.rollout_cost_and_gradient(ctypes.byref(args))
         if status != 0:
-            raise RuntimeError(f"native rollout kernel failed with status {status}")
+            raise ValueError(f"native rollout kernel: status {status}, "
+                             f"{STATUS.get(status, 'unknown')} (M {M}, H {horizon}, B {B}, "
+                             f"G {G}, N {N}, R {R1 - 1}, state {x0.shape[1]}, features "
+                             f"{ops.il.shape[0]}, GP inputs {dyn.Z.shape[-1]})")
         return (outputs["cost_per_step"], outputs["final_x"], outputs["V_sum"],
                 outputs["g_log_f"])
 
@@ -245,30 +266,35 @@ def native_applies(dtype: torch.dtype, device: str | torch.device) -> bool:
     return dtype == torch.float32 and torch.device(device).type == "cpu"
 
 
-def resolve_backend(backend: str, dtype: torch.dtype, device: str | torch.device) -> str:
-    """"native" or "torch" for optimizer.backend; building the kernel here if it is needed.
+def native_backend() -> RolloutBackend:
+    """The compiled kernel as a rollout backend; NativeKernelUnavailable says why not here."""
+    return RolloutBackend("native", native_kernel().cost_and_gradient)
+
+
+def resolve_backend(backend: str, dtype: torch.dtype, device: str | torch.device
+                    ) -> RolloutBackend:
+    """The rollout backend optimizer.backend names, building the kernel here if it is needed.
 
     "auto" takes the kernel for float32 on the CPU when it builds, and says once why not when
     it does not; "native" raises instead.
     """
     if backend == "torch":
-        return "torch"
+        return TORCH_BACKEND
     fits = native_applies(dtype, device)
     if backend == "native":
         if not fits:
             raise NativeKernelUnavailable(
                 "optimizer.backend 'native' needs optimizer.dtype float32 and device cpu")
-        native_kernel()
-        return "native"
+        return native_backend()
     if backend != "auto":
         raise ValueError(f"optimizer.backend must be one of {ROLLOUT_BACKENDS}, got {backend!r}")
     if not fits:
-        return "torch"
+        return TORCH_BACKEND
     kernel = _load()
     if isinstance(kernel, str):
         _warn_fallback(kernel)
-        return "torch"
-    return "native"
+        return TORCH_BACKEND
+    return RolloutBackend("native", kernel.cost_and_gradient)
 
 
 @functools.lru_cache(maxsize=None)

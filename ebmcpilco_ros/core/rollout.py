@@ -11,19 +11,21 @@ J = sum_{t=1..H} mean_m c(x_t^(m)).
 
 `rollout` is the plain-autograd statement of this (the reference, used by tests and for
 simulation without gradients); `rollout_cost_and_gradient` computes J and dJ/d(policy) with a
-hand-written backward pass that is several times faster (docs/ALGORITHM.md, "Speed").
+hand-written backward pass that is several times faster (docs/ALGORITHM.md, "Speed"), on the
+backend it is given: `TORCH_BACKEND` here, or the compiled kernel (native_rollout.py, which
+resolves optimizer.backend to one of the two once per optimisation).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .config import ROLLOUT_BACKENDS, CostConfig
-from .cost import saturating_cost
+from .config import CostConfig
 from .model import SpeedIntegrationModel
 from .policy import MAX_EXPONENT, SquashedRBFPolicy, state_features
 
@@ -157,13 +159,6 @@ def rollout(policy: SquashedRBFPolicy, dynamics: ParticleDynamics, x0: Tensor,
     return torch.stack(states), torch.stack(inputs)
 
 
-def rollout_cost(policy: SquashedRBFPolicy, dynamics: ParticleDynamics, x0: Tensor,
-                 noise: RolloutNoise | None, horizon: int, cost: CostConfig) -> Tensor:
-    """J = sum_{t=1..H} mean_m c(x_t) by autograd (reference for the hand-written gradient)."""
-    states, _ = rollout(policy, dynamics, x0, noise, horizon)
-    return saturating_cost(states[1:], cost).mean(1).sum()
-
-
 @dataclass
 class RolloutGradient:
     """J and dJ/d(policy parameters) from one particle rollout, plus what the monitor logs."""
@@ -221,33 +216,38 @@ class GradientOperands:
                                cost_per_step=cost_per_step, final_states=final_states)
 
 
+# What the backward pass collects: cost per step (H,), final states (M, 4), V_sum (6, B) and
+# g_log_f (5,); GradientOperands.parameter_gradient turns them into dJ/d(policy).
+GradientSums = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class RolloutBackend:
+    """A resolved optimizer.backend: its name and the function that runs the hand-written
+    forward and backward pass on GradientOperands (both implementations take exactly these)."""
+
+    name: str
+    sums: Callable[[GradientOperands, ParticleDynamics, Tensor, RolloutNoise, int, CostConfig],
+                   GradientSums]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 def rollout_cost_and_gradient(policy: SquashedRBFPolicy, dyn: ParticleDynamics, x0: Tensor,
                               noise: RolloutNoise, horizon: int, cost: CostConfig,
-                              backend: str = "torch") -> RolloutGradient:
-    """`rollout_cost` and its gradient by hand-written backpropagation through time.
-
-    backend "native" runs the compiled float32 CPU kernel (native_rollout.py), "torch" the
-    tensor implementation below; "auto" the kernel where it applies and builds. The optimiser
-    resolves "auto" once (`native_rollout.resolve_backend`) rather than per step.
-    """
-    if backend == "auto":
-        from .native_rollout import resolve_backend
-        backend = resolve_backend("auto", x0.dtype, x0.device)
+                              backend: RolloutBackend | None = None) -> RolloutGradient:
+    """J = sum_{t=1..H} mean_m c(x_t) (what `rollout` and `saturating_cost` give by autograd)
+    and its gradient by hand-written backpropagation through time, on `backend` (default the
+    torch implementation below; native_rollout.resolve_backend gives the compiled kernel)."""
+    backend = TORCH_BACKEND if backend is None else backend
     with torch.no_grad():
         ops = GradientOperands.build(policy, dyn, noise.keep_scale)
-        if backend == "native":
-            from .native_rollout import native_kernel
-            sums = native_kernel().cost_and_gradient(ops, dyn, x0, noise, horizon, cost)
-        elif backend == "torch":
-            sums = _torch_cost_and_gradient(ops, dyn, x0, noise, horizon, cost)
-        else:
-            raise ValueError(f"backend must be one of {ROLLOUT_BACKENDS}, got {backend!r}")
-        return ops.parameter_gradient(*sums)
+        return ops.parameter_gradient(*backend.sums(ops, dyn, x0, noise, horizon, cost))
 
 
-def _torch_cost_and_gradient(ops: GradientOperands, dyn: ParticleDynamics, x0: Tensor,
-                             noise: RolloutNoise, horizon: int,
-                             cost: CostConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def torch_cost_and_gradient(ops: GradientOperands, dyn: ParticleDynamics, x0: Tensor,
+                            noise: RolloutNoise, horizon: int, cost: CostConfig) -> GradientSums:
     """Cost per step, final states, and the backward pass's sums V_sum, g_log_f, in torch.
 
     Autograd would record ~100 small operations per time step; here the forward pass keeps what
@@ -340,3 +340,6 @@ def _torch_cost_and_gradient(ops: GradientOperands, dyn: ParticleDynamics, x0: T
         g_feat_x = torch.stack([g_f[:, 0], g_f[:, 1], g_theta, g_f[:, 2]], dim=1)
         gx = gx @ FT + g_feat_x                                 # dJ/dx_t
     return cost_per_step, x, V_sum, g_log_f
+
+
+TORCH_BACKEND = RolloutBackend("torch", torch_cost_and_gradient)

@@ -58,10 +58,11 @@ def check_device(config: ExperimentConfig) -> None:
 
 
 def check_backend(config: ExperimentConfig) -> str:
-    """Resolve optimizer.backend at start-up, building the native kernel now, not mid-trial."""
+    """Resolve optimizer.backend at start-up, building the native kernel now, not mid-trial:
+    the name of the rollout backend the optimisation will use."""
     opt = config.optimizer
     try:
-        return resolve_backend(opt.backend, torch_dtype(opt.dtype), opt.device)
+        return resolve_backend(opt.backend, torch_dtype(opt.dtype), opt.device).name
     except NativeKernelUnavailable as exc:
         raise ConfigError(f"optimizer.backend = {opt.backend!r}: {exc}") from exc
 

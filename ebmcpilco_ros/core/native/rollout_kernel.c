@@ -1,6 +1,6 @@
 /* MC-PILCO rollout cost and policy gradient in one call: the float32 CPU kernel.
  *
- * The same computation as rollout.py's `_torch_cost_and_gradient` (its docstring and
+ * The same computation as rollout.py's `torch_cost_and_gradient` (its docstring and
  * docs/ALGORITHM.md §5-§6 give the equations), with the same operands, so that the two are
  * checked against each other and against autograd. What the kernel changes is only how the work
  * is scheduled: the per-particle arithmetic of a time step runs as one loop over particles
@@ -30,9 +30,13 @@ typedef void (*sgemm_fn)(const char *transa, const char *transb, const int *m, c
                          const float *b, const int *ldb, const float *beta, float *c,
                          const int *ldc);
 
-/* Mirrors native_rollout.RolloutArgs field by field. */
+/* Mirrors native_rollout.RolloutArgs field by field (its size is compared at load,
+ * rollout_args_size). state_size, feature_size, input_size: the sizes of a state, of the policy
+ * features and of a GP input as the caller's tensors have them; the kernel is written for 4, 5
+ * and 6 (STATE, FEATURES, GP_INPUTS) and answers ROLLOUT_BAD_SHAPE to anything else, and to
+ * sizes that cannot be, rather than read out of bounds. */
 typedef struct {
-    int M, H, B, G, N, R;
+    int M, H, B, G, N, R, state_size, feature_size, input_size;
     float umax, inv_lt, inv_lp, max_exponent2, min_variance, min_std;
     const float *x0;       /* (M, 4) */
     const float *il;       /* (5) policy inverse lengthscales */
@@ -57,6 +61,12 @@ typedef struct {
     float *g_log_f;        /* (5) out: sum_t sum_m g_fs fs */
     sgemm_fn sgemm;
 } rollout_args;
+
+enum { STATE = 4, FEATURES = 5, GP_INPUTS = 6 };
+/* What rollout_cost_and_gradient returns (native_rollout.STATUS says it in words). */
+enum { ROLLOUT_OK = 0, ROLLOUT_BAD_SHAPE = 1 };
+
+size_t rollout_args_size(void) { return sizeof(rollout_args); }
 
 /* Tape rows per step: particle values (P_*, each a row of M) and GP values (per GP). */
 enum { P_FS = 0, P_S = 5, P_TAU = 6, P_SIN = 7, P_COS = 8, P_ROWS = 9 };
@@ -174,6 +184,10 @@ static void accumulate_dk_tail(float *acc, const float *k, const float *q, const
 }
 
 int rollout_cost_and_gradient(const rollout_args *a) {
+    if (a->state_size != STATE || a->feature_size != FEATURES || a->input_size != GP_INPUTS
+        || a->M < 1 || a->H < 1
+        || a->B < 1 || a->G < 1 || a->N < 1 || a->R < 0 || a->R > a->N)
+        return ROLLOUT_BAD_SHAPE;
     const int M = a->M, H = a->H, B = a->B, G = a->G, N = a->N, R = a->R, R1 = a->R + 1;
     const float lo = a->max_exponent2, one = 1.0f, zero = 0.0f;
     buffers w;
@@ -429,5 +443,5 @@ int rollout_cost_and_gradient(const rollout_args *a) {
                                 + g3 * F[4 * j + 3];
         }
     }
-    return 0;
+    return ROLLOUT_OK;
 }
