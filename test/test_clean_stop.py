@@ -65,13 +65,13 @@ def model():
 def test_ilqr_asks_every_iteration_and_stops_when_told(model):
     config = ExperimentConfig().ilqr
     never = StopAfter(10**9)
-    plan = ilqr.solve(model, SwingUpCost.from_config(config), np.zeros(4), 10.0, horizon=30,
-                      config=config, should_stop=never)
+    plan = ilqr.solve(model, SwingUpCost.from_config(config), np.zeros(4), 10.0, config,
+                      horizon=30, should_stop=never)
     assert never.asked >= plan.iterations > 0
     stop = StopAfter(3)
     with pytest.raises(Cancelled, match="iLQR iteration"):
-        ilqr.solve(model, SwingUpCost.from_config(config), np.zeros(4), 10.0, horizon=30,
-                   config=config, should_stop=stop)
+        ilqr.solve(model, SwingUpCost.from_config(config), np.zeros(4), 10.0, config,
+                   horizon=30, should_stop=stop)
     assert stop.asked == 4
 
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from ebmcpilco_ros.core import ilqr
+from ebmcpilco_ros.core.cartpole import cartpole_dynamics, state_difference
 from ebmcpilco_ros.core.config import ExperimentConfig, ExplorationConfig, PretrainConfig
+from ebmcpilco_ros.core.controllers import FeedbackPlan, FeedbackPlanController
 from ebmcpilco_ros.core.exploration import (exploration_noise, exploration_plan,
                                             plan_tracking_error)
 from ebmcpilco_ros.core.ilqr_cost import SwingUpCost
@@ -18,8 +20,9 @@ CFG = ExperimentConfig()
 
 @pytest.fixture(scope="module")
 def true_plan():
-    return ilqr.solve(ilqr.cartpole_dynamics(CFG.plant), SwingUpCost.from_config(CFG.ilqr),
-                      np.zeros(4), CFG.plant.u_max, horizon=CFG.plant.steps, config=CFG.ilqr)
+    return ilqr.solve(cartpole_dynamics(CFG.plant), SwingUpCost.from_config(CFG.ilqr),
+                      np.zeros(4), CFG.plant.u_max, CFG.ilqr, horizon=CFG.plant.steps,
+                      difference=state_difference)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def test_exploration_plan_on_the_gp_model_and_tracking_error(model):
     assert plan.X.shape == (61, 4) and np.all(np.abs(plan.U) <= CFG.plant.u_max)
     assert feedback.sigma.shape == (60,) and np.all(feedback.sigma >= 0)
     trial = SimulatedCartPole(CFG.plant, np.random.default_rng(0)).run(
-        plan.controller(), kind="ilqr")
+        FeedbackPlanController(FeedbackPlan.from_plan(plan)), kind="ilqr")
     err = plan_tracking_error(plan.X, trial)
     assert 0 <= err < 10
     assert plan_tracking_error(trial.states, trial) == 0.0

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 from ebmcpilco_ros.core import ilqr
-from ebmcpilco_ros.core.config import ConfigError, PlantConfig
+from ebmcpilco_ros.core.cartpole import cartpole_dynamics, state_difference, wrap_angle
+from ebmcpilco_ros.core.config import ConfigError, ILQRConfig, PlantConfig
+from ebmcpilco_ros.core.controllers import FeedbackPlan, FeedbackPlanController
 from ebmcpilco_ros.core.ilqr_cost import SwingUpCost
 from ebmcpilco_ros.core.systems import SimulatedCartPole
 
 PLANT = PlantConfig()
-CONFIG = ilqr.ILQRConfig()
+CONFIG = ILQRConfig()
 COST = SwingUpCost.from_config(CONFIG)
 # Bound on the total iterations (all continuation stages, symmetry kick included) of the 60-step
 # swing-up; it takes about 50 with the default config.
@@ -24,20 +26,19 @@ CLOSED_LOOP_SEEDS = (0, 1, 2, 3, 4)
 
 def upright_error(theta: np.ndarray | float) -> np.ndarray:
     """Distance to the nearer upright (+pi or -pi), any number of turns."""
-    wrapped = np.angle(np.exp(1j * np.asarray(theta, dtype=float)))
-    return np.abs(np.abs(wrapped) - np.pi)
+    return np.abs(np.abs(wrap_angle(np.asarray(theta, dtype=float))) - np.pi)
 
 
 @pytest.fixture(scope="module")
 def true_dynamics() -> ilqr.FiniteDifferenceDynamics:
-    return ilqr.cartpole_dynamics(PLANT)
+    return cartpole_dynamics(PLANT)
 
 
 @pytest.fixture(scope="module")
 def swing_up(true_dynamics) -> tuple[ilqr.ILQRPlan, float]:
     started = time.perf_counter()
-    plan = ilqr.solve(true_dynamics, COST, np.zeros(4), PLANT.u_max,
-                      horizon=PLANT.steps, config=CONFIG)
+    plan = ilqr.solve(true_dynamics, COST, np.zeros(4), PLANT.u_max, CONFIG,
+                      horizon=PLANT.steps, difference=state_difference)
     return plan, time.perf_counter() - started
 
 
@@ -82,7 +83,8 @@ def test_closed_loop_feedback_law_swings_up_the_true_plant(swing_up):
 
     open_loop_failures = 0
     for seed in CLOSED_LOOP_SEEDS:
-        trial = SimulatedCartPole(PLANT, np.random.default_rng(seed)).run(plan.controller(), "ilqr")
+        trial = SimulatedCartPole(PLANT, np.random.default_rng(seed)).run(
+            FeedbackPlanController(FeedbackPlan.from_plan(plan)), "ilqr")
         final = trial.true_states[-1]
         assert upright_error(final[2]) < THETA_TOL, (seed, final)
         assert abs(final[0]) < P_TOL, (seed, final)
@@ -99,8 +101,8 @@ def test_box_constraint_holds_exactly_and_is_active(swing_up):
     assert np.sum(np.abs(plan.U) == PLANT.u_max) >= 3  # the swing-up saturates: test not vacuous
     far = np.array([5.0, 5.0, 0.0, 5.0])
     for t in range(plan.horizon):
-        assert abs(plan.control(t, plan.X[t] + far)) <= PLANT.u_max
-        assert plan.control(t, plan.X[t]) == pytest.approx(plan.U[t, 0])
+        assert abs(plan.control(t, plan.X[t] + far, state_difference)[0]) <= PLANT.u_max
+        assert plan.control(t, plan.X[t], state_difference)[0] == pytest.approx(plan.U[t, 0])
 
 
 def test_backward_pass_clamps_k_and_zeroes_clamped_gains():
@@ -112,7 +114,7 @@ def test_backward_pass_clamps_k_and_zeroes_clamped_gains():
     x0 = np.array([50.0, 0.0, 0.0, 0.0])  # far away: the unconstrained step is huge
     U = np.zeros((steps, 1))
     U[-1] = u_max  # already at the bound at the last step
-    dyn = ilqr.FiniteDifferenceDynamics(lambda x, u: A[0] @ x + B[0] @ u)
+    dyn = ilqr.FiniteDifferenceDynamics(lambda x, u: A[0] @ x + B[0] @ u, CONFIG.fd_step)
     X = ilqr.rollout(dyn, x0, U)
     derivs, final = cost.running_derivatives(X[:-1], U), cost.final_derivatives(X[-1])
     bp = ilqr.backward_pass(A, B, derivs, final, U, u_max, mu=0.0)
@@ -170,8 +172,9 @@ def test_solve_is_mirror_symmetric(true_dynamics):
     J_plus = cost.total(ilqr.rollout(true_dynamics, x0, U), U)
     J_minus = cost.total(ilqr.rollout(true_dynamics, -x0, -U), -U)
     assert J_plus == pytest.approx(J_minus, rel=1e-12)
-    plus = ilqr.solve(true_dynamics, cost, x0, PLANT.u_max, horizon=PLANT.steps, config=CONFIG)
-    minus = ilqr.solve(true_dynamics, cost, -x0, PLANT.u_max, horizon=PLANT.steps, config=CONFIG)
+    plus, minus = (ilqr.solve(true_dynamics, cost, start, PLANT.u_max, CONFIG,
+                              horizon=PLANT.steps, difference=state_difference)
+                   for start in (x0, -x0))
     assert plus.cost == pytest.approx(minus.cost, rel=1e-9)
     np.testing.assert_allclose(plus.U, -minus.U, atol=1e-6)
     np.testing.assert_allclose(plus.X, -minus.X, atol=1e-6)
@@ -242,9 +245,9 @@ def test_a_track_limit_keeps_the_swing_up_on_the_track(swing_up, true_dynamics):
     """The free swing-up travels about 0.7 m; with a 0.3 m track the plan swings up within it."""
     free, _ = swing_up
     assert np.abs(free.X[:, 0]).max() > 0.5
-    config = ilqr.ILQRConfig(track_limit=0.3)
+    config = ILQRConfig(track_limit=0.3)
     plan = ilqr.solve(true_dynamics, SwingUpCost.from_config(config), np.zeros(4), PLANT.u_max,
-                      horizon=PLANT.steps, config=config)
+                      config, horizon=PLANT.steps, difference=state_difference)
     assert plan.converged, plan.message
     assert np.abs(plan.X[:, 0]).max() < 0.3 + 0.01
     assert upright_error(plan.X[-1, 2]) < THETA_TOL and abs(plan.X[-1, 0]) < P_TOL
@@ -253,9 +256,9 @@ def test_a_track_limit_keeps_the_swing_up_on_the_track(swing_up, true_dynamics):
 def test_hanging_at_rest_is_stationary_and_the_kick_breaks_the_tie(true_dynamics):
     """With no kick, U = 0 from the hanging state is a fixed point of iLQR (zero gradient by
     symmetry); that is why symmetry_kick exists."""
-    config = ilqr.ILQRConfig(symmetry_kick=0.0, continuation_start=0)
+    config = ILQRConfig(symmetry_kick=0.0, continuation_start=0)
     plan = ilqr.solve(true_dynamics, SwingUpCost.from_config(config), np.zeros(4), PLANT.u_max,
-                      horizon=PLANT.steps, config=config)
+                      config, horizon=PLANT.steps, difference=state_difference)
     assert plan.iterations == 1 and plan.converged
     assert np.all(plan.U == 0.0)
 
@@ -273,7 +276,8 @@ def test_finite_difference_dynamics_recovers_a_linear_model():
     X = rng.normal(size=(7, 4))
     U = rng.normal(size=(7, 1))
     for vectorized in (False, True):
-        A, B = ilqr.FiniteDifferenceDynamics(step, vectorized=vectorized).linearize(X, U)
+        dynamics = ilqr.FiniteDifferenceDynamics(step, CONFIG.fd_step, vectorized=vectorized)
+        A, B = dynamics.linearize(X, U)
         np.testing.assert_allclose(A, np.broadcast_to(A_true, (7, 4, 4)), atol=1e-8)
         np.testing.assert_allclose(B, np.broadcast_to(B_true, (7, 4, 1)), atol=1e-8)
 
@@ -282,7 +286,8 @@ def test_cartpole_dynamics_vectorized_and_looped_jacobians_agree(true_dynamics):
     rng = np.random.default_rng(5)
     X = rng.normal(size=(5, 4))
     U = rng.uniform(-10.0, 10.0, size=(5, 1))
-    looped = ilqr.FiniteDifferenceDynamics(true_dynamics.step_fn, vectorized=False)
+    looped = ilqr.FiniteDifferenceDynamics(true_dynamics.step_fn, CONFIG.fd_step,
+                                           vectorized=False)
     for fast, slow in zip(true_dynamics.linearize(X, U), looped.linearize(X, U)):
         np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-9)
 
@@ -323,48 +328,144 @@ X0 = np.array([0.1, 0.0, 0.5, 0.0])
 def test_nan_dynamics_raise_ilqr_error(nan_after):
     model = _LinearModel(B_WORKING, nan_after=nan_after)
     with pytest.raises(ilqr.ILQRError, match="non-finite state"):
-        ilqr.solve(model, COST, X0, PLANT.u_max, horizon=20, config=CONFIG)
+        ilqr.solve(model, COST, X0, PLANT.u_max, CONFIG, horizon=20)
 
 
 @pytest.mark.timeout(10)
 def test_nan_jacobian_raises_ilqr_error():
     model = _LinearModel(B_WORKING, nan_jacobian=True)
     with pytest.raises(ilqr.ILQRError, match="non-finite A_t"):
-        ilqr.solve(model, COST, X0, PLANT.u_max, horizon=20, config=CONFIG)
+        ilqr.solve(model, COST, X0, PLANT.u_max, CONFIG, horizon=20)
 
 
 @pytest.mark.timeout(10)
 def test_zero_input_effect_with_r_zero_raises_instead_of_hanging():
-    config = ilqr.ILQRConfig(r=0.0)
+    config = ILQRConfig(r=0.0)
     model = _LinearModel(np.zeros((4, 1)))
     started = time.perf_counter()
     with pytest.raises(ilqr.ILQRError, match="Q_uu not positive definite"):
-        ilqr.solve(model, SwingUpCost.from_config(config), X0, PLANT.u_max, horizon=20,
-                   config=config)
+        ilqr.solve(model, SwingUpCost.from_config(config), X0, PLANT.u_max, config, horizon=20)
     assert time.perf_counter() - started < 2.0
 
 
 @pytest.mark.timeout(30)
 def test_iterations_are_bounded(true_dynamics):
-    config = ilqr.ILQRConfig(max_iterations=2, continuation_start=0)
-    plan = ilqr.solve(true_dynamics, SwingUpCost.from_config(config), X0, PLANT.u_max,
-                      horizon=PLANT.steps, config=config)
+    config = ILQRConfig(max_iterations=2, continuation_start=0)
+    plan = ilqr.solve(true_dynamics, SwingUpCost.from_config(config), X0, PLANT.u_max, config,
+                      horizon=PLANT.steps, difference=state_difference)
     assert plan.iterations == 2 and not plan.converged
     assert "max_iterations" in plan.message
 
 
 def test_config_validation():
     with pytest.raises(ConfigError):
-        ilqr.ILQRConfig(line_search_alphas=(0.5, 1.0))
+        ILQRConfig(line_search_alphas=(0.5, 1.0))
     with pytest.raises(ConfigError):
-        ilqr.ILQRConfig(line_search_alphas=(1.0, 0.0))
+        ILQRConfig(line_search_alphas=(1.0, 0.0))
     with pytest.raises(ConfigError):
-        ilqr.ILQRConfig(mu_min=1.0, mu_max=0.1)
+        ILQRConfig(mu_min=1.0, mu_max=0.1)
     with pytest.raises(ConfigError):
-        ilqr.ILQRConfig(q=(1.0, 1.0, 1.0, 1.0))
+        ILQRConfig(q=(1.0, 1.0, 1.0, 1.0))
     with pytest.raises(ConfigError):
-        ilqr.ILQRConfig(r=-1.0)
+        ILQRConfig(r=-1.0)
     with pytest.raises(ConfigError):
-        ilqr.ILQRConfig(mu_factor=1.0)
+        ILQRConfig(mu_factor=1.0)
     with pytest.raises(ConfigError):
-        ilqr.ILQRConfig(hessian="newton")
+        ILQRConfig(hessian="newton")
+
+
+# -- generic sizes: n = 4 states, m = 2 inputs ---------------------------------------------------
+
+class _PointMass:
+    """A point mass in the plane, x = [px, py, vx, vy], u = [fx, fy]: linear, exact Jacobians."""
+
+    dt = 0.1
+    A = np.eye(4) + dt * np.eye(4, k=2)
+    B = np.vstack([0.5 * dt**2 * np.eye(2), dt * np.eye(2)])
+
+    def step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        return self.A @ x + self.B @ u
+
+    def linearize(self, X: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.broadcast_to(self.A, (len(X), 4, 4)).copy(),
+                np.broadcast_to(self.B, (len(X), 4, 2)).copy())
+
+
+class _Quadratic:
+    """c = 1/2 x^T Q x + 1/2 u^T R u, c_f = 1/2 x^T Q_f x."""
+
+    Q, R, Q_f = np.diag([1.0, 1.0, 0.1, 0.1]), np.diag([0.01, 0.02]), 100.0 * np.eye(4)
+
+    def total(self, X: np.ndarray, U: np.ndarray) -> float:
+        return float(0.5 * np.einsum("ti,ij,tj->", X[:-1], self.Q, X[:-1])
+                     + 0.5 * np.einsum("ti,ij,tj->", U, self.R, U)
+                     + 0.5 * X[-1] @ self.Q_f @ X[-1])
+
+    def running_derivatives(self, X: np.ndarray, U: np.ndarray) -> ilqr.RunningDerivatives:
+        T = len(X)
+        return ilqr.RunningDerivatives(
+            l_x=X @ self.Q, l_u=U @ self.R, l_xx=np.broadcast_to(self.Q, (T, 4, 4)).copy(),
+            l_uu=np.broadcast_to(self.R, (T, 2, 2)).copy(), l_ux=np.zeros((T, 2, 4)))
+
+    def final_derivatives(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.Q_f @ x, self.Q_f
+
+
+def _lqr_inputs(x0: np.ndarray, steps: int) -> np.ndarray:
+    """The finite-horizon LQR optimum by its own Riccati recursion (no box)."""
+    sys, cost = _PointMass(), _Quadratic()
+    P, gains = cost.Q_f, []
+    for _ in range(steps):
+        gain = np.linalg.solve(cost.R + sys.B.T @ P @ sys.B, sys.B.T @ P @ sys.A)
+        P = cost.Q + sys.A.T @ P @ (sys.A - sys.B @ gain)
+        gains.append(gain)
+    x, U = x0, []
+    for gain in reversed(gains):
+        U.append(-gain @ x)
+        x = sys.step(x, U[-1])
+    return np.array(U)
+
+
+def test_a_two_input_plant_without_a_binding_box_gets_the_lqr_optimum():
+    x0 = np.array([1.0, -2.0, 0.5, 0.0])
+    tight = ILQRConfig(continuation_start=0, tolerance=1e-12, grad_tolerance=1e-10)
+    plan = ilqr.solve(_PointMass(), _Quadratic(), x0, 20.0, tight, horizon=30, input_dim=2)
+    assert np.abs(plan.U).max() < 0.6 * 20.0  # the box does not bind
+    assert plan.U.shape == (30, 2) and plan.K.shape == (30, 2, 4) and plan.converged
+    np.testing.assert_allclose(plan.U, _lqr_inputs(x0, 30), atol=1e-5)
+
+
+def test_a_two_input_plant_with_a_binding_box_stays_inside_it_and_beats_clipping():
+    x0 = np.array([1.0, -2.0, 0.5, 0.0])
+    u_max = 2.0
+    sys, cost = _PointMass(), _Quadratic()
+    plan = ilqr.solve(sys, cost, x0, u_max, ILQRConfig(continuation_start=0), horizon=30,
+                      input_dim=2)
+    assert np.all(np.abs(plan.U) <= u_max) and np.any(np.abs(plan.U) == u_max)
+    clipped = np.clip(_lqr_inputs(x0, 30), -u_max, u_max)
+    assert plan.cost < cost.total(ilqr.rollout(sys, x0, clipped), clipped)
+    held = np.abs(plan.U + plan.k) >= u_max - 1e-12       # rows of held inputs are zero
+    assert np.all(plan.K[held] == 0.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_box_qp_finds_the_constrained_minimum(seed):
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(3, 3))
+    H = M @ M.T + 0.1 * np.eye(3)
+    g = rng.normal(scale=5.0, size=3)
+    lower, upper = -rng.uniform(0.1, 1.0, 3), rng.uniform(0.1, 1.0, 3)
+    du, free = ilqr.box_qp(H, g, lower, upper)
+    ref = minimize(lambda z: 0.5 * z @ H @ z + g @ z, np.zeros(3), jac=lambda z: H @ z + g,
+                   bounds=list(zip(lower, upper)), method="L-BFGS-B",
+                   options={"ftol": 1e-15, "gtol": 1e-12})
+    np.testing.assert_allclose(du, ref.x, atol=1e-6)
+    assert np.all((lower <= du) & (du <= upper))
+    grad = H @ du + g
+    np.testing.assert_allclose(grad[free], 0.0, atol=1e-9)   # stationary in the free inputs
+    assert np.all(~free == (((du == lower) & (grad > 0)) | ((du == upper) & (grad < 0))))
+    one, one_free = ilqr.box_qp(H[:1, :1], g[:1], lower[:1], upper[:1])  # the closed form
+    assert one[0] == min(max(-g[0] / H[0, 0], lower[0]), upper[0])
+    assert one_free[0] == (lower[0] <= -g[0] / H[0, 0] <= upper[0])

@@ -9,13 +9,39 @@ cart [N]. The pole is a uniform rod of mass m2 and length l; b is viscous cart f
     thddot = (-3 m2 l thetadot^2 sin theta cos theta - 6 (m1 + m2) g sin theta
               - 6 (u - b pdot) cos theta) / (l den)
 
-Functions work on arrays of shape (..., 4) so that many rollouts integrate at once.
+Functions work on arrays of shape (..., 4) so that many rollouts integrate at once. The state
+layout is named here once (P, PDOT, THETA, THETADOT), and so is the angle wrap: every module that
+indexes a state or compares angles uses these.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .config import PlantConfig
+from . import ilqr
+from .config import ILQRConfig, PlantConfig
+
+# The state layout x = [p, pdot, theta, thetadot] and the input u = [force].
+STATE_NAMES = ("p", "pdot", "theta", "thetadot")
+STATE_DIM = len(STATE_NAMES)
+P, PDOT, THETA, THETADOT = range(STATE_DIM)
+POSITIONS = (P, THETA)        # q = (p, theta), what the speed-integration model integrates
+VELOCITIES = (PDOT, THETADOT)  # v = (pdot, thetadot), what its GPs predict the change of
+INPUT_DIM = 1
+
+
+def wrap_angle(theta: np.ndarray | float) -> np.ndarray:
+    """theta wrapped to [-pi, pi): theta and theta + 2 pi are the same pole position."""
+    return np.mod(theta + math.pi, 2.0 * math.pi) - math.pi
+
+
+def state_difference(x: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """dx = x - X with the angle difference wrapped to [-pi, pi): the dynamics and every cost
+    are 2 pi periodic in theta (the iLQR solver's `difference` for this plant)."""
+    dx = np.asarray(x, dtype=float) - np.asarray(X, dtype=float)
+    dx[..., THETA] = wrap_angle(dx[..., THETA])
+    return dx
 
 
 def hanging_turns(theta: float) -> float:
@@ -31,7 +57,7 @@ def state_derivative(x: np.ndarray, u: np.ndarray | float, plant: PlantConfig) -
     """dx/dt for states (..., 4) and forces broadcastable to (...)."""
     m1, m2, l, b, g = (plant.cart_mass, plant.pole_mass, plant.pole_length, plant.friction,
                        plant.gravity)
-    pdot, theta, thdot = x[..., 1], x[..., 2], x[..., 3]
+    pdot, theta, thdot = x[..., PDOT], x[..., THETA], x[..., THETADOT]
     s, c = np.sin(theta), np.cos(theta)
     u = np.asarray(u, dtype=float)
     den = 4.0 * (m1 + m2) - 3.0 * m2 * c * c
@@ -60,8 +86,20 @@ def step(x: np.ndarray, u: np.ndarray | float, plant: PlantConfig, dt: float | N
 def energy(x: np.ndarray, plant: PlantConfig) -> np.ndarray:
     """Total mechanical energy [J], zero potential at the pivot: conserved when b = u = 0."""
     m1, m2, l, g = plant.cart_mass, plant.pole_mass, plant.pole_length, plant.gravity
-    pdot, theta, thdot = x[..., 1], x[..., 2], x[..., 3]
+    pdot, theta, thdot = x[..., PDOT], x[..., THETA], x[..., THETADOT]
     kinetic = (0.5 * (m1 + m2) * pdot**2 + 0.5 * m2 * l * pdot * thdot * np.cos(theta)
                + m2 * l**2 * thdot**2 / 6.0)
     potential = -0.5 * m2 * g * l * np.cos(theta)
     return kinetic + potential
+
+
+def cartpole_dynamics(plant: PlantConfig, step_size: float | None = None
+                      ) -> ilqr.FiniteDifferenceDynamics:
+    """The true cart-pole (RK4, zero-order hold) as iLQR dynamics, with finite-difference
+    Jacobians (step ilqr.fd_step unless given)."""
+
+    def step_fn(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        return step(x, u[..., 0], plant)
+
+    return ilqr.FiniteDifferenceDynamics(
+        step_fn, ILQRConfig().fd_step if step_size is None else step_size, vectorized=True)

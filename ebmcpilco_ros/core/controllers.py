@@ -9,12 +9,13 @@ torch, so neither does the execution node's control loop.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from .cartpole import STATE_DIM, state_difference
+from .ilqr import ILQRPlan, feedback_input
 from .policy_numpy import POLICY_FORMAT, PolicyParameters
 from .validate import finite_array, finite_number, is_integer
 
@@ -86,18 +87,31 @@ class FeedbackPlan:
     version: int = 0
 
     def __post_init__(self) -> None:
-        self.X = np.asarray(self.X, dtype=float).reshape(-1, 4)
+        self.X = np.asarray(self.X, dtype=float).reshape(-1, STATE_DIM)
         self.U = np.asarray(self.U, dtype=float).reshape(-1)
-        self.K = np.asarray(self.K, dtype=float).reshape(-1, 4)
+        self.K = np.asarray(self.K, dtype=float).reshape(-1, STATE_DIM)
         self.sigma = np.asarray(self.sigma, dtype=float).reshape(-1)
         T = len(self.U)
         if len(self.X) != T + 1 or len(self.K) != T or len(self.sigma) != T:
             raise ValueError(f"feedback plan shapes disagree: X {self.X.shape}, U {self.U.shape}"
                              f", K {self.K.shape}, sigma {self.sigma.shape}")
 
+    @classmethod
+    def from_plan(cls, plan: ILQRPlan, sigma: np.ndarray | None = None, seed: int = 0,
+                  version: int = 0) -> "FeedbackPlan":
+        """An iLQR plan of the cart-pole (one input) as an executable payload, optionally with
+        exploration noise sigma (T,)."""
+        if plan.U.shape[1] != 1:
+            raise ValueError(f"a feedback plan drives one input, the plan has {plan.U.shape[1]}")
+        return cls(X=plan.X, U=plan.U[:, 0], K=plan.K[:, 0, :],
+                   sigma=np.zeros(plan.horizon) if sigma is None else sigma,
+                   u_max=plan.u_max, seed=seed, version=version)
+
 
 class FeedbackPlanController:
-    """Closed-loop execution of an iLQR plan; past the plan's end it holds the last gain."""
+    """Closed-loop execution of an iLQR plan: the solver's law (ilqr.feedback_input, with the
+    cart-pole's wrapped angle difference) plus exploration noise, clipped; past the plan's end
+    it holds the last step's law."""
 
     kind = "feedback_plan"
 
@@ -111,9 +125,8 @@ class FeedbackPlanController:
     def __call__(self, step: int, state: np.ndarray) -> float:
         p = self.plan
         t = min(step, len(p.U) - 1)
-        dx = np.asarray(state, dtype=float) - p.X[t]
-        dx[2] = (dx[2] + math.pi) % (2.0 * math.pi) - math.pi  # theta and theta + 2 pi coincide
-        u = p.U[t] + float(p.K[t] @ dx) + p.sigma[t] * self.rng.standard_normal()
+        u = feedback_input(p.X[t], p.U[t], p.K[t], state, state_difference)
+        u = u + p.sigma[t] * self.rng.standard_normal()
         return float(np.clip(u, -p.u_max, p.u_max))
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,8 +162,8 @@ def controller_from_dict(data: dict[str, Any]) -> Controller:
             if np.any(sigma < 0):
                 raise ValueError("field 'sigma' must be >= 0")
             return FeedbackPlanController(FeedbackPlan(
-                X=finite_array(data, "X", shape=(T + 1, 4)), U=U,
-                K=finite_array(data, "K", shape=(T, 4)), sigma=sigma,
+                X=finite_array(data, "X", shape=(T + 1, STATE_DIM)), U=U,
+                K=finite_array(data, "K", shape=(T, STATE_DIM)), sigma=sigma,
                 u_max=finite_number(data, "u_max", 0.0, low_open=True),
                 seed=_integer(data, "seed"), version=_integer(data, "version")))
     except ValueError as exc:

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .cartpole import P, THETA
 from .config import CostConfig
 
 
 def saturating_cost(states: Tensor, config: CostConfig) -> Tensor:
     """c(x) for states (..., 4): (...)."""
-    e_theta = (states[..., 2].abs() - math.pi) / config.length_theta
-    e_p = states[..., 0] / config.length_p
+    e_theta = (states[..., THETA].abs() - math.pi) / config.length_theta
+    e_p = states[..., P] / config.length_p
     return 1.0 - torch.exp(-e_theta * e_theta - e_p * e_p)
 
 

@@ -8,11 +8,10 @@ offset (its eq. 29 is not available); this form and the normalisation are this p
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import ilqr
+from .cartpole import INPUT_DIM, STATE_DIM, THETA, state_difference, wrap_angle
 from .cancel import StopCheck
 from .config import ExperimentConfig, ExplorationConfig
 from .controllers import FeedbackPlan
@@ -40,13 +39,13 @@ def plan_swing_up(model: SpeedIntegrationModel, config: ExperimentConfig,
     with exploration.warm_start, also from the previous plan's inputs; the cheaper plan wins.
     `should_stop`: see ilqr.solve.
     """
-    x0 = np.zeros(4)
+    x0 = np.zeros(STATE_DIM)
     horizon = config.plant.steps
 
     def solve(U_init: np.ndarray | None) -> ilqr.ILQRPlan:
         return ilqr.solve(model, SwingUpCost.from_config(config.ilqr), x0, config.plant.u_max,
-                          horizon=horizon, U_init=U_init, config=config.ilqr,
-                          should_stop=should_stop)
+                          config.ilqr, horizon=horizon, U_init=U_init, input_dim=INPUT_DIM,
+                          difference=state_difference, should_stop=should_stop)
 
     plan = solve(None)
     if config.exploration.warm_start and previous is not None and previous.horizon == horizon:
@@ -63,12 +62,11 @@ def exploration_plan(model: SpeedIntegrationModel, config: ExperimentConfig, ite
     plan = plan_swing_up(model, config, previous, should_stop)
     sigma = exploration_noise(model, plan.X, plan.U, iteration, config.exploration,
                               config.plant.u_max)
-    return plan, plan.feedback_plan(sigma=sigma, seed=seed, version=iteration)
+    return plan, FeedbackPlan.from_plan(plan, sigma=sigma, seed=seed, version=iteration)
 
 
 def plan_tracking_error(predicted: np.ndarray, trial: Trial) -> float:
     """RMS angle error [rad] between the plan's nominal states and the executed rollout."""
     n = min(len(predicted), len(trial.states))
-    d = trial.states[:n, 2] - predicted[:n, 2]
-    d = (d + math.pi) % (2 * math.pi) - math.pi
+    d = wrap_angle(trial.states[:n, THETA] - predicted[:n, THETA])
     return float(np.sqrt(np.mean(d * d)))

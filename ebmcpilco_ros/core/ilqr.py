@@ -1,12 +1,13 @@
-"""iLQR with box-constrained input, Levenberg-Marquardt regularisation and a line search.
+"""iLQR with a box-constrained input, Levenberg-Marquardt regularisation and a line search.
 
-Used by EB-MC-PILCO to plan swing-ups through the GP posterior-mean dynamics (and, in tests, the
-true cart-pole). Pure functions over numpy float64: the matrices are 4 x 4 and the input scalar,
-so numpy beats torch by a wide margin here. The maths and every choice the paper leaves open are
-in docs/ILQR.md.
+Generic in the state size n and the input size m, and depending on numpy alone (as trajax's
+optimizer is): EB-MC-PILCO plans swing-ups with it through the GP posterior-mean dynamics, tests
+also through the true cart-pole (core/cartpole.py) and small linear systems. Pure functions over
+float64 arrays: for a 4-state, 1-input plant numpy beats torch by a wide margin. The maths and
+every choice the paper leaves open are in docs/ILQR.md.
 
 Notation (trajax / Tassa et al. 2012):
-    x_t (n = 4), u_t (m = 1)        state and input, t = 0..T-1; x_T the final state
+    x_t (n), u_t (m)                state and input, t = 0..T-1; x_T the final state
     X (T+1, n), U (T, m)            the nominal trajectory; dx = x - X_t, du = u - U_t
     f                               dynamics x_{t+1} = f(x_t, u_t), called sequentially
     A_t = df/dx, B_t = df/du        its Jacobians at the nominal, batched over t
@@ -19,9 +20,11 @@ Notation (trajax / Tassa et al. 2012):
     alpha                           line-search step on k
     dV = (dV_1, dV_2)               expected change dJ(alpha) = alpha dV_1 + alpha^2/2 dV_2
 
-The input limit |u| <= u_max is a box constraint of the per-step QP (box-DDP, Tassa 2014): k_t is
-the box-constrained minimiser, and K_t is zeroed where the constraint is active. Cold starts grow
-the horizon (continuation) and break the hanging-state symmetry with a small kick; see solve().
+The input limit |u_i| <= u_max is a box constraint of the per-step QP (box-DDP, Tassa 2014): k_t
+is the box-constrained minimiser (box_qp), and the rows of K_t of inputs held at a bound are zero.
+`dx` is `difference(x, X_t)`, plain subtraction unless the caller passes its plant's (the
+cart-pole's wraps the angle: cartpole.state_difference). Cold starts grow the horizon
+(continuation) and break a symmetric start's tie with a small kick; see solve().
 """
 from __future__ import annotations
 
@@ -33,16 +36,11 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .cancel import StopCheck, check
-from .config import ILQRConfig, PlantConfig
-from .controllers import FeedbackPlan, FeedbackPlanController
-from .ilqr_cost import INPUT_DIM, STATE_DIM, THETA, RunningDerivatives, SwingUpCost
-from . import cartpole
 
 __all__ = [
-    "ILQRConfig", "ILQRError", "ILQRPlan", "Dynamics", "Cost",
+    "ILQRError", "ILQRPlan", "Dynamics", "Cost", "RunningDerivatives", "Settings",
     "FiniteDifferenceDynamics", "BackwardPass", "solve", "rollout", "backward_pass",
-    "forward_pass", "closed_loop_control", "state_difference", "cartpole_dynamics",
-    "SwingUpCost",
+    "forward_pass", "feedback_input", "box_qp", "subtract",
 ]
 
 
@@ -56,16 +54,27 @@ class Dynamics(Protocol):
     """Deterministic discrete-time dynamics: the GP posterior mean, or a known plant."""
 
     def step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """x (4,), u (1,) -> x_next (4,)."""
+        """x (n,), u (m,) -> x_next (n,)."""
         ...
 
     def linearize(self, X: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """X (T, 4), U (T, 1) -> A (T, 4, 4), B (T, 4, 1), batched over t."""
+        """X (T, n), U (T, m) -> A (T, n, n), B (T, n, m), batched over t."""
         ...
 
 
+@dataclass(frozen=True)
+class RunningDerivatives:
+    """Derivatives of the running cost along a trajectory of T steps."""
+
+    l_x: np.ndarray   # (T, n)
+    l_u: np.ndarray   # (T, m)
+    l_xx: np.ndarray  # (T, n, n)
+    l_uu: np.ndarray  # (T, m, m)
+    l_ux: np.ndarray  # (T, m, n)
+
+
 class Cost(Protocol):
-    """Running and terminal cost with derivatives; SwingUpCost is the one used here."""
+    """Running and terminal cost with derivatives (ilqr_cost.SwingUpCost for the cart-pole)."""
 
     def total(self, X: np.ndarray, U: np.ndarray) -> float: ...
 
@@ -74,21 +83,43 @@ class Cost(Protocol):
     def final_derivatives(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+class Settings(Protocol):
+    """The solver's settings: config.ILQRConfig has them (ranges and meanings there)."""
+
+    max_iterations: int
+    tolerance: float
+    grad_tolerance: float
+    mu_init: float
+    mu_min: float
+    mu_max: float
+    mu_factor: float
+    line_search_alphas: tuple[float, ...]
+    accept_ratio: float
+    symmetry_kick: float
+    continuation_start: int
+    continuation_step: int
+
+
 StepFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Difference = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def subtract(x: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """dx = x - X: the state difference of a plant without periodic coordinates."""
+    return np.asarray(x, dtype=float) - np.asarray(X, dtype=float)
 
 
 class FiniteDifferenceDynamics:
-    """Dynamics whose linearize() is central differences of any step function.
+    """Dynamics whose linearize() is central differences (step `step_size`) of a step function.
 
-    With `vectorized=True` the step function must accept leading batch axes, x (..., 4) and
-    u (..., 1); then all 2 (n + m) T perturbed steps of a trajectory are one call, which for the
+    With `vectorized=True` the step function must accept leading batch axes, x (..., n) and
+    u (..., m); then all 2 (n + m) T perturbed steps of a trajectory are one call, which for the
     RK4 cart-pole is ~20x faster than looping.
     """
 
-    def __init__(self, step_fn: StepFn, step_size: float | None = None,
-                 vectorized: bool = False) -> None:
+    def __init__(self, step_fn: StepFn, step_size: float, vectorized: bool = False) -> None:
         self.step_fn = step_fn
-        self.step_size = ILQRConfig().fd_step if step_size is None else float(step_size)
+        self.step_size = float(step_size)
         self.vectorized = vectorized
 
     def step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -116,31 +147,21 @@ class FiniteDifferenceDynamics:
         return jac[:, :, :n], jac[:, :, n:]
 
 
-def cartpole_dynamics(plant: PlantConfig, step_size: float | None = None
-                      ) -> FiniteDifferenceDynamics:
-    """The true cart-pole (RK4, zero-order hold) with finite-difference Jacobians."""
-
-    def step_fn(x: np.ndarray, u: np.ndarray) -> np.ndarray:
-        return cartpole.step(x, u[..., 0], plant)
-
-    return FiniteDifferenceDynamics(step_fn, step_size=step_size, vectorized=True)
-
-
 # -- the plan and its control law ---------------------------------------------------------------
 
-def state_difference(x: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """dx = x - X with the angle difference wrapped to [-pi, pi): theta and theta + 2 pi are the
-    same pole position, and both the dynamics and the cost are 2 pi periodic in theta."""
-    dx = np.asarray(x, dtype=float) - np.asarray(X, dtype=float)
-    dx[..., THETA] = np.mod(dx[..., THETA] + math.pi, 2.0 * math.pi) - math.pi
-    return dx
+def feedback_input(X_t: np.ndarray, U_t: np.ndarray, K_t: np.ndarray, x: np.ndarray,
+                   difference: Difference = subtract) -> np.ndarray:
+    """u = U_t + K_t dx, dx = difference(x, X_t): the closed-loop law about a nominal, before
+    the input limit. The forward pass runs it (with U_t + alpha k_t), and so does a plan
+    executed on the system (controllers.FeedbackPlanController, which adds noise first)."""
+    return U_t + K_t @ difference(x, X_t)
 
 
 @dataclass(frozen=True)
 class ILQRPlan:
     """A solved plan: nominal trajectory, gains and how the solve went.
 
-    X (T+1, 4) and U (T, 1) are the nominal. k (T, 1) and K (T, 1, 4) come from a backward pass
+    X (T+1, n) and U (T, m) are the nominal. k (T, m) and K (T, m, n) come from a backward pass
     at this nominal: k is the step a further iteration would take (~0 at convergence), K the
     feedback gains (zero rows where the input limit is active). cost_history[0] is the cost of
     the last stage's initial guess, then one entry per accepted step; `iterations` counts all
@@ -165,36 +186,19 @@ class ILQRPlan:
     def horizon(self) -> int:
         return int(self.U.shape[0])
 
-    def control(self, t: int, x: np.ndarray) -> float:
-        """u_t = clip(U_t + K_t (x - X_t), +-u_max); see closed_loop_control."""
-        return closed_loop_control(self, t, x)
-
-    def feedback_plan(self, sigma: np.ndarray | None = None, seed: int = 0,
-                      version: int = 0) -> FeedbackPlan:
-        """The plan as an executable payload, optionally with exploration noise sigma (T,)."""
-        return FeedbackPlan(X=self.X, U=self.U[:, 0], K=self.K[:, 0, :],
-                            sigma=np.zeros(self.horizon) if sigma is None else sigma,
-                            u_max=self.u_max, seed=seed, version=version)
-
-    def controller(self) -> FeedbackPlanController:
-        """This plan as a Controller for SimulatedCartPole or the node graph (no noise)."""
-        return FeedbackPlanController(self.feedback_plan())
-
-
-def closed_loop_control(plan: ILQRPlan, t: int, x: np.ndarray) -> float:
-    """The iLQR feedback law at step t; beyond the horizon the last step's law is held."""
-    t = min(max(int(t), 0), plan.horizon - 1)
-    dx = state_difference(x, plan.X[t])
-    u = plan.U[t, 0] + float(plan.K[t, 0] @ dx)
-    return float(np.clip(u, -plan.u_max, plan.u_max))
+    def control(self, t: int, x: np.ndarray, difference: Difference = subtract) -> np.ndarray:
+        """u_t = clip(U_t + K_t dx, +-u_max) (m,); beyond the horizon the last step's law."""
+        t = min(max(int(t), 0), self.horizon - 1)
+        u = feedback_input(self.X[t], self.U[t], self.K[t], x, difference)
+        return np.clip(u, -self.u_max, self.u_max)
 
 
 # -- passes -------------------------------------------------------------------------------------
 
-def _check_state(x: np.ndarray, t: int, u: np.ndarray) -> np.ndarray:
+def _check_state(x: np.ndarray, t: int, u: np.ndarray, n: int) -> np.ndarray:
     x = np.asarray(x, dtype=float)
-    if x.shape != (STATE_DIM,):
-        raise ILQRError(f"dynamics.step returned shape {x.shape} at t={t}, expected ({STATE_DIM},)")
+    if x.shape != (n,):
+        raise ILQRError(f"dynamics.step returned shape {x.shape} at t={t}, expected ({n},)")
     if not np.all(np.isfinite(x)):
         raise ILQRError(f"dynamics.step returned a non-finite state {x} at t={t} (u={u}): "
                         "degenerate model")
@@ -202,37 +206,80 @@ def _check_state(x: np.ndarray, t: int, u: np.ndarray) -> np.ndarray:
 
 
 def rollout(dynamics: Dynamics, x0: np.ndarray, U: np.ndarray) -> np.ndarray:
-    """Open-loop X (T+1, 4) from x0 under U (T, 1); ILQRError on a non-finite state."""
-    X = np.empty((U.shape[0] + 1, STATE_DIM))
+    """Open-loop X (T+1, n) from x0 (n,) under U (T, m); ILQRError on a non-finite state."""
+    n = len(x0)
+    X = np.empty((U.shape[0] + 1, n))
     X[0] = x0
     for t in range(U.shape[0]):
-        X[t + 1] = _check_state(dynamics.step(X[t], U[t]), t, U[t])
+        X[t + 1] = _check_state(dynamics.step(X[t], U[t]), t, U[t], n)
     return X
 
 
 def forward_pass(dynamics: Dynamics, x0: np.ndarray, X: np.ndarray, U: np.ndarray,
-                 k: np.ndarray, K: np.ndarray, alpha: float, u_max: float
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Roll out u_t = clip(U_t + alpha k_t + K_t (x_t - X_t), +-u_max) through the dynamics.
+                 k: np.ndarray, K: np.ndarray, alpha: float, u_max: float,
+                 difference: Difference = subtract) -> tuple[np.ndarray, np.ndarray]:
+    """Roll out u_t = clip(U_t + alpha k_t + K_t dx_t, +-u_max) through the dynamics.
 
     The clip only catches K_t dx pushing a free input past the limit; U_t + alpha k_t is inside
     the box already (box-constrained backward pass, and the box is convex).
     """
-    steps = U.shape[0]
+    steps, n = U.shape[0], X.shape[1]
     X_new = np.empty_like(X)
     U_new = np.empty_like(U)
     X_new[0] = x0
     for t in range(steps):
-        dx = state_difference(X_new[t], X[t])
-        U_new[t] = np.clip(U[t] + alpha * k[t] + K[t] @ dx, -u_max, u_max)
-        X_new[t + 1] = _check_state(dynamics.step(X_new[t], U_new[t]), t, U_new[t])
+        u = feedback_input(X[t], U[t] + alpha * k[t], K[t], X_new[t], difference)
+        U_new[t] = np.clip(u, -u_max, u_max)
+        X_new[t + 1] = _check_state(dynamics.step(X_new[t], U_new[t]), t, U_new[t], n)
     return X_new, U_new
+
+
+def box_qp(H: np.ndarray, g: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+           max_iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """argmin 1/2 du^T H du + g^T du over lower <= du <= upper (H positive definite), and which
+    inputs are free (not held at a bound by the minimum).
+
+    One input: the closed form, -g/H clamped into the box (free where it needed no clamp).
+    Several: projected Newton (Bertsekas 1982), as box-DDP does (Tassa et al. 2014): a Newton
+    step on the inputs not held at a bound, projected onto the box, with an Armijo search along
+    the projected arc; the QP is convex, so it converges to the minimum.
+    """
+    if len(g) == 1:
+        k_free = -float(g[0]) / float(H[0, 0])
+        lo, hi = float(lower[0]), float(upper[0])
+        return np.array([min(max(k_free, lo), hi)]), np.array([lo <= k_free <= hi])
+
+    def held(du: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        return ((du <= lower) & (grad > 0.0)) | ((du >= upper) & (grad < 0.0))
+
+    def value(du: np.ndarray) -> float:
+        return float(0.5 * du @ H @ du + g @ du)
+
+    du = np.clip(np.zeros(len(g)), lower, upper)
+    for _ in range(max_iterations):
+        grad = g + H @ du
+        free = ~held(du, grad)
+        if not free.any():
+            break
+        step = np.zeros(len(g))
+        step[free] = -np.linalg.solve(H[np.ix_(free, free)], grad[free])
+        if np.max(np.abs(step)) <= 1e-14 * (1.0 + np.max(np.abs(du))):
+            break
+        alpha, before = 1.0, value(du)
+        while True:
+            trial = np.clip(du + alpha * step, lower, upper)
+            if before - value(trial) >= -0.1 * float(grad @ (trial - du)) or alpha < 1e-12:
+                break
+            alpha *= 0.5
+        du = trial
+    return du, ~held(du, g + H @ du)
 
 
 @dataclass(frozen=True)
 class BackwardPass:
-    """k (T, 1), K (T, 1, 4) and the expected-change terms; failed_at = t where the regularised
-    Q_uu was not positive (then k, K are incomplete and must not be used)."""
+    """k (T, m), K (T, m, n) and the expected-change terms; failed_at = t where the regularised
+    Q_uu was not positive definite (then k, K are incomplete and must not be used), and
+    Q_uu_failed its smallest eigenvalue there."""
 
     k: np.ndarray
     K: np.ndarray
@@ -241,10 +288,22 @@ class BackwardPass:
     Q_uu_failed: float = float("nan")
 
 
+def _positive_definite(Q: np.ndarray) -> bool:
+    if Q.shape == (1, 1):
+        return math.isfinite(Q[0, 0]) and Q[0, 0] > 0.0
+    if not np.all(np.isfinite(Q)):
+        return False
+    try:
+        np.linalg.cholesky(Q)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
 def backward_pass(A: np.ndarray, B: np.ndarray, derivs: RunningDerivatives,
                   final: tuple[np.ndarray, np.ndarray], U: np.ndarray, u_max: float,
                   mu: float) -> BackwardPass:
-    """Riccati-like recursion from t = T-1 down to 0, box-constrained in u (scalar input).
+    """Riccati-like recursion from t = T-1 down to 0, box-constrained in u (box_qp).
 
     Regularisation on V'_xx (Tassa 2012): Q~_uu = l_uu + B^T (V'_xx + mu I) B and likewise Q~_ux.
     It penalises the step's effect on the next state rather than the input itself, so the damping
@@ -257,10 +316,11 @@ def backward_pass(A: np.ndarray, B: np.ndarray, derivs: RunningDerivatives,
     alpha = 1. (The textbook sum k^T Q_u is only right without clamping and with mu = 0: there
     the k terms of V_x cancel.)
     """
-    steps = U.shape[0]
-    eye = np.eye(STATE_DIM)
-    k = np.zeros((steps, INPUT_DIM))
-    K = np.zeros((steps, INPUT_DIM, STATE_DIM))
+    steps, m = U.shape
+    n = A.shape[1]
+    eye = np.eye(n)
+    k = np.zeros((steps, m))
+    K = np.zeros((steps, m, n))
     V_x, V_xx = final
     V_x = np.array(V_x, dtype=float)
     V_xx = np.array(V_xx, dtype=float)
@@ -276,17 +336,18 @@ def backward_pass(A: np.ndarray, B: np.ndarray, derivs: RunningDerivatives,
         Q_uu = derivs.l_uu[t] + B_t.T @ V_xx @ B_t
         Q_ux = derivs.l_ux[t] + B_t.T @ V_xx @ A_t
         V_reg = V_xx + mu * eye
-        Q_uu_reg = float((derivs.l_uu[t] + B_t.T @ V_reg @ B_t)[0, 0])
+        Q_uu_reg = derivs.l_uu[t] + B_t.T @ V_reg @ B_t
         Q_ux_reg = derivs.l_ux[t] + B_t.T @ V_reg @ A_t
-        if not (math.isfinite(Q_uu_reg) and Q_uu_reg > 0.0):
-            return BackwardPass(k, K, (dV1, 0.0), failed_at=t, Q_uu_failed=Q_uu_reg)
-        # Box QP for the scalar input: min_du 1/2 Q_uu du^2 + Q_u du, U_t + du in [-u_max, u_max].
-        k_free = -float(Q_u[0]) / Q_uu_reg
-        lower, upper = -u_max - float(U[t, 0]), u_max - float(U[t, 0])
-        k_t = min(max(k_free, lower), upper)
-        clamped = k_free < lower or k_free > upper
-        k[t, 0] = k_t
-        K[t] = 0.0 if clamped else -Q_ux_reg / Q_uu_reg
+        if not _positive_definite(Q_uu_reg):
+            smallest = (float(np.linalg.eigvalsh(Q_uu_reg)[0])
+                        if np.all(np.isfinite(Q_uu_reg)) else float("nan"))
+            return BackwardPass(k, K, (dV1, 0.0), failed_at=t, Q_uu_failed=smallest)
+        # Box QP: min_du 1/2 du^T Q~_uu du + Q_u^T du, U_t + du in [-u_max, u_max].
+        k[t], free = box_qp(Q_uu_reg, Q_u, -u_max - U[t], u_max - U[t])
+        if m == 1:  # the closed form: a division (a solve would round differently)
+            K[t] = -Q_ux_reg / float(Q_uu_reg[0, 0]) if free[0] else 0.0
+        elif free.any():
+            K[t][free] = -np.linalg.solve(Q_uu_reg[np.ix_(free, free)], Q_ux_reg[free])
         K_t, k_v = K[t], k[t]
         dV1 += float(k_v @ q_u)
         change += float(k_v @ Q_u + 0.5 * k_v @ Q_uu @ k_v)
@@ -302,7 +363,7 @@ def backward_pass(A: np.ndarray, B: np.ndarray, derivs: RunningDerivatives,
 class _Mu:
     """Tassa's schedule: mu moves by a factor that itself grows while moving the same way."""
 
-    def __init__(self, config: ILQRConfig) -> None:
+    def __init__(self, config: Settings) -> None:
         self.config = config
         self.mu = config.mu_init
         self.delta = 1.0
@@ -323,14 +384,13 @@ class _Mu:
 
 
 def _linearize(dynamics: Dynamics, X: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    steps = U.shape[0]
+    (steps, m), n = U.shape, X.shape[1]
     A, B = dynamics.linearize(X[:-1], U)
     A = np.asarray(A, dtype=float)
     B = np.asarray(B, dtype=float)
-    if A.shape != (steps, STATE_DIM, STATE_DIM) or B.shape != (steps, STATE_DIM, INPUT_DIM):
+    if A.shape != (steps, n, n) or B.shape != (steps, n, m):
         raise ILQRError(f"dynamics.linearize returned A {A.shape}, B {B.shape}; expected "
-                        f"({steps}, {STATE_DIM}, {STATE_DIM}) and ({steps}, {STATE_DIM}, "
-                        f"{INPUT_DIM})")
+                        f"({steps}, {n}, {n}) and ({steps}, {n}, {m})")
     for name, M in (("A", A), ("B", B)):
         bad = ~np.all(np.isfinite(M.reshape(steps, -1)), axis=1)
         if np.any(bad):
@@ -359,7 +419,8 @@ def _regularised_backward_pass(dynamics: Dynamics, cost: Cost, X: np.ndarray, U:
         mu.increase()
         if mu.exhausted:
             raise ILQRError(
-                f"Q_uu not positive definite at t={bp.failed_at} (Q_uu = {bp.Q_uu_failed:.3g}) "
+                f"Q_uu not positive definite at t={bp.failed_at} (smallest eigenvalue "
+                f"{bp.Q_uu_failed:.3g}) "
                 f"with mu > mu_max = {mu.config.mu_max:g}: the model has no usable input effect "
                 "(B ~ 0 with R = 0?)")
 
@@ -371,14 +432,15 @@ def _best_predicted_reduction(dV1: float, dV2: float) -> float:
 
 
 def _optimise(dynamics: Dynamics, cost: Cost, x0: np.ndarray, U: np.ndarray, u_max: float,
-              config: ILQRConfig, should_stop: StopCheck = None) -> tuple[ILQRPlan, bool]:
+              config: Settings, difference: Difference, should_stop: StopCheck = None
+              ) -> tuple[ILQRPlan, bool]:
     """The iLQR loop from U; also says whether U was already a stationary point."""
     X = rollout(dynamics, x0, U)
     J = _total(cost, X, U)
     history = [J]
     mu = _Mu(config)
     k = np.zeros_like(U)
-    K = np.zeros((U.shape[0], INPUT_DIM, STATE_DIM))
+    K = np.zeros((U.shape[0], U.shape[1], len(x0)))
     converged, stationary_start, message = False, False, "max_iterations reached"
     iterations = 0
     fresh = False  # do k, K belong to the current nominal (X, U)?
@@ -400,7 +462,7 @@ def _optimise(dynamics: Dynamics, cost: Cost, x0: np.ndarray, U: np.ndarray, u_m
             break
         accepted = False
         for alpha in config.line_search_alphas:
-            X_new, U_new = forward_pass(dynamics, x0, X, U, k, K, alpha, u_max)
+            X_new, U_new = forward_pass(dynamics, x0, X, U, k, K, alpha, u_max, difference)
             J_new = _total(cost, X_new, U_new)
             expected = -(alpha * dV1 + 0.5 * alpha * alpha * dV2)
             actual = J - J_new
@@ -433,13 +495,15 @@ def _optimise(dynamics: Dynamics, cost: Cost, x0: np.ndarray, U: np.ndarray, u_m
 
 
 def _solve_fixed(dynamics: Dynamics, cost: Cost, x0: np.ndarray, U0: np.ndarray, u_max: float,
-                 config: ILQRConfig, should_stop: StopCheck = None) -> ILQRPlan:
+                 config: Settings, difference: Difference, should_stop: StopCheck = None
+                 ) -> ILQRPlan:
     """One horizon: iLQR from U0, with the symmetry kick if U0 is a stationary point."""
-    plan, stationary = _optimise(dynamics, cost, x0, U0, u_max, config, should_stop)
+    plan, stationary = _optimise(dynamics, cost, x0, U0, u_max, config, difference,
+                                 should_stop)
     if not (stationary and config.symmetry_kick > 0.0):
         return plan
     U_kick = np.clip(U0 + config.symmetry_kick, -u_max, u_max)
-    kicked, _ = _optimise(dynamics, cost, x0, U_kick, u_max, config, should_stop)
+    kicked, _ = _optimise(dynamics, cost, x0, U_kick, u_max, config, difference, should_stop)
     best = kicked if kicked.cost < plan.cost else plan
     note = "symmetry kick" if best is kicked else "symmetry kick rejected"
     return dataclasses.replace(
@@ -447,26 +511,26 @@ def _solve_fixed(dynamics: Dynamics, cost: Cost, x0: np.ndarray, U0: np.ndarray,
         message=f"{best.message} ({note}: initial guess was stationary)")
 
 
-def solve(dynamics: Dynamics, cost: Cost, x0: np.ndarray, u_max: float,
-          horizon: int | None = None, U_init: np.ndarray | None = None,
-          config: ILQRConfig | None = None, should_stop: StopCheck = None) -> ILQRPlan:
+def solve(dynamics: Dynamics, cost: Cost, x0: np.ndarray, u_max: float, config: Settings,
+          horizon: int | None = None, U_init: np.ndarray | None = None, input_dim: int = 1,
+          difference: Difference = subtract, should_stop: StopCheck = None) -> ILQRPlan:
     """Minimise J(x0, U) over T = horizon steps s.t. x_{t+1} = f(x_t, u_t), |u_t| <= u_max.
 
-    U_init (T0, 1) with T0 <= T is the initial guess, clipped into the box (box-DDP needs a
-    feasible nominal). Without it the guess is zeros of length continuation_start (or T when
-    that is 0). While the guess is shorter than T, the plan is solved, extended by
-    continuation_step zero inputs, and solved again from there (horizon continuation): a cold
-    60-step swing-up solve otherwise settles in local minima where the pole passes the top and
-    falls, because the linearisation about a falling nominal cannot see the catch.
+    x0 (n,) fixes the state size; U_init (T0, m) with T0 <= T is the initial guess, clipped into
+    the box (box-DDP needs a feasible nominal). Without it the guess is zeros of m = input_dim
+    inputs and length continuation_start (or T when that is 0). While the guess is shorter than
+    T, the plan is solved, extended by continuation_step zero inputs, and solved again from
+    there (horizon continuation): a cold 60-step cart-pole swing-up otherwise settles in local
+    minima where the pole passes the top and falls, because the linearisation about a falling
+    nominal cannot see the catch.
     If a guess is a stationary point of J (the pole hanging at rest with U = 0: a
     direction-neutral cost has zero gradient there by symmetry), that stage is also solved from
     guess + symmetry_kick and the better plan kept; the kick only breaks the tie between the two
-    mirror-image swing-ups. Raises ILQRError on a degenerate model; all loops are bounded.
-    `should_stop` is asked at every iteration (a node shutting down must not wait for a plan):
-    True raises Cancelled.
+    mirror-image swing-ups. `difference` is the plant's state difference (see the module doc).
+    Raises ILQRError on a degenerate model; all loops are bounded. `should_stop` is asked at
+    every iteration (a node shutting down must not wait for a plan): True raises Cancelled.
     """
-    config = ILQRConfig() if config is None else config
-    x0 = np.asarray(x0, dtype=float).reshape(STATE_DIM)
+    x0 = np.asarray(x0, dtype=float).reshape(-1)
     if not np.all(np.isfinite(x0)):
         raise ILQRError(f"x0 is non-finite: {x0}")
     if not (math.isfinite(u_max) and u_max > 0.0):
@@ -475,19 +539,20 @@ def solve(dynamics: Dynamics, cost: Cost, x0: np.ndarray, u_max: float,
         if horizon is None or horizon < 1:
             raise ValueError("give U_init or a positive horizon")
         start = config.continuation_start or horizon
-        U = np.zeros((min(start, horizon), INPUT_DIM))
+        U = np.zeros((min(start, horizon), input_dim))
     else:
-        U = np.clip(np.asarray(U_init, dtype=float).reshape(-1, INPUT_DIM), -u_max, u_max)
+        U_init = np.asarray(U_init, dtype=float)
+        U = np.clip(U_init.reshape(len(U_init), -1), -u_max, u_max)
         horizon = U.shape[0] if horizon is None else horizon
         if not 1 <= U.shape[0] <= horizon:
             raise ValueError(f"U_init has {U.shape[0]} steps, horizon is {horizon}")
 
     stages: list[tuple[int, int, float]] = []
     while True:  # bounded: the horizon grows by continuation_step >= 1 each stage
-        plan = _solve_fixed(dynamics, cost, x0, U, u_max, config, should_stop)
+        plan = _solve_fixed(dynamics, cost, x0, U, u_max, config, difference, should_stop)
         stages.append((plan.horizon, plan.iterations, plan.cost))
         if plan.horizon >= horizon:
             break
         grow = min(config.continuation_step, horizon - plan.horizon)
-        U = np.concatenate([plan.U, np.zeros((grow, INPUT_DIM))])
+        U = np.concatenate([plan.U, np.zeros((grow, U.shape[1]))])
     return dataclasses.replace(plan, iterations=sum(s[1] for s in stages), stages=tuple(stages))

@@ -27,27 +27,14 @@ All functions broadcast over leading axes, so a whole trajectory is one numpy ca
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from .cartpole import INPUT_DIM, P, PDOT, STATE_DIM, THETA, THETADOT
 from .config import ERROR_DIM, HESSIANS, ILQRConfig
-# State layout (core/cartpole.py) and error-feature layout.
-STATE_DIM = 4
-INPUT_DIM = 1
-P, PDOT, THETA, THETADOT = range(STATE_DIM)
+from .ilqr import RunningDerivatives
+
+# The error-feature layout (the state layout is cartpole.py's).
 E_P, E_PDOT, E_COS, E_SIN, E_THETADOT = range(ERROR_DIM)
-
-
-@dataclass(frozen=True)
-class RunningDerivatives:
-    """Derivatives of the running cost along a trajectory of T steps (input dimension 1)."""
-
-    l_x: np.ndarray   # (T, 4)
-    l_u: np.ndarray   # (T, 1)
-    l_xx: np.ndarray  # (T, 4, 4)
-    l_uu: np.ndarray  # (T, 1, 1)
-    l_ux: np.ndarray  # (T, 1, 4)
 
 
 class SwingUpCost:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .cancel import StopCheck, check
+from .cartpole import STATE_DIM
 from .config import CostConfig, OptimizerConfig
 from .model import SpeedIntegrationModel
 from .policy import SquashedRBFPolicy
@@ -170,7 +171,8 @@ def torch_dtype(name: str) -> torch.dtype:
 def initial_particles(particles: int, std: float, rng: np.random.Generator,
                       dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
     """x0 ~ N(0, std^2 I): the pole hanging down, as each real trial starts."""
-    return torch.as_tensor(rng.normal(0.0, std, size=(particles, 4)), dtype=dtype, device=device)
+    return torch.as_tensor(rng.normal(0.0, std, size=(particles, STATE_DIM)), dtype=dtype,
+                           device=device)
 
 
 def model_costs(policies: Sequence[SquashedRBFPolicy], model: SpeedIntegrationModel,

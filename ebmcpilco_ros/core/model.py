@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .cancel import StopCheck
+from .cartpole import P, PDOT, POSITIONS, STATE_DIM, THETA, THETADOT, VELOCITIES
 from .config import ModelConfig
 from .gp import GPFitError, GPPosterior, SEHyperparameters, fit_gp
 from .trial import Trial
@@ -29,8 +30,8 @@ TARGET_NAMES = ("delta_pdot", "delta_thetadot")
 
 def gp_inputs(states: np.ndarray, inputs: np.ndarray) -> np.ndarray:
     """x~ = [p, pdot, thetadot, sin theta, cos theta, u] for states (..., 4), inputs (...)."""
-    theta = states[..., 2]
-    return np.stack([states[..., 0], states[..., 1], states[..., 3], np.sin(theta),
+    theta = states[..., THETA]
+    return np.stack([states[..., P], states[..., PDOT], states[..., THETADOT], np.sin(theta),
                      np.cos(theta), np.asarray(inputs, dtype=float)], axis=-1)
 
 
@@ -43,7 +44,7 @@ def training_data(trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray]:
         trial.check_finite()  # non-finite data is never fitted
         s = trial.states
         xs.append(gp_inputs(s[:-1], trial.inputs))
-        ys.append(s[1:, [1, 3]] - s[:-1, [1, 3]])
+        ys.append(s[1:, VELOCITIES] - s[:-1, VELOCITIES])
     if not xs:
         raise ValueError("no usable trials to fit the model on")
     return np.concatenate(xs), np.concatenate(ys)
@@ -91,10 +92,9 @@ class SpeedIntegrationModel:
     def _integrate(self, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
         dt = self.dt
         out = np.empty_like(x)
-        out[:, 1] = x[:, 1] + delta[:, 0]
-        out[:, 3] = x[:, 3] + delta[:, 1]
-        out[:, 0] = x[:, 0] + dt * x[:, 1] + 0.5 * dt * delta[:, 0]
-        out[:, 2] = x[:, 2] + dt * x[:, 3] + 0.5 * dt * delta[:, 1]
+        for i, (q, v) in enumerate(zip(POSITIONS, VELOCITIES)):  # GP i: the change of v
+            out[:, v] = x[:, v] + delta[:, i]
+            out[:, q] = x[:, q] + dt * x[:, v] + 0.5 * dt * delta[:, i]
         return out
 
     def linearize(self, X: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,28 +106,25 @@ class SpeedIntegrationModel:
         U = np.asarray(U, dtype=float).reshape(len(X))
         xin = gp_inputs(X, U)
         T = len(X)
-        theta = X[:, 2]
-        G = np.zeros((T, 6, 5))
-        G[:, 0, 0] = 1.0                 # p
-        G[:, 1, 1] = 1.0                 # pdot
-        G[:, 2, 3] = 1.0                 # thetadot
-        G[:, 3, 2] = np.cos(theta)       # sin theta
-        G[:, 4, 2] = -np.sin(theta)      # cos theta
-        G[:, 5, 4] = 1.0                 # u
+        theta = X[:, THETA]
+        U_COL = STATE_DIM                # the input's column of d/d(x, u)
+        G = np.zeros((T, len(INPUT_NAMES), STATE_DIM + 1))
+        G[:, 0, P] = 1.0                 # p
+        G[:, 1, PDOT] = 1.0              # pdot
+        G[:, 2, THETADOT] = 1.0          # thetadot
+        G[:, 3, THETA] = np.cos(theta)   # sin theta
+        G[:, 4, THETA] = -np.sin(theta)  # cos theta
+        G[:, 5, U_COL] = 1.0             # u
         D = [np.einsum("td,tdk->tk", gp.mean_gradient(xin), G) for gp in self.gps]  # (T, 5)
         dt = self.dt
-        J = np.zeros((T, 4, 5))
-        J[:, 0, :] = 0.5 * dt * D[0]
-        J[:, 1, :] = D[0]
-        J[:, 2, :] = 0.5 * dt * D[1]
-        J[:, 3, :] = D[1]
-        J[:, 0, 0] += 1.0
-        J[:, 0, 1] += dt
-        J[:, 1, 1] += 1.0
-        J[:, 2, 2] += 1.0
-        J[:, 2, 3] += dt
-        J[:, 3, 3] += 1.0
-        return J[:, :, :4], J[:, :, 4:]
+        J = np.zeros((T, STATE_DIM, STATE_DIM + 1))
+        for i, (q, v) in enumerate(zip(POSITIONS, VELOCITIES)):
+            J[:, q, :] = 0.5 * dt * D[i]     # q' = q + dt v + dt/2 Delta_i
+            J[:, v, :] = D[i]                # v' = v + Delta_i
+            J[:, q, q] += 1.0
+            J[:, q, v] += dt
+            J[:, v, v] += 1.0
+        return J[:, :, :STATE_DIM], J[:, :, STATE_DIM:]
 
     def predictive_variance(self, X: np.ndarray, U: np.ndarray) -> np.ndarray:
         """Latent variance of (Delta pdot, Delta thetadot) at (X, U): (T, 2)."""

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .cartpole import P, PDOT, THETA, THETADOT
 from .config import PolicyConfig
 from .policy_numpy import POLICY_FORMAT, POLICY_INPUTS, PolicyParameters
 
@@ -26,8 +27,9 @@ _QUARTER_TURN = (0.0, math.pi / 2)  # sin(theta + pi/2) = cos(theta): one sin ca
 def state_features(states: Tensor) -> Tensor:
     """x^ = [p, pdot, thetadot, sin theta, cos theta] from states (..., 4)."""
     offsets = states.new_tensor(_QUARTER_TURN)
-    sincos = torch.sin(states[..., 2:3] + offsets)
-    return torch.cat([states[..., 0:2], states[..., 3:4], sincos], dim=-1)
+    sincos = torch.sin(states[..., THETA:THETA + 1] + offsets)
+    return torch.cat([states[..., P:PDOT + 1], states[..., THETADOT:THETADOT + 1], sincos],
+                     dim=-1)
 
 
 def rbf_activations(features: Tensor, centres: Tensor, inv_ls: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .cancel import StopCheck, check
+from .cartpole import STATE_DIM
 from .config import PolicyConfig, PretrainConfig
 from .ilqr import ILQRPlan
 from .policy import SquashedRBFPolicy, state_features
@@ -45,8 +46,8 @@ def plan_training_pairs(plan: ILQRPlan, config: PretrainConfig,
     X, U, K = plan.X[:-1], plan.U[:, 0], plan.K[:, 0, :]
     T = len(U)
     n = config.samples_per_step
-    d = rng.normal(size=(T, n, 4)) * np.asarray(config.perturbation)
-    xs = np.concatenate([X, (X[:, None, :] + d).reshape(-1, 4)])
+    d = rng.normal(size=(T, n, STATE_DIM)) * np.asarray(config.perturbation)
+    xs = np.concatenate([X, (X[:, None, :] + d).reshape(-1, STATE_DIM)])
     us = np.concatenate([U, (U[:, None] + np.einsum("tk,tnk->tn", K, d)).reshape(-1)])
     return xs, np.clip(us, -plan.u_max, plan.u_max)
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .config import CostConfig
+from .cartpole import P, PDOT, POSITIONS, STATE_DIM, THETA, THETADOT, VELOCITIES
 from .model import SpeedIntegrationModel
 from .policy import MAX_EXPONENT, SquashedRBFPolicy, state_features
 
@@ -80,10 +81,12 @@ class ParticleDynamics:
             V[i, :len(vf), :m] = vf
             sf2[i, 0] = gp.hyp.signal_std**2
         dt = model.dt
-        F = np.eye(4)
-        F[1, 0] = dt   # p += dt * pdot   (row = source component, column = destination)
-        F[3, 2] = dt   # theta += dt * thetadot
-        Gm = np.array([[0.5 * dt, 1.0, 0.0, 0.0], [0.0, 0.0, 0.5 * dt, 1.0]])
+        F = np.eye(STATE_DIM)  # row = source component, column = destination
+        Gm = np.zeros((G, STATE_DIM))
+        for i, (q, v) in enumerate(zip(POSITIONS, VELOCITIES)):  # GP i: the change of v
+            F[v, q] = dt           # q += dt v
+            Gm[i, q] = 0.5 * dt    # q += dt/2 Delta_i
+            Gm[i, v] = 1.0         # v += Delta_i
         c0 = np.log(sf2)[:, :, None] - 0.5 * (Z * Z).sum(-1)[:, None, :]     # (G, 1, N)
         ZT_aug = np.concatenate([Z.transpose(0, 2, 1), np.ones_like(c0), c0], axis=1) * _LOG2E
 
@@ -279,8 +282,8 @@ def torch_cost_and_gradient(ops: GradientOperands, dyn: ParticleDynamics, x0: Te
     x = x0
     xs_all = []
     for t in range(horizon):
-        sincos = torch.sin(x[:, 2:3] + offsets)                 # (M, 2)
-        f = torch.cat([x[:, 0:2], x[:, 3:4], sincos], dim=1)    # (M, 5)
+        sincos = torch.sin(x[:, THETA:THETA + 1] + offsets)     # (M, 2)
+        f = torch.cat([x[:, P:PDOT + 1], x[:, THETADOT:THETADOT + 1], sincos], dim=1)  # (M, 5)
         fs = f * il
         fs_aug = torch.cat([2.0 * fs, -(fs * fs).sum(1, keepdim=True), ones[0]], dim=1)
         # clamped: far-away centres would push float32 exp into its slow denormal range
@@ -293,10 +296,10 @@ def torch_cost_and_gradient(ops: GradientOperands, dyn: ParticleDynamics, x0: Te
         zs = torch.addcmul(-centre, z, inv_ls)                  # (G, M, 6)
         zs_aug = torch.cat([zs, -0.5 * (zs * zs).sum(-1, keepdim=True), ones], dim=-1)
         k = torch.bmm(zs_aug, ZT_aug).clamp_(min=-_MAX_EXPONENT2).exp2_()   # (G, M, N)
-        P = torch.bmm(k, VA)                                    # (G, M, r+1)
-        v = P[..., :r]
+        kVA = torch.bmm(k, VA)                                  # (G, M, r+1)
+        v = kVA[..., :r]
         vv = (v * v).sum(-1)                                    # k^T K^-1 k (G, M)
-        mean = P[..., r]
+        mean = kVA[..., r]
         std = (sf2 - vv).clamp_min_(_MIN_VARIANCE).sqrt_()
         delta = torch.addcmul(mean, std, epsT[t])               # (G, M)
         x = torch.addmm(x @ dyn.F, delta.T, dyn.Gm)
@@ -304,13 +307,13 @@ def torch_cost_and_gradient(ops: GradientOperands, dyn: ParticleDynamics, x0: Te
         tape.append((fs, phi, s, tau, zs, k, v, vv, mean, std, sincos))
 
     X = torch.stack(xs_all)                                     # (H, M, 4)
-    e_th = (X[..., 2].abs() - math.pi) * inv_lt
-    e_p = X[..., 0] * inv_lp
+    e_th = (X[..., THETA].abs() - math.pi) * inv_lt
+    e_p = X[..., P] * inv_lp
     g = torch.exp(-e_th * e_th - e_p * e_p)                     # 1 - c
     cost_per_step = 1.0 - g.mean(1)
     gc = torch.zeros_like(X)                                    # dJ/dx_t from c(x_t)
-    gc[..., 0] = g * e_p * (2.0 * inv_lp / M)
-    gc[..., 2] = g * e_th * torch.sign(X[..., 2]) * (2.0 * inv_lt / M)
+    gc[..., P] = g * e_p * (2.0 * inv_lp / M)
+    gc[..., THETA] = g * e_th * torch.sign(X[..., THETA]) * (2.0 * inv_lt / M)
 
     V_sum = x0.new_zeros(6, w_eff.shape[0])   # sum_t [g_s ; g_s * fs]^T phi
     g_log_f = torch.zeros_like(il)            # sum_t sum_m g_fs * fs
@@ -337,7 +340,7 @@ def torch_cost_and_gradient(ops: GradientOperands, dyn: ParticleDynamics, x0: Te
         g_f = g_z[:, :5] + g_fs * il
         # features -> state: f = [p, pdot, thetadot, sin theta, cos theta]
         g_theta = g_f[:, 3] * sincos[:, 1] - g_f[:, 4] * sincos[:, 0]
-        g_feat_x = torch.stack([g_f[:, 0], g_f[:, 1], g_theta, g_f[:, 2]], dim=1)
+        g_feat_x = torch.stack([g_f[:, 0], g_f[:, 1], g_theta, g_f[:, 2]], dim=1)  # P..THETADOT
         gx = gx @ FT + g_feat_x                                 # dJ/dx_t
     return cost_per_step, x, V_sum, g_log_f
 

@@ -7,6 +7,7 @@ from typing import Protocol
 import numpy as np
 
 from . import cartpole
+from .cartpole import STATE_DIM
 from .config import PlantConfig
 from .controllers import Controller
 from .trial import Trial
@@ -32,15 +33,15 @@ class SimulatedCartPole:
     def run(self, controller: Controller, kind: str = "policy", index: int = 0) -> Trial:
         plant, rng = self.plant, self.rng
         steps = plant.steps
-        x = rng.normal(0.0, plant.initial_state_std, size=4)
-        true = np.empty((steps + 1, 4))
-        measured = np.empty((steps + 1, 4))
+        x = rng.normal(0.0, plant.initial_state_std, size=STATE_DIM)
+        true = np.empty((steps + 1, STATE_DIM))
+        measured = np.empty((steps + 1, STATE_DIM))
         inputs = np.empty(steps)
         controller.reset()
         started = time.perf_counter()
         for t in range(steps + 1):
             true[t] = x
-            measured[t] = x + rng.normal(0.0, plant.sensor_noise_std, size=4)
+            measured[t] = x + rng.normal(0.0, plant.sensor_noise_std, size=STATE_DIM)
             if t == steps:
                 break
             u = float(np.clip(controller(t, measured[t]), -plant.u_max, plant.u_max))

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from .cartpole import P, STATE_DIM, THETA, wrap_angle
 from .config import SuccessConfig
 from .validate import check_finite as check_array_finite
 from .validate import finite_array, is_integer
@@ -32,11 +33,11 @@ class Trial:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.states = np.asarray(self.states, dtype=float).reshape(-1, 4)
+        self.states = np.asarray(self.states, dtype=float).reshape(-1, STATE_DIM)
         self.inputs = np.asarray(self.inputs, dtype=float).reshape(-1)
         self.times = np.asarray(self.times, dtype=float).reshape(-1)
         if self.true_states is not None:
-            self.true_states = np.asarray(self.true_states, dtype=float).reshape(-1, 4)
+            self.true_states = np.asarray(self.true_states, dtype=float).reshape(-1, STATE_DIM)
         n = len(self.inputs)
         if len(self.states) != n + 1 or len(self.times) != n + 1:
             raise ValueError(f"trial needs T+1 states and times for T={n} inputs, got "
@@ -72,12 +73,12 @@ class Trial:
             raise ValueError(f"not a trial record of format {TRIAL_FORMAT}: {got!r}")
         states = finite_array(data, "states", ndim=2)
         steps = len(states) - 1
-        if steps < 0 or states.shape[1] != 4:
-            raise ValueError(f"trial record field 'states' must be (T+1, 4), got "
+        if steps < 0 or states.shape[1] != STATE_DIM:
+            raise ValueError(f"trial record field 'states' must be (T+1, {STATE_DIM}), got "
                              f"{states.shape}")
         inputs = finite_array(data, "inputs", shape=(steps,))
         times = finite_array(data, "times", shape=(steps + 1,))
-        true_states = (finite_array(data, "true_states", shape=(steps + 1, 4))
+        true_states = (finite_array(data, "true_states", shape=(steps + 1, STATE_DIM))
                        if data.get("true_states") is not None else None)
         for name in ("kind", "index"):
             if name not in data:
@@ -115,14 +116,14 @@ def swing_up_success(trial: Trial, criterion: SuccessConfig) -> bool:
     """Solved if over the final `window` seconds |p| < p_tol and ||theta| - pi| < theta_tol.
 
     Uses the noise-free trajectory when the system provides it, else the measured one. The angle
-    is wrapped to (-pi, pi] first, so either direction of swing-up counts.
+    is wrapped to [-pi, pi) first, so either direction of swing-up counts.
     """
     x = trial.true_states if trial.true_states is not None else trial.states
     if trial.failed or len(x) == 0:
         return False
     t_end = trial.times[-1]
     in_window = trial.times >= t_end - criterion.window - 1e-9
-    p = x[in_window, 0]
-    theta = np.angle(np.exp(1j * x[in_window, 2]))
+    p = x[in_window, P]
+    theta = wrap_angle(x[in_window, THETA])
     return bool(np.all(np.abs(p) < criterion.p_tol)
                 and np.all(np.abs(np.abs(theta) - np.pi) < criterion.theta_tol))
