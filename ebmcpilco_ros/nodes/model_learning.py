@@ -25,11 +25,11 @@ from std_msgs.msg import String
 from ..core.cancel import Cancelled
 from ..core.model import SpeedIntegrationModel
 from ..core.trial import TRIAL_FORMAT, Trial
-from .names import (ANSWER_EVENTS, FIT_REQUEST_FORMAT, FIT_REQUEST_TOPIC, MODEL_EVENTS_TOPIC,
+from .names import (FIT_REQUEST_FORMAT, FIT_REQUEST_TOPIC, MODEL_EVENTS_TOPIC,
                     MODEL_TOPIC, STATUS_FORMAT, STATUS_TOPIC, TRIAL_RECORDS_TOPIC)
 from .qos import latched_qos, reliable_qos
-from .codec import decode, encode, event
-from .requests import Answers
+from .codec import decode, encode
+from .requests import Answer, RequestServer
 from .health import Diagnostics, Heartbeat
 from .process import GraphNode, preload_lazy_imports, run_node, set_torch_threads
 from .hygiene import Refusals, record_label
@@ -134,9 +134,6 @@ class ModelLearningNode(GraphNode):
         self.refusals = Refusals(self.get_logger().warning,
                                  ("records", "fit_requests", "statuses"))
         self.version = 0
-        self.busy: str | None = None
-        self.stopping = threading.Event()  # shutdown: the fit checks it every iteration
-        self.worker: threading.Thread | None = None
         self.last_fit_s = 0.0
         depth = self.names.record_depth
         self.model_pub = self.create_publisher(String, MODEL_TOPIC, latched_qos())
@@ -148,17 +145,13 @@ class ModelLearningNode(GraphNode):
         # Volatile: a status from before this node started names no run it holds.
         self.create_subscription(String, STATUS_TOPIC, self._on_status,
                                  reliable_qos(self.names.status_depth))
-        self.answers = Answers(depth)
+        self.requests = RequestServer(NAME, self.events_pub.publish, depth,
+                                      lambda busy: f"busy fitting for request {busy}")
         self.heartbeat = Heartbeat(self, NAME, self.names,
-                                   lambda: {"busy": self.busy, "trials": len(self.dataset),
+                                   lambda: {"busy": self.requests.busy,
+                                            "trials": len(self.dataset),
                                             "model_version": self.version})
         self.diagnostics = Diagnostics(self, self.names, self._report)
-
-    def _send_event(self, request_id: str, kind: str, **fields: Any) -> None:
-        payload = event(NAME, request_id, kind, **fields)
-        if kind in ANSWER_EVENTS:
-            self.answers.record(request_id, payload)
-        self.events_pub.publish(encode(payload))
 
     def _on_record(self, msg: String) -> None:
         """Keep a record once; a malformed or non-finite one (Trial.from_dict) is refused:
@@ -214,38 +207,17 @@ class ModelLearningNode(GraphNode):
         except ValueError as exc:
             self.refusals.refuse("fit_requests", f"a fit request on {FIT_REQUEST_TOPIC}", exc)
             return
-        answered = self.answers.get(request_id)
-        if answered is not None:  # the same request again: the same answer
-            self.events_pub.publish(encode(answered))
+        if self.requests.answer_again(request_id):
             return
         with self.lock:
-            if self.stopping.is_set():
-                reason = f"{NAME} is shutting down"
-            elif self.busy is not None:
-                reason = f"busy fitting for request {self.busy}"
-            elif not keys:
-                reason = "the request names no trials"
-            else:
-                reason = None
             trials, missing = self.dataset.lookup(req.run_id, keys)
-            if reason is None and not missing:
-                self.busy = request_id
-        if reason is not None:
-            self._send_event(request_id, "refused", reason=reason)
-        elif missing:
-            self._send_event(request_id, "missing", missing=missing)
-        else:
-            with self.lock:  # started under the lock: close() joins whatever runs
-                if self.stopping.is_set():
-                    self.busy = None
-                else:
-                    self._send_event(request_id, "accepted", trials=len(trials))
-                    self.worker = threading.Thread(target=self._fit,
-                                                   args=(request_id, req, keys, trials),
-                                                   name="fit", daemon=True)
-                    self.worker.start()
-                    return
-            self._send_event(request_id, "refused", reason=f"{NAME} is shutting down")
+
+        def check() -> Answer | None:
+            if not keys:
+                return "refused", {"reason": "the request names no trials"}
+            return ("missing", {"missing": missing}) if missing else None
+        self.requests.start(request_id, lambda: self._fit(request_id, req, keys, trials), "fit",
+                            check, trials=len(trials))
 
     def _fit(self, request_id: str, req: FitRequest, keys: list[str],
              trials: list[Trial]) -> None:
@@ -254,7 +226,7 @@ class ModelLearningNode(GraphNode):
             version = self.version + 1
             model = SpeedIntegrationModel.fit(trials, self.config.plant.control_period,
                                               self.config.model, version=version,
-                                              should_stop=self.stopping.is_set)
+                                              should_stop=self.requests.cancel.is_set)
             self.last_fit_s = time.perf_counter() - started
             self.version = version
             self.model_pub.publish(encode(ModelUpdate(
@@ -265,19 +237,17 @@ class ModelLearningNode(GraphNode):
                                    f"{self.last_fit_s:.1f} s")
         except Cancelled as exc:
             self.get_logger().info(f"fit {request_id} {exc} ({NAME} shutting down)")
-            self._send_event(request_id, "failed", reason=f"{exc} ({NAME} shutting down)",
-                             cancelled=True)
+            self.requests.send(request_id, "failed", reason=f"{exc} ({NAME} shutting down)",
+                               cancelled=True)
         except Exception as exc:  # noqa: BLE001 - logged here and reported to the requester
             reason = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"fit {request_id} on {len(keys)} trials failed: {reason}")
-            self._send_event(request_id, "failed", reason=reason)
-        finally:
-            with self.lock:
-                self.busy = None
+            self.requests.send(request_id, "failed", reason=reason)
 
     def _report(self) -> tuple[str, str, dict[str, Any]]:
+        busy = self.requests.busy
         with self.lock:
-            data, busy = self.dataset, self.busy
+            data = self.dataset
             values = {"trials": len(data), "runs": len(data.runs),
                       "duplicates_ignored": data.duplicates, "runs_forgotten": data.forgotten,
                       "records_of_ended_runs": data.ignored}
@@ -287,10 +257,7 @@ class ModelLearningNode(GraphNode):
 
     def close(self) -> None:
         """Stop the running fit (it checks the flag at every iteration) and wait for it."""
-        with self.lock:
-            self.stopping.set()
-            worker = self.worker
-        self.join_worker(worker, "the fit worker")
+        self.join_worker(self.requests.close(), "the fit worker")
 
 
 def main(args: Sequence[str] | None = None) -> int:

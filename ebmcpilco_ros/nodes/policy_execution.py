@@ -32,11 +32,11 @@ from std_srvs.srv import Trigger
 from ..core import cartpole
 from ..core.controllers import Controller, controller_from_dict
 from ..core.trial import Trial
-from .names import (ANSWER_EVENTS, EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TOPIC,
+from .names import (EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TOPIC,
                     TRIAL_RECORDS_TOPIC, TRIAL_REQUEST_FORMAT, TRIAL_REQUEST_TOPIC)
 from .qos import reliable_qos, sensor_qos
-from .codec import decode, encode, event
-from .requests import Answers
+from .codec import decode, encode
+from .requests import RequestServer
 from .health import Diagnostics, Heartbeat
 from .sampling import SampleReader, sampler_node, set_dds_receive_priority, set_realtime_priority
 from .process import GraphNode, run_node
@@ -119,7 +119,9 @@ class PolicyExecution(GraphNode):
         self.events_pub = self.create_publisher(String, EXECUTION_EVENTS_TOPIC,
                                                 reliable_qos(depth))
         self.records_pub = self.create_publisher(String, TRIAL_RECORDS_TOPIC, reliable_qos(depth))
-        self.answers = Answers(depth)
+        # answers and events only: a trial's own lifecycle (started, finished, abort) is here
+        self.requests = RequestServer(NAME, self.events_pub.publish, depth,
+                                      lambda busy: f"a trial is already running (request {busy})")
         self.sampler = sampler_node(self)
         self.state_reader = SampleReader(self.sampler, JointState,
                                          self.resolve_topic_name(self.names.state_topic),
@@ -200,10 +202,7 @@ class PolicyExecution(GraphNode):
 
     # -- requests -------------------------------------------------------------------------------
     def _send_event(self, request_id: str, kind: str, **fields: Any) -> None:
-        payload = event(NAME, request_id, kind, **fields)
-        if kind in ANSWER_EVENTS:
-            self.answers.record(request_id, payload)
-        self.events_pub.publish(encode(payload))
+        self.requests.send(request_id, kind, **fields)
 
     def _on_request(self, msg: String) -> None:
         try:
@@ -212,9 +211,7 @@ class PolicyExecution(GraphNode):
         except ValueError as exc:
             self.refusals.refuse("requests", "a trial request", exc)
             return
-        answered = self.answers.get(request_id)
-        if answered is not None:  # the same request again: the same answer
-            self.events_pub.publish(encode(answered))
+        if self.requests.answer_again(request_id):
             return
         reason = self._refusal()
         if reason is None:

@@ -26,12 +26,12 @@ from ..core.mcpilco import torch_dtype
 from ..core.native_rollout import (NativeKernelUnavailable, native_applies, resolve_backend,
                                    unavailable_reason)
 from ..core.model import SpeedIntegrationModel
-from .names import (ANSWER_EVENTS, CONTROLLER_TOPIC, MODEL_TOPIC, MODEL_UPDATE_FORMAT,
+from .names import (CONTROLLER_TOPIC, MODEL_TOPIC, MODEL_UPDATE_FORMAT,
                     OPTIMIZATION_CANCEL_SERVICE, OPTIMIZATION_EVENTS_TOPIC,
                     OPTIMIZATION_REQUEST_FORMAT, OPTIMIZATION_REQUEST_TOPIC)
 from .qos import latched_qos, reliable_qos
-from .codec import decode, encode, event
-from .requests import Answers
+from .codec import decode, encode
+from .requests import RequestServer
 from .health import Diagnostics, Heartbeat
 from .process import GraphNode, preload_lazy_imports, run_node, set_torch_threads
 from .hygiene import Refusals
@@ -82,11 +82,6 @@ class PolicyOptimizationNode(GraphNode):
         self.models: dict[str, ModelUpdate] = {}  # fit request id -> model update
         self.models_cond = threading.Condition()
         self.refusals = Refusals(self.get_logger().warning, ("models", "requests"))
-        self.lock = threading.Lock()
-        self.busy: str | None = None
-        self.cancel = threading.Event()   # abort (the trial manager) or shutdown
-        self.closing = False
-        self.worker: threading.Thread | None = None
         self.run_id: str | None = None
         self.optimizer: LocalPolicyOptimization | None = None
         self.version = 0
@@ -102,9 +97,11 @@ class PolicyOptimizationNode(GraphNode):
         self.create_subscription(String, OPTIMIZATION_REQUEST_TOPIC, self._on_request,
                                  reliable_qos(depth))
         self.create_service(Trigger, OPTIMIZATION_CANCEL_SERVICE, self._on_cancel)
-        self.answers = Answers(depth)
+        self.requests = RequestServer(NAME, self.events_pub.publish, depth,
+                                      lambda busy: f"busy with optimisation request {busy}")
+        self.cancel = self.requests.cancel   # abort (the trial manager) or shutdown
         self.heartbeat = Heartbeat(self, NAME, self.names,
-                                   lambda: {"busy": self.busy,
+                                   lambda: {"busy": self.requests.busy,
                                             "device": self.config.optimizer.device,
                                             "backend": self.backend})
         self.diagnostics = Diagnostics(self, self.names, self._report)
@@ -115,12 +112,6 @@ class PolicyOptimizationNode(GraphNode):
                 and native_applies(torch_dtype(opt.dtype), opt.device)):
             self.get_logger().warning(f"native rollout kernel unavailable, the torch rollout "
                                       f"is 2-3x slower: {unavailable_reason()}")
-
-    def _send_event(self, request_id: str, kind: str, **fields: Any) -> None:
-        payload = event(NAME, request_id, kind, **fields)
-        if kind in ANSWER_EVENTS:
-            self.answers.record(request_id, payload)
-        self.events_pub.publish(encode(payload))
 
     def _on_model(self, msg: String) -> None:
         try:
@@ -146,36 +137,21 @@ class PolicyOptimizationNode(GraphNode):
         except ValueError as exc:
             self.refusals.refuse("requests", "an optimisation request", exc)
             return
-        answered = self.answers.get(request_id)
-        if answered is not None:  # the same request again: the same answer
-            self.events_pub.publish(encode(answered))
+        if self.requests.answer_again(request_id):
             return
         try:
             req = OptimizationRequestPayload.from_dict(req)
             request = OptimizationRequest(**req.request)
         except (ValueError, KeyError, TypeError) as exc:
             self.refusals.refuse("requests", f"optimisation request {request_id[:80]!r}", exc)
-            self._send_event(request_id, "refused", reason=f"malformed request: {exc}")
+            self.requests.send(request_id, "refused", reason=f"malformed request: {exc}")
             return
-        with self.lock:
-            if self.closing:
-                self._send_event(request_id, "refused", reason=f"{NAME} is shutting down")
-                return
-            if self.busy is not None:
-                self._send_event(request_id, "refused",
-                                 reason=f"busy with optimisation request {self.busy}")
-                return
-            self.busy = request_id
-            self.cancel.clear()
-            # started under the lock: close() joins whatever runs
-            self._send_event(request_id, "accepted", phase=request.phase)
-            self.worker = threading.Thread(target=self._optimize, args=(request_id, req, request),
-                                           name="optimize", daemon=True)
-            self.worker.start()
+        self.requests.start(request_id, lambda: self._optimize(request_id, req, request),
+                            "optimize", phase=request.phase)
 
     def _on_cancel(self, _request: Trigger.Request, response: Trigger.Response
                    ) -> Trigger.Response:
-        busy = self.busy
+        busy = self.requests.busy
         self.cancel.set()
         response.success = True
         response.message = (f"cancelling optimisation request {busy}" if busy
@@ -227,9 +203,9 @@ class PolicyOptimizationNode(GraphNode):
         limit = {"policy": self.step_limit, "pretrain": self.config.pretrain.steps}.get(stage)
         self.progress = {"stage": stage, **({"max_steps": limit} if limit else {})}
         self.iterations = 0
-        if self.busy:
+        if self.requests.busy:
             self._last_progress = time.monotonic()
-            self._send_event(self.busy, "progress", **self.progress)
+            self.requests.send(self.requests.busy, "progress", **self.progress)
 
     def _should_stop(self) -> bool:
         """Asked at every iteration of iLQR, pretraining and MC-PILCO. iLQR and pretraining
@@ -238,10 +214,10 @@ class PolicyOptimizationNode(GraphNode):
         if self.progress.get("stage") in ("ilqr", "pretrain"):
             self.iterations += 1
             now = time.monotonic()
-            if now - self._last_progress >= self.names.progress_period and self.busy:
+            if now - self._last_progress >= self.names.progress_period and self.requests.busy:
                 self._last_progress = now
                 self.progress = {**self.progress, "step": self.iterations - 1}
-                self._send_event(self.busy, "progress", **self.progress)
+                self.requests.send(self.requests.busy, "progress", **self.progress)
         return self.cancel.is_set()
 
     def _on_step(self, step: int, grad: Any, monitor: Any) -> None:
@@ -249,9 +225,9 @@ class PolicyOptimizationNode(GraphNode):
                          "lr": monitor.lr, "dropout": monitor.dropout,
                          **({"max_steps": self.step_limit} if self.step_limit else {})}
         now = time.monotonic()
-        if now - self._last_progress >= self.names.progress_period and self.busy:
+        if now - self._last_progress >= self.names.progress_period and self.requests.busy:
             self._last_progress = now
-            self._send_event(self.busy, "progress", **self.progress)
+            self.requests.send(self.requests.busy, "progress", **self.progress)
 
     def _optimize(self, request_id: str, req: OptimizationRequestPayload,
                   request: OptimizationRequest) -> None:
@@ -274,18 +250,15 @@ class PolicyOptimizationNode(GraphNode):
             self.get_logger().info(f"controller v{self.version} ({update.phase}, "
                                    f"{update.opt_steps} steps) for request {request_id}")
         except Cancelled as exc:
-            reason = f"{exc} ({NAME} shutting down)" if self.closing else str(exc)
+            reason = f"{exc} ({NAME} shutting down)" if self.requests.closing else str(exc)
             self.get_logger().info(f"optimisation {request_id} {reason}")
-            self._send_event(request_id, "failed", reason=reason, cancelled=True)
+            self.requests.send(request_id, "failed", reason=reason, cancelled=True)
         except Exception as exc:  # noqa: BLE001 - reported to the requester
             self.get_logger().error(f"optimisation {request_id} failed: {exc!r}")
-            self._send_event(request_id, "failed", reason=f"{type(exc).__name__}: {exc}")
-        finally:
-            with self.lock:
-                self.busy = None
+            self.requests.send(request_id, "failed", reason=f"{type(exc).__name__}: {exc}")
 
     def _report(self) -> tuple[str, str, dict[str, Any]]:
-        busy = self.busy
+        busy = self.requests.busy
         return "ok", (f"optimising for {busy}" if busy else "idle"), {
             "device": self.config.optimizer.device, "controller_version": self.version,
             **self.refusals.values(),
@@ -294,10 +267,7 @@ class PolicyOptimizationNode(GraphNode):
     def close(self) -> None:
         """Refuse new requests, cancel the running optimisation (its loops check the flag at
         every iteration) and wait for the worker, so no thread is inside torch at exit."""
-        with self.lock:
-            self.closing = True
-            worker = self.worker
-        self.cancel.set()
+        worker = self.requests.close()
         with self.models_cond:
             self.models_cond.notify_all()
         self.join_worker(worker, "the optimisation worker")

@@ -10,6 +10,9 @@ import threading
 import time
 from typing import Any, Callable
 
+from .codec import encode, event
+from .names import ANSWER_EVENTS
+
 
 class Answers:
     """The answer each recent request got: a request sent again (its first copy may have gone to
@@ -102,3 +105,87 @@ class Replies:
                     if gone:
                         raise RemoteError(f"{gone} while waiting for {what}")
                 self._cond.wait(min(left, poll))
+
+
+# -- the serving side ----------------------------------------------------------------------------
+Answer = tuple[str, dict[str, Any]]  # (event kind, its fields): an answer instead of accepting
+
+
+class RequestServer:
+    """The serving side of a node's requests, one at a time, each worked on in a thread.
+
+    accept / refuse: `start` answers at once: refused while the node is closing or busy (or
+    what `check` answers instead, e.g. model_learning's `missing`), else `accepted`, with the
+    worker started under the lock so that `close` joins whatever runs. feedback: `send(...,
+    "progress", ...)`. result: the node publishes it on its result topic, or `send(...,
+    "failed", ...)`. cancel: `cancel` is the flag the work checks (the node's cancel service
+    sets it, and `close`). A request sent again (its first copy may have reached a reader not
+    yet matched) gets its first answer (`answer_again`), never a second run.
+    """
+
+    def __init__(self, node_name: str, publish: Callable[[Any], None], depth: int,
+                 busy_reason: Callable[[str], str]) -> None:
+        self.node_name = node_name
+        self._publish = publish           # a publisher's publish: takes std_msgs/String
+        self.answers = Answers(depth)
+        self.busy_reason = busy_reason    # the refusal while busy with request <id>
+        self.lock = threading.Lock()
+        self.busy: str | None = None      # the request worked on
+        self.closing = False
+        self.cancel = threading.Event()   # abort or shutdown: the work checks it
+        self.worker: threading.Thread | None = None
+
+    def send(self, request_id: str, kind: str, **fields: Any) -> None:
+        """An event about `request_id`; an answer (accepted, refused, missing, failed, ...)
+        is remembered for a request sent again."""
+        payload = event(self.node_name, request_id, kind, **fields)
+        if kind in ANSWER_EVENTS:
+            self.answers.record(request_id, payload)
+        self._publish(encode(payload))
+
+    def answer_again(self, request_id: str) -> bool:
+        """A request answered before gets the same answer again (True); False if new."""
+        answered = self.answers.get(request_id)
+        if answered is None:
+            return False
+        self._publish(encode(answered))
+        return True
+
+    def start(self, request_id: str, work: Callable[[], None], thread_name: str,
+              check: Callable[[], Answer | None] | None = None, **accepted: Any) -> bool:
+        """Accept `request_id` and run `work` in a thread (True), or answer it otherwise:
+        refused when closing or busy, else what `check` (asked under the lock) answers."""
+        with self.lock:
+            answer: Answer | None = None
+            if self.closing:
+                answer = ("refused", {"reason": f"{self.node_name} is shutting down"})
+            elif self.busy is not None:
+                answer = ("refused", {"reason": self.busy_reason(self.busy)})
+            elif check is not None:
+                answer = check()
+            if answer is not None:
+                kind, fields = answer
+                self.send(request_id, kind, **fields)
+                return False
+            self.busy = request_id
+            self.cancel.clear()
+            self.send(request_id, "accepted", **accepted)
+            self.worker = threading.Thread(target=self._work, args=(work,), name=thread_name,
+                                           daemon=True)
+            self.worker.start()
+            return True
+
+    def _work(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        finally:
+            with self.lock:
+                self.busy = None
+
+    def close(self) -> threading.Thread | None:
+        """Refuse new requests and cancel the running one; the worker, for the node to join."""
+        with self.lock:
+            self.closing = True
+            worker = self.worker
+        self.cancel.set()
+        return worker

@@ -170,7 +170,9 @@ class TrialManager(GraphNode):
             self.refusals.refuse("events", f"an event on {topic}", exc, key=topic)
             return
         self.replies.post(ev.request_id, ev)
-        if ev.event == "progress":
+        # progress of a request nobody waits on (the optimiser's last steps after an abort)
+        # would land after the run's end in the status and log.jsonl
+        if ev.event == "progress" and self.replies.expecting(ev.request_id):
             self._publish_status("progress", progress=ev.extras())
 
     def _on_record(self, msg: String) -> None:
