@@ -1,9 +1,10 @@
 """Requests between nodes, in the vocabulary of ROS 2 actions: a request is *accepted* or
 *refused* at once (an event), may send *feedback* (progress events), ends with a *result* (a
 trial record, a model update, a controller update) or a *failed* event, and can be *cancelled*
-(a service). The serving side answers a request sent again with its first answer (`Answers`);
-the requesting side waits for what it asked for (`Replies`, in worker threads only, never the
-executor) and gives up when the peer is gone (health.PeerWatch), on abort or at a timeout."""
+(a service). The serving side (`RequestServer`) answers at once, a request sent again with its
+first answer (`Answers`), and works on one request at a time; the requesting side waits for
+what it asked for (`Replies`, in worker threads only, never the executor) and gives up when the
+peer is gone (health.PeerWatch), on abort or at a timeout."""
 from __future__ import annotations
 
 import threading
