@@ -5,9 +5,10 @@ import torch
 
 from ebmcpilco_ros.core import gp as gp_module
 from ebmcpilco_ros.core.config import ModelConfig
-from ebmcpilco_ros.core.gp import (GPFitError, GPPosterior, NotPositiveDefinite, SEHyperparameters,
-                                   fit_gp, fit_hyperparameters, negative_log_marginal_likelihood,
-                                   robust_cholesky, select_subset)
+from ebmcpilco_ros.core.gp import (GaussianLikelihood, GPFitError, GPPosterior,
+                                   NotPositiveDefinite, SEKernel, fit_gp, fit_hyperparameters,
+                                   negative_log_marginal_likelihood, robust_cholesky, se_kernel,
+                                   select_subset)
 
 
 def _data(n=150, noise=0.05, seed=0):
@@ -19,23 +20,23 @@ def _data(n=150, noise=0.05, seed=0):
 
 def test_gp_fits_known_function_and_recovers_hyperparameters():
     X, y, _ = _data()
-    hyp = fit_hyperparameters(X, y, ModelConfig())
-    assert 0.03 < hyp.noise_std < 0.08                   # true noise 0.05
-    assert hyp.lengthscales[1] > 5 * hyp.lengthscales[0]  # irrelevant input switched off
-    gp = GPPosterior.build(X, y, hyp)
+    kernel, likelihood = fit_hyperparameters(X, y, ModelConfig())
+    assert 0.03 < likelihood.noise_std < 0.08                  # true noise 0.05
+    assert kernel.lengthscales[1] > 5 * kernel.lengthscales[0]  # irrelevant input switched off
+    gp = GPPosterior.build(X, y, kernel, likelihood)
     Xt = np.random.default_rng(5).uniform(-2.5, 2.5, size=(200, 2))
     mean, var = gp.mean_and_variance(Xt)
     assert np.sqrt(np.mean((mean - np.sin(Xt[:, 0])) ** 2)) < 0.03
-    assert np.all(var >= 0) and np.all(var < hyp.signal_std**2)
+    assert np.all(var >= 0) and np.all(var < kernel.variance)
     # far from data the variance returns to the prior
     _, far = gp.mean_and_variance(np.array([[30.0, 0.0]]))
-    assert far[0] == pytest.approx(hyp.signal_std**2, rel=1e-6)
+    assert far[0] == pytest.approx(kernel.variance, rel=1e-6)
 
 
 def test_fit_lowers_the_negative_log_marginal_likelihood():
     X, y, _ = _data()
     cfg = ModelConfig()
-    hyp = fit_hyperparameters(X, y, cfg)
+    kernel, likelihood = fit_hyperparameters(X, y, cfg)
     Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
 
     def nlml(ls, sf, sn):
@@ -44,20 +45,20 @@ def test_fit_lowers_the_negative_log_marginal_likelihood():
             torch.log(torch.tensor(sn))))
     start = nlml(X.std(0) * cfg.init_lengthscale, y.std() * cfg.init_signal_std,
                  y.std() * cfg.init_noise_std)
-    assert nlml(hyp.lengthscales, hyp.signal_std, hyp.noise_std) < start - 0.1
+    assert nlml(kernel.lengthscales, kernel.signal_std, likelihood.noise_std) < start - 0.1
 
 
 def test_mean_jacobian_matches_autograd_and_finite_differences():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(40, 6))
     gp = GPPosterior.build(X, rng.normal(size=40),
-                           SEHyperparameters(rng.uniform(0.5, 2, 6), 0.8, 0.1))
+                           SEKernel(rng.uniform(0.5, 2, 6), 0.8), GaussianLikelihood(0.1))
     x = rng.normal(size=(7, 6))
     analytic = gp.mean_gradient(x)
     xt = torch.tensor(x, requires_grad=True)
     S = torch.as_tensor(gp.support)
-    d = (xt[:, None, :] - S[None]) / torch.as_tensor(gp.hyp.lengthscales)
-    k = gp.hyp.signal_std**2 * torch.exp(-0.5 * (d * d).sum(-1))
+    d = (xt[:, None, :] - S[None]) / torch.as_tensor(gp.kernel.lengthscales)
+    k = gp.kernel.signal_std**2 * torch.exp(-0.5 * (d * d).sum(-1))
     (k @ torch.as_tensor(gp.alpha)).sum().backward()
     np.testing.assert_allclose(analytic, xt.grad.numpy(), atol=1e-8, rtol=0)
     h = 1e-6
@@ -67,10 +68,11 @@ def test_mean_jacobian_matches_autograd_and_finite_differences():
 
 def test_sod_subset_shrinks_as_threshold_grows_and_keeps_accuracy():
     X, y, f = _data(n=300, noise=0.05)
-    hyp = fit_hyperparameters(X, y, ModelConfig())
-    sizes = [len(select_subset(X, hyp, thr, 10_000)) for thr in (0.1, 0.5, 1.0, 2.0)]
+    kernel, likelihood = fit_hyperparameters(X, y, ModelConfig())
+    sizes = [len(select_subset(X, kernel, likelihood, thr, 10_000))
+             for thr in (0.1, 0.5, 1.0, 2.0)]
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
-    assert len(select_subset(X, hyp, 0.5, 25)) == 25
+    assert len(select_subset(X, kernel, likelihood, 0.5, 25)) == 25
     gp = fit_gp(X, y, ModelConfig(sod_threshold=0.5))
     assert gp.size < 300
     assert np.sqrt(np.mean((gp.mean(X) - f) ** 2)) < 0.05
@@ -111,15 +113,16 @@ def test_fit_survives_a_line_search_step_whose_kernel_matrix_is_indefinite(monke
         X, y, config = _duplicated(*case)
         post = fit_gp(X, y, config)     # jitter where rounding makes K indefinite
         assert np.all(np.isfinite(post.alpha))
-        assert post.hyp.noise_std >= 0.999 * config.min_noise_std
+        assert post.likelihood.noise_std >= 0.999 * config.min_noise_std
         assert np.max(np.abs(post.mean(X) - y)) < 1e-2, case
         # Without any jitter, a step with an indefinite K gets a large loss and the line search
         # backs off: the fit still ends at usable hyperparameters.
         with monkeypatch.context() as m:
             m.setattr(gp_module, "_JITTER_LADDER", ())
-            hyp = fit_hyperparameters(X, y, config)
-        assert np.all(np.isfinite(hyp.lengthscales)) and np.isfinite(hyp.signal_std)
-        assert np.max(np.abs(GPPosterior.build(X, y, hyp).mean(X) - y)) < 1e-2, case
+            kernel, likelihood = fit_hyperparameters(X, y, config)
+        assert np.all(np.isfinite(kernel.lengthscales)) and np.isfinite(kernel.signal_std)
+        assert np.max(np.abs(GPPosterior.build(X, y, kernel, likelihood).mean(X) - y)) < 1e-2, \
+            case
 
 
 def test_robust_cholesky_equals_the_plain_one_where_that_succeeds_and_says_why_otherwise():
@@ -155,3 +158,16 @@ def test_fit_refuses_non_finite_data():
     y[7] = np.inf
     with pytest.raises(ValueError, match="targets are not finite at sample 7"):
         fit_hyperparameters(X, y, ModelConfig())
+
+
+def test_one_kernel_function_for_numpy_and_torch_equals_the_definition():
+    """se_kernel is k(a, b) = sf2 exp(-|(a - b) / l|^2 / 2) in both libraries, batched."""
+    rng = np.random.default_rng(7)
+    a, b, ls = rng.normal(size=(2, 5, 3)), rng.normal(size=(2, 4, 3)), rng.uniform(0.5, 2, 3)
+    d = (a[:, :, None, :] - b[:, None, :, :]) / ls
+    direct = 1.7 * np.exp(-0.5 * (d * d).sum(-1))
+    np.testing.assert_allclose(se_kernel(a, b, ls, 1.7), direct, rtol=1e-13)
+    got = se_kernel(torch.as_tensor(a), torch.as_tensor(b), torch.as_tensor(ls), 1.7)
+    assert isinstance(got, torch.Tensor)
+    np.testing.assert_allclose(got.numpy(), direct, rtol=1e-13)
+    np.testing.assert_allclose(SEKernel(ls, 1.7**0.5)(a[0], b[0]), direct[0], rtol=1e-13)

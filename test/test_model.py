@@ -45,8 +45,8 @@ def test_linearization_matches_finite_differences_and_autodiff():
         xin = torch.stack([x[0], x[1], x[3], torch.sin(th), torch.cos(th), u])
         deltas = []
         for gp in model.gps:
-            d = (xin - torch.as_tensor(gp.support)) / torch.as_tensor(gp.hyp.lengthscales)
-            k = gp.hyp.signal_std**2 * torch.exp(-0.5 * (d * d).sum(-1))
+            d = (xin - torch.as_tensor(gp.support)) / torch.as_tensor(gp.kernel.lengthscales)
+            k = gp.kernel.signal_std**2 * torch.exp(-0.5 * (d * d).sum(-1))
             deltas.append(k @ torch.as_tensor(gp.alpha))
         dt = model.dt
         return torch.stack([x[0] + dt * x[1] + 0.5 * dt * deltas[0], x[1] + deltas[0],

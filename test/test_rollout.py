@@ -5,7 +5,7 @@ import torch
 
 from ebmcpilco_ros.core.config import CostConfig, PolicyConfig
 from ebmcpilco_ros.core.cost import saturating_cost
-from ebmcpilco_ros.core.policy import SquashedRBFPolicy
+from ebmcpilco_ros.core.policy import SquashedRBFPolicy, state_features
 from ebmcpilco_ros.core.rollout import (ParticleDynamics, RolloutNoise, rollout,
                                         rollout_cost_and_gradient)
 
@@ -68,7 +68,8 @@ def test_variance_factor_is_exact_at_zero_tolerance_and_conservative_when_trunca
     gp = model.gps[1]
     x = np.random.default_rng(0).normal(0, [0.3, 1, 3, 0.7, 0.7, 5], size=(300, 6))
     k = gp.kernel_vector(x)
-    exact = np.einsum("mn,nk,mk->m", k, gp.k_inv, k)
+    K = gp.kernel(gp.support, gp.support) + (gp.likelihood.variance + 1e-9) * np.eye(gp.size)
+    exact = np.einsum("mn,nk,mk->m", k, np.linalg.inv(K), k)   # k^T K^-1 k, explicitly
     V0 = gp.variance_factor(0.0)
     np.testing.assert_allclose(((k @ V0.T) ** 2).sum(1), exact, rtol=1e-6, atol=1e-10)
     tol = 1e-3
@@ -76,7 +77,7 @@ def test_variance_factor_is_exact_at_zero_tolerance_and_conservative_when_trunca
     assert len(Vt) < len(V0)
     dropped = exact - ((k @ Vt.T) ** 2).sum(1)   # variance over-estimate of the truncation
     assert np.all(dropped >= -1e-9)
-    assert np.all(dropped <= tol * gp.hyp.signal_std**2 * (1 + 1e-6))
+    assert np.all(dropped <= tol * gp.kernel.variance * (1 + 1e-6))
 
 
 def test_dropout_masks_have_the_requested_rate():
@@ -86,3 +87,16 @@ def test_dropout_masks_have_the_requested_rate():
     assert noise.keep_scale == pytest.approx(1 / 0.75)
     no_dropout = RolloutNoise.draw(10, 100, 200, 0.0, np.random.default_rng(0), torch.float32)
     assert no_dropout.keep is None
+
+
+def test_exploration_noise_and_the_particle_rollout_see_the_same_variance(model):
+    """Both read the posterior's one cached variance factor: the float64 particle prediction
+    (exact rank) and the model's predictive variance along a plan agree to rounding."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(0.0, [0.3, 1.0, 2.0, 3.0], size=(50, 4))
+    U = rng.uniform(-10.0, 10.0, size=50)
+    dyn = ParticleDynamics.from_model(model, torch.float64, rank_tol=0.0)
+    features = state_features(torch.as_tensor(X))
+    _, particle_var = dyn.predict(torch.cat([features, torch.as_tensor(U)[:, None]], dim=1))
+    np.testing.assert_allclose(particle_var.numpy(), model.predictive_variance(X, U),
+                               rtol=1e-8, atol=1e-12)

@@ -24,7 +24,7 @@ def exploration_noise(model: SpeedIntegrationModel, X: np.ndarray, U: np.ndarray
                       iteration: int, config: ExplorationConfig, u_max: float) -> np.ndarray:
     """sigma_t (T,) along the nominal (X[:-1], U)."""
     var = model.predictive_variance(X[:-1], np.asarray(U).reshape(-1))          # (T, 2)
-    prior = np.array([gp.hyp.signal_std**2 for gp in model.gps])
+    prior = np.array([gp.kernel.variance for gp in model.gps])
     relative = np.sqrt(np.clip(var / prior, 0.0, 1.0).mean(axis=1))             # in [0, 1]
     scale = config.noise_scale * config.decay_rate**iteration + config.offset
     return u_max * scale * relative

@@ -1,20 +1,30 @@
-"""Gaussian-process regression with a squared-exponential ARD kernel.
+"""Gaussian-process regression with a squared-exponential ARD kernel, in GPyTorch's vocabulary.
+
+    SEKernel            the kernel and its hyperparameters: lengthscales l, signal std sigma_f
+                        (GPyTorch: ScaleKernel(RBFKernel(ard_num_dims=D)), outputscale sigma_f^2)
+    GaussianLikelihood  the observation noise sigma_n, apart from the kernel
+    GPPosterior         the prediction strategy: alpha and one cached factor of the variance
 
 Notation (Rasmussen & Williams; MC-PILCO eq. 14):
-    k(a, b)   = sigma_f^2 exp(-1/2 sum_d (a_d - b_d)^2 / l_d^2)
+    k(a, b)   = sigma_f^2 exp(-1/2 sum_d (a_d - b_d)^2 / l_d^2)        (se_kernel, written once)
     K         = k(X_S, X_S) + sigma_n^2 I        over the support set S (subset of data)
     alpha     = K^-1 y_S
     mu(x*)    = k_*^T alpha                      posterior mean
     var(x*)   = sigma_f^2 - k_*^T K^-1 k_*       latent posterior variance (no sigma_n^2)
+              = sigma_f^2 - |V k_*|^2            V from K's eigendecomposition (variance_factor)
     d mu/dx*  = -Lambda^-1 sum_j alpha_j k(x*, x_j) (x* - x_j),  Lambda = diag(l^2)
 
 Hyperparameters maximise the log marginal likelihood on all data; the posterior is then built on
 a greedy subset of data (SoD) so that prediction costs O(|S|) per mean and O(|S|^2) per variance.
+Every variance (the exploration noise along a plan, the particle rollout) comes from the one
+cached factor V, so they agree.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -68,29 +78,56 @@ def robust_cholesky(K: Tensor) -> Tensor:
         f"{int(info)} fails)")
 
 
-@dataclass(frozen=True)
-class SEHyperparameters:
-    """SE-ARD hyperparameters in natural units."""
-
-    lengthscales: np.ndarray  # (D,)
-    signal_std: float
-    noise_std: float
-
-    def to_dict(self) -> dict:
-        return {"lengthscales": self.lengthscales.tolist(), "signal_std": self.signal_std,
-                "noise_std": self.noise_std}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SEHyperparameters":
-        return cls(np.asarray(data["lengthscales"], dtype=float), float(data["signal_std"]),
-                   float(data["noise_std"]))
+Array = TypeVar("Array", np.ndarray, Tensor)
 
 
-def se_kernel(a: Tensor, b: Tensor, lengthscales: Tensor, signal_var: Tensor | float) -> Tensor:
-    """k(a, b) for a (..., N, D), b (..., M, D): (..., N, M)."""
+def se_kernel(a: Array, b: Array, lengthscales: Any, variance: Any) -> Array:
+    """k(a, b) = variance exp(-|a/l - b/l|^2 / 2) for a (..., N, D), b (..., M, D): (..., N, M),
+    in numpy or in torch (the arrays' own, autograd included). The squared distance is expanded,
+    |a/l|^2 + |b/l|^2 - 2 (a/l).(b/l), one matrix product, and clamped at 0 against rounding."""
+    xp: Any = torch if isinstance(a, Tensor) else np
     sa, sb = a / lengthscales, b / lengthscales
-    d2 = (sa * sa).sum(-1, keepdim=True) + (sb * sb).sum(-1).unsqueeze(-2) - 2.0 * sa @ sb.mT
-    return signal_var * torch.exp(-0.5 * d2.clamp_min(0.0))
+    d2 = ((sa * sa).sum(-1)[..., :, None] + (sb * sb).sum(-1)[..., None, :]
+          - 2.0 * sa @ sb.swapaxes(-1, -2))
+    return variance * xp.exp(-0.5 * xp.clip(d2, 0.0, None))
+
+
+@dataclass(frozen=True)
+class SEKernel:
+    """The squared-exponential ARD kernel k(a, b) = sigma_f^2 exp(-|(a - b) / l|^2 / 2)."""
+
+    lengthscales: np.ndarray  # l (D,)
+    signal_std: float         # sigma_f
+
+    @property
+    def variance(self) -> float:
+        """sigma_f^2: the prior variance k(x, x) (GPyTorch's outputscale)."""
+        return self.signal_std**2
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return se_kernel(a, b, self.lengthscales, self.variance)
+
+
+@dataclass(frozen=True)
+class GaussianLikelihood:
+    """y = f(x) + eps, eps ~ N(0, sigma_n^2): the observation noise, apart from the kernel."""
+
+    noise_std: float          # sigma_n
+
+    @property
+    def variance(self) -> float:
+        return self.noise_std**2
+
+
+def hyperparameters_to_dict(kernel: SEKernel, likelihood: GaussianLikelihood) -> dict:
+    """The `hyperparameters` object of a model payload (docs/NODES.md)."""
+    return {"lengthscales": kernel.lengthscales.tolist(), "signal_std": kernel.signal_std,
+            "noise_std": likelihood.noise_std}
+
+
+def hyperparameters_from_dict(data: dict) -> tuple[SEKernel, GaussianLikelihood]:
+    return (SEKernel(np.asarray(data["lengthscales"], dtype=float), float(data["signal_std"])),
+            GaussianLikelihood(float(data["noise_std"])))
 
 
 def negative_log_marginal_likelihood(X: Tensor, y: Tensor, log_ls: Tensor, log_sf: Tensor,
@@ -106,7 +143,8 @@ def negative_log_marginal_likelihood(X: Tensor, y: Tensor, log_ls: Tensor, log_s
 
 
 def fit_hyperparameters(X: np.ndarray, y: np.ndarray, config: ModelConfig,
-                        should_stop: StopCheck = None) -> SEHyperparameters:
+                        should_stop: StopCheck = None
+                        ) -> tuple[SEKernel, GaussianLikelihood]:
     """Maximise the marginal likelihood with L-BFGS from a data-scaled starting point;
     `should_stop` is asked at every evaluation (True raises core.cancel.Cancelled).
 
@@ -157,15 +195,15 @@ def fit_hyperparameters(X: np.ndarray, y: np.ndarray, config: ModelConfig,
 
     opt.step(closure)
     with torch.no_grad():
-        hyp = SEHyperparameters(lengthscales=log_ls.exp().numpy().copy(),
-                                signal_std=float(log_sf.exp()),
-                                noise_std=float(log_sn.clamp_min(min_log_sn).exp()))
-    if not (np.all(np.isfinite(hyp.lengthscales)) and np.all(hyp.lengthscales > 0)
-            and math.isfinite(hyp.signal_std) and hyp.signal_std > 0
-            and math.isfinite(hyp.noise_std) and hyp.noise_std > 0):
+        kernel = SEKernel(lengthscales=log_ls.exp().numpy().copy(),
+                          signal_std=float(log_sf.exp()))
+        likelihood = GaussianLikelihood(noise_std=float(log_sn.clamp_min(min_log_sn).exp()))
+    if not (np.all(np.isfinite(kernel.lengthscales)) and np.all(kernel.lengthscales > 0)
+            and math.isfinite(kernel.signal_std) and kernel.signal_std > 0
+            and math.isfinite(likelihood.noise_std) and likelihood.noise_std > 0):
         raise GPFitError(f"the hyperparameter fit ended at unusable values "
                          f"({_describe(log_ls, log_sf, log_sn, min_log_sn)}); {_describe_data(X)}")
-    return hyp
+    return kernel, likelihood
 
 
 def _check_finite(X: np.ndarray, y: np.ndarray) -> None:
@@ -189,8 +227,8 @@ def _describe_data(X: np.ndarray) -> str:
             f"{' (quantised or duplicated data)' if duplicates else ''}")
 
 
-def select_subset(X: np.ndarray, hyp: SEHyperparameters, threshold: float,
-                  max_points: int) -> np.ndarray:
+def select_subset(X: np.ndarray, kernel: SEKernel, likelihood: GaussianLikelihood,
+                  threshold: float, max_points: int) -> np.ndarray:
     """Greedy online SoD: keep x_i if its posterior std given the kept set > threshold * sigma_n.
 
     Samples are visited in order; the Cholesky factor of the kept set grows one row at a time.
@@ -198,15 +236,14 @@ def select_subset(X: np.ndarray, hyp: SEHyperparameters, threshold: float,
     n = len(X)
     if n == 0:
         return np.zeros(0, dtype=int)
-    Xs = X / hyp.lengthscales
-    sf2, sn2 = hyp.signal_std**2, hyp.noise_std**2
-    limit = (threshold * hyp.noise_std) ** 2
+    sf2, sn2 = kernel.variance, likelihood.variance
+    limit = (threshold * likelihood.noise_std) ** 2
     keep = [0]
     L = np.array([[math.sqrt(sf2 + sn2)]])
     for i in range(1, n):
         if len(keep) >= max_points:
             break
-        k = sf2 * np.exp(-0.5 * ((Xs[keep] - Xs[i]) ** 2).sum(axis=1))
+        k = kernel(X[keep], X[i:i + 1])[:, 0]
         v = _solve_lower(L, k)
         var = sf2 - v @ v
         if var > limit:
@@ -229,30 +266,31 @@ def _solve_lower(L: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GPPosterior:
-    """The precomputed posterior on the support set: what prediction and Jacobians need."""
+    """The posterior on the support set: what prediction and Jacobians need (GPyTorch's
+    prediction strategy). alpha is computed at build; the variance factor V on first use and
+    kept (`variance_factor`)."""
 
     support: np.ndarray   # X_S (N, D)
     targets: np.ndarray   # y_S (N,)
-    hyp: SEHyperparameters
-    alpha: np.ndarray     # (N,)
-    k_inv: np.ndarray     # (K_SS + sigma_n^2 I)^-1, (N, N)
+    kernel: SEKernel
+    likelihood: GaussianLikelihood
+    alpha: np.ndarray     # (K_SS + sigma_n^2 I)^-1 y_S, (N,)
 
     @classmethod
-    def build(cls, support: np.ndarray, targets: np.ndarray,
-              hyp: SEHyperparameters) -> "GPPosterior":
+    def build(cls, support: np.ndarray, targets: np.ndarray, kernel: SEKernel,
+              likelihood: GaussianLikelihood) -> "GPPosterior":
         X = torch.as_tensor(support, dtype=torch.float64)
-        K = se_kernel(X, X, torch.as_tensor(hyp.lengthscales), hyp.signal_std**2)
-        K = K + (hyp.noise_std**2 + _JITTER) * torch.eye(len(support), dtype=torch.float64)
+        K = se_kernel(X, X, torch.as_tensor(kernel.lengthscales), kernel.variance)
+        K = K + (likelihood.variance + _JITTER) * torch.eye(len(support), dtype=torch.float64)
         try:
             L = robust_cholesky(K)
         except NotPositiveDefinite as exc:
             raise GPFitError(f"cannot build the GP posterior on {len(support)} support points "
-                             f"(noise std {hyp.noise_std:.3g}, signal std "
-                             f"{hyp.signal_std:.3g}): {exc}") from exc
-        k_inv = torch.cholesky_inverse(L)
+                             f"(noise std {likelihood.noise_std:.3g}, signal std "
+                             f"{kernel.signal_std:.3g}): {exc}") from exc
         alpha = torch.cholesky_solve(torch.as_tensor(targets).reshape(-1, 1), L).reshape(-1)
-        return cls(np.asarray(support, dtype=float), np.asarray(targets, dtype=float), hyp,
-                   alpha.numpy(), k_inv.numpy())
+        return cls(np.asarray(support, dtype=float), np.asarray(targets, dtype=float), kernel,
+                   likelihood, alpha.numpy())
 
     @property
     def size(self) -> int:
@@ -260,40 +298,47 @@ class GPPosterior:
 
     def kernel_vector(self, x: np.ndarray) -> np.ndarray:
         """k(x, X_S) for x (M, D): (M, N)."""
-        d = (x[:, None, :] - self.support[None, :, :]) / self.hyp.lengthscales
-        return self.hyp.signal_std**2 * np.exp(-0.5 * (d * d).sum(-1))
+        return self.kernel(x, self.support)
 
     def mean(self, x: np.ndarray) -> np.ndarray:
         return self.kernel_vector(np.atleast_2d(x)) @ self.alpha
 
     def mean_and_variance(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """mu and the latent variance sigma_f^2 - |V k|^2 (>= 0) at x (M, D)."""
         k = self.kernel_vector(np.atleast_2d(x))
-        var = self.hyp.signal_std**2 - np.einsum("mn,nk,mk->m", k, self.k_inv, k)
-        return k @ self.alpha, np.maximum(var, 0.0)
+        v = k @ self._variance_root[0].T
+        return k @ self.alpha, np.maximum(self.kernel.variance - (v * v).sum(-1), 0.0)
+
+    @functools.cached_property
+    def _variance_root(self) -> tuple[np.ndarray, np.ndarray]:
+        """(V, l): V (N, N) = diag(l + sigma_n^2)^-1/2 U^T from K_SS = U diag(l) U^T, rows by
+        decreasing eigenvalue l (>= 0), so that k^T (K_SS + sigma_n^2 I)^-1 k = |V k|^2."""
+        X = torch.as_tensor(self.support, dtype=torch.float64)
+        K = se_kernel(X, X, torch.as_tensor(self.kernel.lengthscales), self.kernel.variance)
+        lam, U = torch.linalg.eigh(K)
+        lam, U = lam.numpy()[::-1].clip(min=0.0), U.numpy()[:, ::-1]
+        return (U / np.sqrt(lam + self.likelihood.variance + _JITTER)).T, lam
 
     def variance_factor(self, rank_tol: float = 0.0) -> np.ndarray:
-        """V (r, N) with k^T K^-1 k ~= |V k|^2, from the eigendecomposition K_SS = U diag(l) U^T:
-        V = diag(l + sigma_n^2)^-1/2 U^T, keeping the directions with l > rank_tol sigma_n^2.
+        """V (r, N) with k^T K^-1 k ~= |V k|^2: the rows of the cached factor whose eigenvalue
+        l > rank_tol sigma_n^2 (all at rank_tol 0).
 
         Why: in float32, sigma_f^2 - k^T K^-1 k cancels catastrophically (K^-1 has entries
         ~ 1/sigma_n^2), while |V k|^2 is a sum of squares over an orthogonal basis and stays
         accurate. Dropping directions with l <= tol sigma_n^2 over-estimates the variance by at
         most sigma_f^2 tol / (1 + tol) (docs/ALGORITHM.md), and makes the rollout cheaper.
         """
-        X = torch.as_tensor(self.support, dtype=torch.float64)
-        K = se_kernel(X, X, torch.as_tensor(self.hyp.lengthscales), self.hyp.signal_std**2)
-        lam, U = torch.linalg.eigh(K)
-        lam, U = lam.numpy()[::-1].clip(min=0.0), U.numpy()[:, ::-1]
-        sn2 = self.hyp.noise_std**2
-        keep = lam > rank_tol * sn2 if rank_tol > 0 else np.ones(len(lam), dtype=bool)
-        return (U[:, keep] / np.sqrt(lam[keep] + sn2 + _JITTER)).T.copy()
+        V, lam = self._variance_root
+        if rank_tol <= 0:
+            return V.copy()
+        return V[lam > rank_tol * self.likelihood.variance].copy()
 
     def mean_gradient(self, x: np.ndarray) -> np.ndarray:
         """d mu / d x* for x (M, D): (M, D), analytic (eq. 21 of the derivation in docs)."""
         x = np.atleast_2d(x)
         w = self.kernel_vector(x) * self.alpha                      # (M, N): alpha_j k_j
         diff_weighted = x * w.sum(1, keepdims=True) - w @ self.support
-        return -diff_weighted / self.hyp.lengthscales**2
+        return -diff_weighted / self.kernel.lengthscales**2
 
 
 def fit_gp(X: np.ndarray, y: np.ndarray, config: ModelConfig,
@@ -303,7 +348,7 @@ def fit_gp(X: np.ndarray, y: np.ndarray, config: ModelConfig,
     if len(X) < 2:
         raise ValueError(f"a GP needs at least 2 samples, got {len(X)}")
     _check_finite(X, y)
-    hyp = fit_hyperparameters(X, y, config, should_stop)
+    kernel, likelihood = fit_hyperparameters(X, y, config, should_stop)
     check(should_stop, "before the GP subset selection")
-    keep = select_subset(X, hyp, config.sod_threshold, config.max_points)
-    return GPPosterior.build(X[keep], y[keep], hyp)
+    keep = select_subset(X, kernel, likelihood, config.sod_threshold, config.max_points)
+    return GPPosterior.build(X[keep], y[keep], kernel, likelihood)

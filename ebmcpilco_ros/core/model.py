@@ -19,7 +19,7 @@ import numpy as np
 from .cancel import StopCheck
 from .cartpole import P, PDOT, POSITIONS, STATE_DIM, THETA, THETADOT, VELOCITIES
 from .config import ModelConfig
-from .gp import GPFitError, GPPosterior, SEHyperparameters, fit_gp
+from .gp import GPFitError, GPPosterior, fit_gp, hyperparameters_from_dict, hyperparameters_to_dict
 from .trial import Trial
 from .validate import finite_array, finite_number, is_integer
 
@@ -138,7 +138,8 @@ class SpeedIntegrationModel:
         return {"format": MODEL_FORMAT, "version": self.version, "dt": self.dt,
                 "num_data": self.num_data, "inputs": list(INPUT_NAMES),
                 "gps": [{"name": name, "support": gp.support.tolist(),
-                         "targets": gp.targets.tolist(), "hyperparameters": gp.hyp.to_dict()}
+                         "targets": gp.targets.tolist(),
+                         "hyperparameters": hyperparameters_to_dict(gp.kernel, gp.likelihood)}
                         for name, gp in zip(TARGET_NAMES, self.gps)]}
 
     @classmethod
@@ -148,7 +149,7 @@ class SpeedIntegrationModel:
         check_model_dict(data)
         gps = tuple(GPPosterior.build(np.asarray(g["support"], dtype=float),
                                       np.asarray(g["targets"], dtype=float),
-                                      SEHyperparameters.from_dict(g["hyperparameters"]))
+                                      *hyperparameters_from_dict(g["hyperparameters"]))
                     for g in data["gps"])
         return cls(gps=gps, dt=float(data["dt"]), version=int(data["version"]),  # type: ignore
                    num_data=int(data["num_data"]))

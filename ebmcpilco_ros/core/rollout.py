@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .config import CostConfig
+from .gp import se_kernel
 from .cartpole import P, PDOT, POSITIONS, STATE_DIM, THETA, THETADOT, VELOCITIES
 from .model import SpeedIntegrationModel
 from .policy import MAX_EXPONENT, SquashedRBFPolicy, state_features
@@ -73,13 +74,13 @@ class ParticleDynamics:
         alpha, V, sf2 = np.zeros((G, n)), np.zeros((G, r, n)), np.zeros((G, 1))
         for i, (gp, vf) in enumerate(zip(model.gps, factors)):
             m = gp.size
-            inv_ls[i, 0] = 1.0 / gp.hyp.lengthscales
-            scaled = gp.support / gp.hyp.lengthscales
+            inv_ls[i, 0] = 1.0 / gp.kernel.lengthscales
+            scaled = gp.support / gp.kernel.lengthscales
             centre[i, 0] = scaled.mean(0)
             Z[i, :m] = scaled - centre[i, 0]
             alpha[i, :m] = gp.alpha
             V[i, :len(vf), :m] = vf
-            sf2[i, 0] = gp.hyp.signal_std**2
+            sf2[i, 0] = gp.kernel.variance
         dt = model.dt
         F = np.eye(STATE_DIM)  # row = source component, column = destination
         Gm = np.zeros((G, STATE_DIM))
@@ -102,8 +103,7 @@ class ParticleDynamics:
     def predict(self, gp_input: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior mean and latent variance of Delta for inputs (M, 6): (M, 2) each."""
         zs = gp_input * self.inv_ls - self.centre                         # (G, M, D)
-        d2 = ((zs.unsqueeze(2) - self.Z.unsqueeze(1)) ** 2).sum(-1)       # (G, M, N)
-        k = self.sf2.unsqueeze(-1) * torch.exp(-0.5 * d2)
+        k = se_kernel(zs, self.Z, 1.0, self.sf2.unsqueeze(-1))           # (G, M, N), scaled
         mean = (k * self.alpha.unsqueeze(1)).sum(-1)
         v = k @ self.V.mT                                                 # (G, M, r)
         var = self.sf2 - (v * v).sum(-1)
