@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import gc
 import importlib.util
 import json
@@ -34,6 +35,7 @@ from .core.rollout import (TORCH_BACKEND, ParticleDynamics, RolloutNoise,
                            rollout_cost_and_gradient)
 from .core.controllers import PolicyController, RandomController
 from .core.systems import SimulatedCartPole
+from .progress import trial_line
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
@@ -94,10 +96,7 @@ def _learn_run(cfg: ExperimentConfig, label: str,
     seed = cfg.learner.seed
 
     def on_trial(s: TrialSummary, _trial: Any) -> None:
-        log(f"  [{label} seed {seed}] trial {s.index} {s.kind:7s} "
-            f"{'SOLVED' if s.success else 'failed':6s} cost {s.cost:6.2f} "
-            f"steps {s.opt_steps:5d} "
-            + " ".join(f"{k} {v:.1f}s" for k, v in s.wall_s.items()))
+        log(f"  [{label} seed {seed}] {trial_line(dataclasses.asdict(s))}")
     report: LearningReport = run_in_process(cfg, on_trial=on_trial)
     run = report.to_dict()
     run["variant"] = label

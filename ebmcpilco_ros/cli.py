@@ -80,7 +80,10 @@ def _add_config_args(p: argparse.ArgumentParser, default: str = "paper_cartpole"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from .core.learner import run_in_process
+    from .progress import trial_line
 
     cfg = _config(args)
     if args.seed is not None:
@@ -90,11 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{cfg.plant.trial_duration:g} s", flush=True)
 
     def on_trial(s: Any, _trial: Any) -> None:
-        timing = ", ".join(f"{k} {v:.1f} s" for k, v in s.wall_s.items())
-        print(f"trial {s.index}: {s.kind:7s} cost {s.cost:6.2f}  "
-              f"{'SWING-UP SOLVED' if s.success else 'not solved'}"
-              + (f"  ({s.opt_steps} optimisation steps; {timing})" if s.opt_steps else ""),
-              flush=True)
+        print(trial_line(dataclasses.asdict(s)), flush=True)
 
     report = run_in_process(cfg, on_trial=on_trial)
     print(f"{'solved' if report.solved else 'NOT solved'} after {len(report.trials)} trials, "

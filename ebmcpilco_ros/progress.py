@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TextIO
 
-STAGE_NAMES = {"fit": "model fit", "ilqr": "GP-iLQR", "pretrain": "pretraining",
-               "policy": "policy optimisation"}
+from .core.vocabulary import Stage as StageName, TrialKind
+
+STAGE_NAMES = {StageName.FIT: "model fit", StageName.ILQR: "GP-iLQR",
+               StageName.PRETRAIN: "pretraining", StageName.POLICY: "policy optimisation"}
 # Events that end what `status --follow --until-end` follows (a manual trial ends with
 # trial_done in state idle).
 END_EVENTS = ("run_done", "failed", "aborted")
@@ -24,13 +26,15 @@ MANUAL_PREFIX = "manual-"  # the trial manager's run id for the trials of run_tr
 
 
 def trial_line(trial: Mapping[str, Any]) -> str:
-    """One trial of a run (or of run_trial) as `ebmcpilco sim` has always printed it."""
+    """One trial (a TrialSummary as a mapping: a status's trial_done, or dataclasses.asdict) as
+    every command prints it: `ebmcpilco demo`, `sim`, `rig`, `up`, `status --follow` and the
+    learning benchmark. Only a learned policy's swing-up solves the task."""
     wall = trial.get("wall_s") or {}
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in wall.items())
     extra = (f"  ({trial.get('opt_steps', 0)} optimisation steps; {timing})" if timing else "")
     if not trial["success"]:
         outcome = "not solved"
-    elif trial["kind"] == "policy":
+    elif trial["kind"] == TrialKind.POLICY:
         outcome = "SWING-UP SOLVED"
     else:
         outcome = "swung up by the plan (a learned policy must do it)"

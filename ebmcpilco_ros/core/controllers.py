@@ -18,6 +18,7 @@ from .cartpole import STATE_DIM, state_difference
 from .ilqr import ILQRPlan, feedback_input
 from .policy_numpy import POLICY_FORMAT, PolicyParameters
 from .validate import finite_array, finite_number, is_integer
+from .vocabulary import ControllerKind
 
 CONTROLLER_FORMAT = "ebmcpilco.controller/1"
 
@@ -35,7 +36,7 @@ class Controller(Protocol):
 class RandomController:
     """u_t ~ U(-u_max, u_max) i.i.d. each step: the exploration of the first trial."""
 
-    kind = "random"
+    kind = ControllerKind.RANDOM
 
     def __init__(self, u_max: float, seed: int | None = None,
                  rng: np.random.Generator | None = None) -> None:
@@ -59,7 +60,7 @@ class PolicyController:
     """The learned squashed RBF policy (no dropout), evaluated in numpy (core/policy_numpy.py):
     SquashedRBFPolicy's u in evaluation mode to float64 rounding, without torch."""
 
-    kind = "squashed_rbf"
+    kind = ControllerKind.SQUASHED_RBF
 
     def __init__(self, params: PolicyParameters) -> None:
         self.params = params
@@ -113,7 +114,7 @@ class FeedbackPlanController:
     cart-pole's wrapped angle difference) plus exploration noise, clipped; past the plan's end
     it holds the last step's law."""
 
-    kind = "feedback_plan"
+    kind = ControllerKind.FEEDBACK_PLAN
 
     def __init__(self, plan: FeedbackPlan) -> None:
         self.plan = plan

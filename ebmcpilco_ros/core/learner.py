@@ -35,6 +35,7 @@ from .pretrain import pretrain_policy
 from .policy import SquashedRBFPolicy
 from .systems import System
 from .trial import Trial, swing_up_success
+from .vocabulary import Phase, Stage, TrialKind
 
 
 class ModelLearning(Protocol):
@@ -47,14 +48,17 @@ class ModelLearning(Protocol):
 class OptimizationRequest:
     """Which controller the Learner wants next.
 
-    phase "policy": MC-PILCO optimisation; `iteration` counts the learning trials (the first
-    gets max_steps_first); `pretrain` asks to fit the policy to the exploration plans first.
-    phase "explore": a GP-iLQR plan with exploration noise for iteration `iteration`.
+    Phase.POLICY: MC-PILCO optimisation; `iteration` counts the learning trials (the first
+    gets max_steps_first); `pretrain` asks to fit the policy to an iLQR plan first.
+    Phase.EXPLORE: a GP-iLQR plan with exploration noise for iteration `iteration`.
     """
 
-    phase: str
+    phase: Phase
     iteration: int = 0
     pretrain: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phase", Phase(self.phase))  # a payload's string too
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,17 +68,21 @@ class OptimizationRequest:
 class ControllerUpdate:
     """What an optimisation phase hands back: the controller to run next, and its statistics.
 
-    `wall_s` is keyed by phase (ilqr, pretrain, policy) and summed into the run's totals;
+    `phase` is the kind of trial the controller runs (TrialKind.ILQR or POLICY); `wall_s` is
+    keyed by stage (ilqr, pretrain, policy) and summed into the run's totals;
     `predicted_states` is the model's nominal trajectory where the phase has one (iLQR).
     """
 
     controller: Controller
-    phase: str
+    phase: TrialKind
     opt_steps: int = 0
     wall_s: dict[str, float] = field(default_factory=dict)
     costs: list[float] = field(default_factory=list)
     predicted_states: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.phase = TrialKind(self.phase)  # a payload's string too
 
 
 class PolicyOptimization(Protocol):
@@ -115,13 +123,13 @@ class LocalModelLearning:
 class LocalPolicyOptimization:
     """The optimiser side of both algorithms, in-process (and inside the optimisation node).
 
-    phase "explore": GP-iLQR plan with variance-adaptive noise (EB-MC-PILCO).
-    phase "policy":  MC-PILCO on a policy that persists across trials (a fresh Adam each
-                     trial), optionally pretrained first on an iLQR plan through the current
-                     model (EB-MC-PILCO's warm start).
+    Phase.EXPLORE: GP-iLQR plan with variance-adaptive noise (EB-MC-PILCO).
+    Phase.POLICY:  MC-PILCO on a policy that persists across trials (a fresh Adam each
+                   trial), optionally pretrained first on an iLQR plan through the current
+                   model (EB-MC-PILCO's warm start).
     `should_stop` is asked at every iteration of iLQR, pretraining and MC-PILCO (True raises
-    core.cancel.Cancelled: a node shutting down); `on_stage` hears each stage as it starts
-    ("ilqr", "pretrain", "policy"), for progress reports.
+    core.cancel.Cancelled: a node shutting down); `on_stage` hears each Stage as it starts
+    (ilqr, pretrain, policy), for progress reports.
     """
 
     def __init__(self, config: ExperimentConfig, rng: np.random.Generator,
@@ -140,9 +148,9 @@ class LocalPolicyOptimization:
 
     def next_controller(self, model: SpeedIntegrationModel, request: OptimizationRequest
                         ) -> ControllerUpdate:
-        if request.phase == "explore":
+        if request.phase == Phase.EXPLORE:
             return self._explore(model, request.iteration)
-        if request.phase == "policy":
+        if request.phase == Phase.POLICY:
             return self._policy(model, request)
         raise ValueError(f"unknown optimisation phase {request.phase!r}")
 
@@ -168,14 +176,14 @@ class LocalPolicyOptimization:
 
     def _explore(self, model: SpeedIntegrationModel, iteration: int) -> ControllerUpdate:
         started = time.perf_counter()
-        self._stage("ilqr")
+        self._stage(Stage.ILQR)
         plan, feedback = exploration_plan(model, self.config, iteration, self.last_plan,
                                           seed=int(self.rng.integers(2**31)),
                                           should_stop=self.should_stop)
         self.last_plan = plan
         return ControllerUpdate(
-            controller=FeedbackPlanController(feedback), phase="ilqr",
-            wall_s={"ilqr": time.perf_counter() - started}, predicted_states=plan.X,
+            controller=FeedbackPlanController(feedback), phase=TrialKind.ILQR,
+            wall_s={Stage.ILQR: time.perf_counter() - started}, predicted_states=plan.X,
             info={"ilqr_cost": plan.cost, "ilqr_iterations": plan.iterations,
                   "noise_mean": float(np.mean(feedback.sigma))})
 
@@ -185,16 +193,16 @@ class LocalPolicyOptimization:
         on the first policy trial, later only if its model cost J is lower (common random
         numbers), so a policy stuck in a poor optimum can restart from a fresh plan."""
         started = time.perf_counter()
-        self._stage("ilqr")
+        self._stage(Stage.ILQR)
         plan = plan_swing_up(model, self.config, self.last_plan, self.should_stop)
         self.last_plan = plan
-        wall["ilqr"] = time.perf_counter() - started
+        wall[Stage.ILQR] = time.perf_counter() - started
         candidate = copy.deepcopy(self.policy)
-        self._stage("pretrain")
+        self._stage(Stage.PRETRAIN)
         result = pretrain_policy(candidate, plan, self.config.pretrain, self.rng,
                                  dropout=self.config.optimizer.dropout,
                                  should_stop=self.should_stop)
-        wall["pretrain"] = result.wall_s
+        wall[Stage.PRETRAIN] = result.wall_s
         info.update({"pretrain_rms_error": result.rms_error,
                      "pretrain_nominal_error": result.nominal_error})
         keep = iteration == 0
@@ -205,7 +213,7 @@ class LocalPolicyOptimization:
                                 self.config.cost, self.config.plant.initial_state_std,
                                 np.random.default_rng(int(self.rng.integers(2**62))))
             keep = costs[1] < costs[0]
-            wall["pretrain"] += time.perf_counter() - started
+            wall[Stage.PRETRAIN] += time.perf_counter() - started
             info.update({"warm_start_costs": costs})
         info["warm_start"] = "pretrained" if keep else "kept"
         if keep:
@@ -219,26 +227,27 @@ class LocalPolicyOptimization:
             self._warm_start(model, request.iteration, wall, info)
         opt = self.config.optimizer
         max_steps = policy_step_limit(opt, request.iteration)
-        self._stage("policy")
+        self._stage(Stage.POLICY)
         result_opt: OptimizationResult = optimize_policy(
             self.policy, model, opt, self.config.cost, self.config.plant.initial_state_std,
             max_steps, self.rng, self.on_step, self.should_stop)
-        wall["policy"] = result_opt.wall_s
+        wall[Stage.POLICY] = result_opt.wall_s
         if result_opt.restarts:
             info["restarts"] = result_opt.restarts
         self.version += 1
         params = self.policy.parameters_snapshot(version=self.version)
-        return ControllerUpdate(controller=PolicyController(params), phase="policy",
+        return ControllerUpdate(controller=PolicyController(params), phase=TrialKind.POLICY,
                                 opt_steps=result_opt.steps, wall_s=wall,
                                 costs=result_opt.costs, info=info)
 
 
 @dataclass
 class TrialSummary:
-    """One rollout on the system and the computation that preceded it."""
+    """One rollout on the system and the computation that preceded it: what a status's
+    trial_done event carries and progress.trial_line prints, in process and in the graph."""
 
     index: int
-    kind: str
+    kind: TrialKind
     success: bool
     cost: float
     duration_s: float
@@ -247,6 +256,16 @@ class TrialSummary:
     wall_s: dict[str, float] = field(default_factory=dict)
     predicted_cost: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, trial: Trial, config: ExperimentConfig, **fields: Any) -> "TrialSummary":
+        """The summary of `trial`: swing-up success and the saturating cost, both on the
+        noise-free trajectory where the system knows it (simulation), else the measured one."""
+        states = trial.true_states if trial.true_states is not None else trial.states
+        return cls(index=trial.index, kind=TrialKind(trial.kind),
+                   success=swing_up_success(trial, config.success),
+                   cost=trajectory_cost(states, config.cost), duration_s=trial.duration,
+                   **fields)
 
 
 @dataclass
@@ -269,7 +288,7 @@ class LearningReport:
         """Rollouts on the system up to and including the first successful policy rollout,
         every kind (random, ilqr, policy) counted."""
         for i, t in enumerate(self.trials):
-            if t.success and t.kind == "policy":
+            if t.success and t.kind == TrialKind.POLICY:
                 return i + 1
         return None
 
@@ -290,9 +309,6 @@ class LearningReport:
                 "opt_steps_per_trial": [t.opt_steps for t in self.trials],
                 "wall_s": {k: round(v, 3) for k, v in self.wall_s.items()},
                 "trials": [asdict(t) for t in self.trials]}
-
-
-RANDOM = "random"  # the next step of a run: a random trial (else an OptimizationRequest)
 
 
 def _state_of(component: Any) -> dict[str, Any] | None:
@@ -319,7 +335,8 @@ def _load_state_of(component: Any, state: dict[str, Any] | None, what: str) -> N
 
 
 def summary_from_dict(data: dict[str, Any]) -> TrialSummary:
-    return TrialSummary(**{**data, "model_points": tuple(data.get("model_points", ())),
+    return TrialSummary(**{**data, "kind": TrialKind(data["kind"]),
+                           "model_points": tuple(data.get("model_points", ())),
                            "wall_s": dict(data.get("wall_s", {})),
                            "info": dict(data.get("info", {}))})
 
@@ -345,18 +362,13 @@ class Learner:
         self.on_checkpoint = on_checkpoint
         self.summaries: list[TrialSummary] = []
         self.opt_costs: list[list[float]] = []
-        self.totals: dict[str, float] = {"model": 0.0, "policy": 0.0, "system": 0.0}
+        self.totals: dict[str, float] = {"model": 0.0, Stage.POLICY: 0.0, "system": 0.0}
         self._elapsed_before = 0.0  # seconds of the run before it was resumed
         self._started = time.perf_counter()
 
     def _record(self, trial: Trial, summary_kw: dict[str, Any]) -> TrialSummary:
         self.models.add_trial(trial)
-        summary = TrialSummary(
-            index=trial.index, kind=trial.kind,
-            success=swing_up_success(trial, self.config.success),
-            cost=trajectory_cost(trial.true_states if trial.true_states is not None
-                                 else trial.states, self.config.cost),
-            duration_s=trial.duration, **summary_kw)
+        summary = TrialSummary.of(trial, self.config, **summary_kw)
         if self.on_trial is not None:
             self.on_trial(summary, trial)
         return summary
@@ -381,8 +393,9 @@ class Learner:
                       "info": dict(update.info)}
         return update, trial, summary_kw
 
-    def next_step(self, summaries: list[TrialSummary]) -> str | OptimizationRequest | None:
-        """What the run does next, from its trials so far: a random trial (RANDOM), an
+    def next_step(self, summaries: list[TrialSummary]
+                  ) -> TrialKind | OptimizationRequest | None:
+        """What the run does next, from its trials so far: a random trial (TrialKind.RANDOM), an
         optimisation round, or nothing (budget spent or solved).
 
         EB-MC-PILCO explores with GP-iLQR plans after the random trials, and stops exploring
@@ -392,34 +405,35 @@ class Learner:
         if n >= cfg.max_trials:
             return None
         if n < cfg.random_trials:
-            return RANDOM
+            return TrialKind.RANDOM
         if cfg.algorithm == "eb":
-            explored = [s for s in summaries if s.kind == "ilqr"]
+            explored = [s for s in summaries if s.kind == TrialKind.ILQR]
             tol = self.config.exploration.match_tol
             error = explored[-1].info.get("tracking_error") if explored else None
             matched = tol > 0 and error is not None and error < tol
             if len(explored) < self.config.exploration.iterations and not matched:
-                return OptimizationRequest("explore", len(explored))
-        if cfg.stop_on_success and any(s.success and s.kind == "policy" for s in summaries):
+                return OptimizationRequest(Phase.EXPLORE, len(explored))
+        if cfg.stop_on_success and any(s.success and s.kind == TrialKind.POLICY
+                                       for s in summaries):
             return None
-        learning_trial = sum(s.kind == "policy" for s in summaries)
-        return OptimizationRequest("policy", learning_trial, pretrain=(
+        learning_trial = sum(s.kind == TrialKind.POLICY for s in summaries)
+        return OptimizationRequest(Phase.POLICY, learning_trial, pretrain=(
             cfg.algorithm == "eb" and (learning_trial == 0 or self.config.pretrain.every_trial)))
 
-    def _step(self, step: str | OptimizationRequest) -> None:
+    def _step(self, step: TrialKind | OptimizationRequest) -> None:
         """One trial (and the computation before it), appended to the run's summaries."""
         index = len(self.summaries)
-        if step == RANDOM:
+        if step == TrialKind.RANDOM:
             t0 = time.perf_counter()
             controller = RandomController(self.config.plant.u_max,
                                           seed=int(self.rng.integers(2**31)))
-            trial = self.system.run(controller, kind="random", index=index)
+            trial = self.system.run(controller, kind=TrialKind.RANDOM, index=index)
             self.totals["system"] += time.perf_counter() - t0
             self.summaries.append(self._record(trial, {}))
             return
         assert isinstance(step, OptimizationRequest)
         update, trial, summary_kw = self._round(step, index, self.totals)
-        if step.phase == "explore":
+        if step.phase == Phase.EXPLORE:
             error = (plan_tracking_error(update.predicted_states, trial)
                      if update.predicted_states is not None else float("inf"))
             summary_kw["info"]["tracking_error"] = error

@@ -11,6 +11,7 @@ from .cartpole import STATE_DIM
 from .config import PlantConfig
 from .controllers import Controller
 from .trial import Trial
+from .vocabulary import TrialKind
 
 
 class System(Protocol):
@@ -30,7 +31,7 @@ class SimulatedCartPole:
         self.plant = plant
         self.rng = rng
 
-    def run(self, controller: Controller, kind: str = "policy", index: int = 0) -> Trial:
+    def run(self, controller: Controller, kind: str = TrialKind.POLICY, index: int = 0) -> Trial:
         plant, rng = self.plant, self.rng
         steps = plant.steps
         x = rng.normal(0.0, plant.initial_state_std, size=STATE_DIM)

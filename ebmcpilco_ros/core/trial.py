@@ -10,6 +10,7 @@ from .cartpole import P, STATE_DIM, THETA, wrap_angle
 from .config import SuccessConfig
 from .validate import check_finite as check_array_finite
 from .validate import finite_array, is_integer
+from .vocabulary import TrialKind
 
 TRIAL_FORMAT = "ebmcpilco.trial/1"
 
@@ -20,13 +21,14 @@ class Trial:
 
     `true_states` is the noise-free trajectory where the system knows it (simulation), used for
     evaluation only; learning never sees it. `kind` says which controller produced the trial
-    (random, policy, ilqr); `failed` marks a trial cut short by a fault (excluded from learning).
+    (a vocabulary.TrialKind: random, ilqr, policy); `failed` marks a trial cut short by a fault
+    (excluded from learning).
     """
 
     states: np.ndarray
     inputs: np.ndarray
     times: np.ndarray
-    kind: str = "policy"
+    kind: str = TrialKind.POLICY
     index: int = 0
     true_states: np.ndarray | None = None
     failed: bool = False

@@ -21,6 +21,7 @@ from enum import Enum
 from typing import Any, Callable, ClassVar, Iterable, TypeVar
 
 from ..core.validate import finite_array, is_integer, is_number
+from ..core.vocabulary import Phase, Stage, TrialKind
 
 TRIAL_REQUEST_FORMAT = "ebmcpilco.trial_request/1"
 FIT_REQUEST_FORMAT = "ebmcpilco.fit_request/1"
@@ -66,11 +67,12 @@ class StatusEvent(str, Enum):
 
 # Events that answer a request (sent once per request id; a resent request gets the same one).
 ANSWER_EVENTS = (EventKind.ACCEPTED.value, EventKind.REFUSED.value, EventKind.MISSING.value)
-# What a trial, the optimiser (its stages) and a status report are about.
-TRIAL_KINDS = ("random", "policy", "ilqr")
-STAGES = ("ilqr", "pretrain", "policy")
-UPDATE_PHASES = ("policy", "ilqr")
-REQUEST_PHASES = ("policy", "explore")
+# What a trial, the optimiser (its stages) and a status report are about: core's vocabulary
+# (core/vocabulary.py), whose values are these payloads' strings.
+TRIAL_KINDS = (TrialKind.RANDOM.value, TrialKind.POLICY.value, TrialKind.ILQR.value)
+STAGES = (Stage.ILQR.value, Stage.PRETRAIN.value, Stage.POLICY.value)  # the optimiser's
+UPDATE_PHASES = (TrialKind.POLICY.value, TrialKind.ILQR.value)  # the kind of trial it runs
+REQUEST_PHASES = (Phase.POLICY.value, Phase.EXPLORE.value)
 ROLES = ("policy_execution", "model_learning", "policy_optimization")
 ACTIVITIES = ("idle", "learning", "running_trial")
 

@@ -33,9 +33,9 @@ from ..core.checkpoint import CHECKPOINT_FILE, CheckpointError, config_differenc
     load_checkpoint
 from ..core.config import SECTIONS
 from ..core.controllers import Controller, RandomController, controller_from_dict
-from ..core.cost import trajectory_cost
 from ..core.learner import Learner, LearningReport, TrialSummary
-from ..core.trial import TRIAL_FORMAT, Trial, swing_up_success
+from ..core.trial import TRIAL_FORMAT, Trial
+from ..core.vocabulary import ControllerKind
 from .names import (ABORT_SERVICE, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT,
                     EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TOPIC, EVENT_FORMAT, HEARTBEAT_FORMAT,
                     FIT_REQUEST_TOPIC, LEARN_SERVICE, MODEL_EVENTS_TOPIC, MODEL_TOPIC,
@@ -59,7 +59,6 @@ from .rundir import (CONFIG_FILE, PROGRESS_FILE, RUNNING, RunDirError, RunDirect
 
 NAME = "trial_manager"
 IDLE, LEARNING, RUNNING_TRIAL = "idle", "learning", "running_trial"
-KIND_OF_CONTROLLER = {"random": "random", "squashed_rbf": "policy", "feedback_plan": "ilqr"}
 
 
 class TrialManager(GraphNode):
@@ -586,14 +585,10 @@ class TrialManager(GraphNode):
     def _manual_trial(self, controller: Controller, source: str) -> None:
         index = self.manual_trials
         self.manual_trials += 1
-        kind = KIND_OF_CONTROLLER.get(getattr(controller, "kind", ""), "policy")
+        kind = ControllerKind(controller.kind).trial_kind
         trial = RemoteSystem(self.link, self.manual_run, self.config.plant).run(
             controller, kind, index)
-        states = trial.true_states if trial.true_states is not None else trial.states
-        summary = TrialSummary(index=index, kind=kind,
-                               success=swing_up_success(trial, self.config.success),
-                               cost=trajectory_cost(states, self.config.cost),
-                               duration_s=trial.duration)
+        summary = TrialSummary.of(trial, self.config)
         self._end("trial_done", trial={**dataclasses.asdict(summary), "controller": source,
                                        "failed": trial.failed})
 

@@ -1,0 +1,131 @@
+"""The Learner's trial loop alone, on fakes of its three collaborators: which trial comes when.
+
+The System, the model learning and the optimisation are fakes that answer at once and record
+what they were asked; the Learner itself is the real one. Pinned: random trials first, then
+EB-MC-PILCO's GP-iLQR exploration (stopped early once a rollout follows its plan), then policy
+trials (pretrained first on an iLQR plan as the config asks), until success or the budget.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ebmcpilco_ros.core.cartpole import STATE_DIM, THETA
+from ebmcpilco_ros.core.config import ExperimentConfig
+from ebmcpilco_ros.core.controllers import RandomController
+from ebmcpilco_ros.core.learner import ControllerUpdate, Learner, OptimizationRequest
+from ebmcpilco_ros.core.trial import Trial
+
+STEPS = 20  # trials of 1 s at 0.05 s: the whole trial is the success window
+
+
+def _states(upright: bool) -> np.ndarray:
+    x = np.zeros((STEPS + 1, STATE_DIM))
+    x[:, THETA] = np.pi if upright else 0.0
+    return x
+
+
+class FakeSystem:
+    """Trials that swing up where `solves` says (by index); records the kinds it was asked."""
+
+    def __init__(self, solves: set[int] = frozenset()) -> None:
+        self.solves = solves
+        self.kinds: list[str] = []
+
+    def run(self, controller: Any, kind: str, index: int) -> Trial:
+        self.kinds.append(str(kind))
+        return Trial(states=_states(index in self.solves), inputs=np.zeros(STEPS),
+                     times=np.arange(STEPS + 1) * 0.05, kind=kind, index=index)
+
+
+class FakeModelLearning:
+    def __init__(self) -> None:
+        self.trials: list[Trial] = []
+        self.fits = 0
+
+    def add_trial(self, trial: Trial) -> None:
+        self.trials.append(trial)
+
+    def fit(self) -> Any:
+        self.fits += 1
+        return SimpleNamespace(gps=(SimpleNamespace(size=len(self.trials)),) * 2)
+
+
+class FakeOptimization:
+    """Records each request; its plans are followed exactly (tracking error 0) or miss by one
+    radian all along, as `followed` says per exploration iteration."""
+
+    def __init__(self, followed: tuple[bool, ...] = ()) -> None:
+        self.followed = followed
+        self.requests: list[tuple[str, int, bool]] = []
+
+    def next_controller(self, model: Any, request: OptimizationRequest) -> ControllerUpdate:
+        self.requests.append((str(request.phase), request.iteration, request.pretrain))
+        if request.phase == "explore":
+            plan = _states(False)
+            if not (request.iteration < len(self.followed) and self.followed[request.iteration]):
+                plan[:, THETA] += 1.0
+            return ControllerUpdate(controller=RandomController(1.0, seed=0), phase="ilqr",
+                                    predicted_states=plan)
+        return ControllerUpdate(controller=RandomController(1.0, seed=0), phase="policy",
+                                opt_steps=7, costs=[3.0, 2.0])
+
+
+def _run(algorithm: str, system: FakeSystem, optimizer: FakeOptimization, **learner: Any):
+    config = ExperimentConfig().replace(
+        plant={"trial_duration": STEPS * 0.05}, learner={"algorithm": algorithm, **learner})
+    models = FakeModelLearning()
+    report = Learner(config, system, models, optimizer, np.random.default_rng(0)).run()
+    return report, models
+
+
+def test_eb_runs_random_then_exploration_then_pretrained_policies():
+    system, optimizer = FakeSystem(), FakeOptimization()
+    report, models = _run("eb", system, optimizer, max_trials=6)
+    assert system.kinds == ["random", "ilqr", "ilqr", "ilqr", "policy", "policy"]
+    assert optimizer.requests == [("explore", 0, False), ("explore", 1, False),
+                                  ("explore", 2, False), ("policy", 0, True), ("policy", 1, True)]
+    assert [t.kind for t in report.trials] == system.kinds and not report.solved
+    assert models.fits == 5 and len(models.trials) == 6   # a fit before every optimisation
+    assert report.opt_costs == [[3.0, 2.0], [3.0, 2.0]]  # the policy trials' optimisation only
+
+
+def test_pretraining_only_before_the_first_policy_unless_every_trial():
+    assert ExperimentConfig().pretrain.every_trial  # the default: the previous test
+    optimizer = FakeOptimization()
+    config = ExperimentConfig().replace(plant={"trial_duration": STEPS * 0.05},
+                                        learner={"algorithm": "eb", "max_trials": 6},
+                                        pretrain={"every_trial": False})
+    Learner(config, FakeSystem(), FakeModelLearning(), optimizer,
+            np.random.default_rng(0)).run()
+    assert [r for r in optimizer.requests if r[0] == "policy"] == [("policy", 0, True),
+                                                                   ("policy", 1, False)]
+
+
+def test_mc_pilco_never_explores_nor_pretrains():
+    system, optimizer = FakeSystem(), FakeOptimization()
+    _run("mc", system, optimizer, max_trials=4, random_trials=2)
+    assert system.kinds == ["random", "random", "policy", "policy"]
+    assert optimizer.requests == [("policy", 0, False), ("policy", 1, False)]
+
+
+@pytest.mark.parametrize("followed, explored", [((True,), 1), ((False, True), 2),
+                                                ((False, False, False), 3)])
+def test_exploration_stops_once_a_rollout_follows_its_plan(followed, explored):
+    """exploration.match_tol: a rollout within it of its plan ends exploration early; at most
+    exploration.iterations plans otherwise."""
+    system = FakeSystem()
+    report, _ = _run("eb", system, FakeOptimization(followed), max_trials=explored + 2)
+    assert system.kinds == ["random"] + ["ilqr"] * explored + ["policy"]
+    errors = [t.info["tracking_error"] for t in report.trials if t.kind == "ilqr"]
+    assert errors[-1] == (0.0 if followed[explored - 1] else pytest.approx(1.0))
+
+
+def test_a_solving_policy_ends_the_run_and_a_solving_plan_does_not():
+    system = FakeSystem(solves={2, 5})   # trial 2 is an iLQR rollout, trial 5 a policy's
+    report, _ = _run("eb", system, FakeOptimization(), max_trials=10)
+    assert system.kinds == ["random", "ilqr", "ilqr", "ilqr", "policy", "policy"]
+    assert report.trials[2].success and report.solved and report.trials_to_solve == 6
