@@ -17,7 +17,7 @@ from ebmcpilco_ros.bringup import GraphClient
 from ebmcpilco_ros.core.model import SpeedIntegrationModel
 from ebmcpilco_ros.core.trial import Trial
 from ebmcpilco_ros.nodes import names, qos, codec, process
-from ebmcpilco_ros.nodes.model_learning import Dataset, ModelLearningNode, trial_key
+from ebmcpilco_ros.nodes.model_learning import ModelLearningNode, RunRecords, trial_key
 from ebmcpilco_ros.nodes.payloads import FitRequest, Status
 
 from graph_helpers import isolated_domain, ros_environment
@@ -34,9 +34,9 @@ def _trial(run: str, index: int, request: str = "") -> Trial:
                            | {"index": index})
 
 
-# -- the dataset on its own -----------------------------------------------------------------------
+# -- the records on their own ---------------------------------------------------------------------
 def test_a_run_reported_over_is_forgotten_and_its_late_records_not_kept():
-    data = Dataset(max_runs=2)
+    data = RunRecords(max_runs=2)
     assert data.add(_trial("a", 0)) == ("stored", [])
     assert data.add(_trial("a", 0)) == ("duplicate", [])
     assert data.add(_trial("a", 1)) == ("stored", [])
@@ -46,8 +46,8 @@ def test_a_run_reported_over_is_forgotten_and_its_late_records_not_kept():
     assert data.add(_trial("a", 2)) == ("ended", [])   # the aborted trial's record, late
     assert (len(data), data.ignored) == (0, 1)
     # Resumed (a status saying so, or its first fit request): kept again.
-    trials, missing = data.lookup("a", ["a/0/req-0"])
-    assert (trials, missing) == ([], ["a/0/req-0"])
+    dataset, missing = data.lookup("a", ["a/0/req-0"])
+    assert (len(dataset), missing) == (0, ["a/0/req-0"])
     assert data.add(_trial("a", 0)) == ("stored", [])
     assert data.lookup("a", ["a/0/req-0"])[1] == []
     data.end("a")
@@ -56,7 +56,7 @@ def test_a_run_reported_over_is_forgotten_and_its_late_records_not_kept():
 
 
 def test_at_most_max_runs_are_held_the_least_recently_used_goes():
-    data = Dataset(max_runs=2)
+    data = RunRecords(max_runs=2)
     data.add(_trial("a", 0))
     data.add(_trial("b", 0))
     data.lookup("a", ["a/0/req-0"])              # a fit of run a: a used after b
@@ -68,7 +68,7 @@ def test_at_most_max_runs_are_held_the_least_recently_used_goes():
 
 
 def test_the_runs_remembered_as_over_are_bounded():
-    data = Dataset(max_runs=1, remember_ended=3)
+    data = RunRecords(max_runs=1, remember_ended=3)
     for run in "abcde":
         data.end(run)
     assert list(data.ended) == ["c", "d", "e"]
@@ -189,5 +189,5 @@ def test_the_node_forgets_an_ended_run_and_a_resumed_run_still_fits(graph):
     assert watch.wait_log("model_learning", f"forgot run {run}'s 2 trial records: more than "
                                             "nodes.model_max_runs = 2 runs held")
     with node.lock:
-        assert sorted(node.dataset.trials) == sorted(
+        assert sorted(node.records.trials) == sorted(
             trial_key(_trial(other, 0)) for other in others)

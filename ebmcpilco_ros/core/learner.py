@@ -25,6 +25,7 @@ from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_checkpoint, l
                          set_rng_state, summary_to_dict, torch_rng_from, torch_rng_state)
 from .config import ExperimentConfig, OptimizerConfig
 from .cost import trajectory_cost
+from .dataset import TrialDataset
 from .mcpilco import (OptimizationResult, model_costs, optimize_policy, torch_dtype,
                       torch_threads)
 from .model import SpeedIntegrationModel
@@ -96,27 +97,27 @@ def policy_step_limit(config: OptimizerConfig, iteration: int) -> int:
 
 
 class LocalModelLearning:
-    """The dataset of all usable trials and the GP fit, in-process."""
+    """The run's trial dataset and the GP fit, in-process."""
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
-        self.trials: list[Trial] = []
+        self.dataset = TrialDataset()
         self.version = 0
 
     def add_trial(self, trial: Trial) -> None:
-        self.trials.append(trial)
+        self.dataset.add(trial)
 
     def fit(self) -> SpeedIntegrationModel:
         self.version += 1
-        return SpeedIntegrationModel.fit(self.trials, self.config.plant.control_period,
+        return SpeedIntegrationModel.fit(self.dataset, self.config.plant.control_period,
                                          self.config.model, version=self.version)
 
     def state_dict(self) -> dict[str, Any]:
         """The dataset and the model version, for a checkpoint."""
-        return {"trials": [t.to_dict() for t in self.trials], "version": self.version}
+        return {**self.dataset.state_dict(), "version": self.version}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.trials = [Trial.from_dict(t) for t in state["trials"]]
+        self.dataset.load_state_dict(state)
         self.version = int(state["version"])
 
 

@@ -12,13 +12,14 @@ exploration noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 
 from .cancel import StopCheck
 from .cartpole import P, PDOT, POSITIONS, STATE_DIM, THETA, THETADOT, VELOCITIES
 from .config import ModelConfig
+from .dataset import TrialDataset
 from .gp import GPFitError, GPPosterior, fit_gp, hyperparameters_from_dict, hyperparameters_to_dict
 from .trial import Trial
 from .validate import finite_array, finite_number, is_integer
@@ -35,12 +36,12 @@ def gp_inputs(states: np.ndarray, inputs: np.ndarray) -> np.ndarray:
                      np.cos(theta), np.asarray(inputs, dtype=float)], axis=-1)
 
 
-def training_data(trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs (N, 6) and velocity increments (N, 2) from every transition of the usable trials."""
+def training_data(data: TrialDataset | Iterable[Trial]) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (N, 6) and velocity increments (N, 2) from every transition of the dataset's
+    usable trials (TrialDataset.usable), in the order they were recorded."""
+    dataset = data if isinstance(data, TrialDataset) else TrialDataset(data)
     xs, ys = [], []
-    for trial in trials:
-        if trial.failed or trial.steps == 0:
-            continue
+    for trial in dataset.usable():
         trial.check_finite()  # non-finite data is never fitted
         s = trial.states
         xs.append(gp_inputs(s[:-1], trial.inputs))
@@ -60,11 +61,11 @@ class SpeedIntegrationModel:
     num_data: int = 0
 
     @classmethod
-    def fit(cls, trials: Sequence[Trial], dt: float, config: ModelConfig,
+    def fit(cls, data: TrialDataset | Iterable[Trial], dt: float, config: ModelConfig,
             version: int = 0, should_stop: StopCheck = None) -> "SpeedIntegrationModel":
-        """Both GPs on the trials' transitions; `should_stop` is asked at every iteration of
+        """Both GPs on the dataset's transitions; `should_stop` is asked at every iteration of
         the hyperparameter fits (True raises core.cancel.Cancelled: a node shutting down)."""
-        X, Y = training_data(trials)
+        X, Y = training_data(data)
         gps = []
         for i, name in enumerate(TARGET_NAMES):
             try:

@@ -6,7 +6,7 @@ keyed `<run_id>/<index>/<request_id>`. A fit request names exactly the trials to
 ones are reported (event "missing"), otherwise the speed-integration model (core.model) is fitted
 in a worker thread and published latched on ebmcpilco/model with a version number.
 
-A long-lived graph runs many runs, so the dataset forgets (`Dataset`): a run's records go when
+A long-lived graph runs many runs, so the records held forget (`RunRecords`): a run's go when
 the trial manager's status names it while idle (run_done, failed, aborted, a manual trial's end,
 and every later idle status: one missed message is made good by the next), and at most
 nodes.model_max_runs runs are held, the least recently used forgotten first (a run whose end was
@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 from std_msgs.msg import String
 
 from ..core.cancel import Cancelled
+from ..core.dataset import TrialDataset
 from ..core.model import SpeedIntegrationModel
 from ..core.trial import TRIAL_FORMAT, Trial
 from .names import (FIT_REQUEST_FORMAT, FIT_REQUEST_TOPIC, MODEL_EVENTS_TOPIC,
@@ -50,9 +51,11 @@ def trial_key(trial: Trial) -> str:
     return f"{key}/{request}" if request else key
 
 
-class Dataset:
+class RunRecords:
     """The trial records held, by run, least recently used run first; not thread-safe (the
-    node holds its lock). A run is *used* when a record of it is stored or a fit names it."""
+    node holds its lock). A run is *used* when a record of it is stored or a fit names it.
+    A fit gets the trials it names as a core.dataset.TrialDataset, as the in-process learner
+    fits on its own."""
 
     def __init__(self, max_runs: int, remember_ended: int = ENDED_REMEMBERED) -> None:
         self.max_runs = max_runs
@@ -81,12 +84,13 @@ class Dataset:
         self.runs.setdefault(run, set()).add(key)
         return "stored", self._use(run)
 
-    def lookup(self, run: str, keys: Iterable[str]) -> tuple[list[Trial], list[str]]:
-        """The trials `keys` name and the keys not held, for a fit of run `run` (which is going
-        on, whatever was heard of it: its records are kept again from here)."""
+    def lookup(self, run: str, keys: Iterable[str]) -> tuple[TrialDataset, list[str]]:
+        """The dataset of the trials `keys` name (in that order) and the keys not held, for a
+        fit of run `run` (which is going on, whatever was heard of it: its records are kept
+        again from here)."""
         self.live(run)
         keys = list(keys)
-        return ([self.trials[k] for k in keys if k in self.trials],
+        return (TrialDataset(self.trials[k] for k in keys if k in self.trials),
                 [k for k in keys if k not in self.trials])
 
     def live(self, run: str) -> None:
@@ -130,7 +134,7 @@ class ModelLearningNode(GraphNode):
         self.config = config
         self.names = parts["nodes"]
         self.lock = threading.Lock()
-        self.dataset = Dataset(self.names.model_max_runs)
+        self.records = RunRecords(self.names.model_max_runs)
         self.refusals = Refusals(self.get_logger().warning,
                                  ("records", "fit_requests", "statuses"))
         self.version = 0
@@ -149,7 +153,7 @@ class ModelLearningNode(GraphNode):
                                       lambda busy: f"busy fitting for request {busy}")
         self.heartbeat = Heartbeat(self, NAME, self.names,
                                    lambda: {"busy": self.requests.busy,
-                                            "trials": len(self.dataset),
+                                            "trials": len(self.records),
                                             "model_version": self.version})
         self.diagnostics = Diagnostics(self, self.names, self._report)
 
@@ -170,7 +174,7 @@ class ModelLearningNode(GraphNode):
             return
         key = trial_key(trial)
         with self.lock:
-            outcome, evicted = self.dataset.add(trial)
+            outcome, evicted = self.records.add(trial)
         log = self.get_logger().info
         if outcome == "stored":
             log(f"trial {key} stored ({trial.steps} steps"
@@ -193,9 +197,9 @@ class ModelLearningNode(GraphNode):
             return
         with self.lock:
             if status.state != IDLE:
-                self.dataset.live(status.run_id)
+                self.records.live(status.run_id)
                 return
-            count = self.dataset.end(status.run_id)
+            count = self.records.end(status.run_id)
         if count:
             self.get_logger().info(f"run {status.run_id} over ({status.event}): forgot its "
                                    f"{count} trial records")
@@ -210,21 +214,21 @@ class ModelLearningNode(GraphNode):
         if self.requests.answer_again(request_id):
             return
         with self.lock:
-            trials, missing = self.dataset.lookup(req.run_id, keys)
+            dataset, missing = self.records.lookup(req.run_id, keys)
 
         def check() -> Answer | None:
             if not keys:
                 return "refused", {"reason": "the request names no trials"}
             return ("missing", {"missing": missing}) if missing else None
-        self.requests.start(request_id, lambda: self._fit(request_id, req, keys, trials), "fit",
-                            check, trials=len(trials))
+        self.requests.start(request_id, lambda: self._fit(request_id, req, keys, dataset), "fit",
+                            check, trials=len(dataset))
 
     def _fit(self, request_id: str, req: FitRequest, keys: list[str],
-             trials: list[Trial]) -> None:
+             dataset: TrialDataset) -> None:
         try:
             started = time.perf_counter()
             version = self.version + 1
-            model = SpeedIntegrationModel.fit(trials, self.config.plant.control_period,
+            model = SpeedIntegrationModel.fit(dataset, self.config.plant.control_period,
                                               self.config.model, version=version,
                                               should_stop=self.requests.cancel.is_set)
             self.last_fit_s = time.perf_counter() - started
@@ -247,7 +251,7 @@ class ModelLearningNode(GraphNode):
     def _report(self) -> tuple[str, str, dict[str, Any]]:
         busy = self.requests.busy
         with self.lock:
-            data = self.dataset
+            data = self.records
             values = {"trials": len(data), "runs": len(data.runs),
                       "duplicates_ignored": data.duplicates, "runs_forgotten": data.forgotten,
                       "records_of_ended_runs": data.ignored}
