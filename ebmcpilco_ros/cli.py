@@ -27,6 +27,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import signal
 import sys
 import threading
@@ -62,10 +64,28 @@ def _positive_int(text: str) -> int:
 def _write_json(path: str | None, result: dict[str, Any]) -> None:
     """A benchmark's figures to --json, if given."""
     if path:
-        from .bench import write_json
+        from .core.jsonio import write_json_atomic
 
-        write_json(path, result)
+        write_json_atomic(path, result, indent=2)
         print(f"wrote {path}")
+
+
+def _ros_environment(domain_id: int | None = None) -> None:
+    """This process's ROS 2 settings, set here at the entry point (no library function sets
+    os.environ): the graph nodes' discovery range and middleware where not set (a client on
+    another discovery range than the nodes' would not find them), and `domain_id` if given."""
+    from .bringup import graph_environment
+
+    defaults = graph_environment({})
+    for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION"):
+        os.environ.setdefault(key, defaults[key])
+    if domain_id is not None:
+        os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+
+
+def _private_domain() -> int:
+    """A random ROS domain for a benchmark that brings up a graph of its own."""
+    return random.SystemRandom().randint(1, 101)
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
@@ -103,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_learn(args: argparse.Namespace) -> int:
-    from . import bench
+    from .tools import bench
 
     cfg = _config(args)
     result = bench.learn(cfg, args.algorithm, args.seeds, ablation=args.ablation,
@@ -118,12 +138,11 @@ def cmd_bench_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_merge(args: argparse.Namespace) -> int:
-    from . import bench
+    from .tools import bench
 
     result = bench.merge_learn(args.inputs)
     print(bench.learn_table(result))
-    bench.write_json(args.json, result)
-    print(f"wrote {args.json}")
+    _write_json(args.json, result)
     if args.plot:
         bench.plot_learning_curves(result, args.plot)
         print(f"wrote {args.plot}")
@@ -131,7 +150,7 @@ def cmd_bench_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_step(args: argparse.Namespace) -> int:
-    from . import bench
+    from .tools import bench
 
     cfg = _config(args)
     result = bench.step(cfg, args.points, repeats=args.repeats)
@@ -140,7 +159,7 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_policy_eval(args: argparse.Namespace) -> int:
-    from . import bench
+    from .tools import bench
 
     result = bench.policy_eval(_config(args), calls=args.calls, repeats=args.repeats)
     _write_json(args.json, result)
@@ -148,8 +167,6 @@ def cmd_bench_policy_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_resume(args: argparse.Namespace) -> int:
-    import os
-
     from .tools import killbench
 
     if args.domain_id is not None:
@@ -179,7 +196,7 @@ def cmd_export_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_accuracy(args: argparse.Namespace) -> int:
-    from . import bench
+    from .tools import bench
 
     result = bench.accuracy(_config(args), args.points, args.draws)
     _write_json(args.json, result)
@@ -237,12 +254,11 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]] | N
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from . import bringup
-    from .shell import ros_defaults
 
     overrides = _resume_overrides(args)
     if overrides is None:
         return 2
-    ros_defaults()
+    _ros_environment()
     return bringup.run_sim(find_config(args.config), overrides, namespace=args.namespace,
                            startup_timeout=args.startup_timeout, verbose=args.verbose,
                            resume=bool(args.resume), learn=args.learn)
@@ -251,6 +267,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_call(args: argparse.Namespace) -> int:
     from .shell import call
 
+    _ros_environment()
     return call(args.verb.replace("-", "_"), namespace=args.namespace, timeout=args.timeout,
                 service=args.service)
 
@@ -261,6 +278,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.until_end and not args.follow:
         print("ebmcpilco status: --until-end goes with --follow", file=sys.stderr)
         return 2
+    _ros_environment()
     if args.follow:
         return follow(namespace=args.namespace, until_end=args.until_end,
                       timeout=args.timeout, as_json=args.json)
@@ -296,7 +314,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .core.checkpoint import write_json_atomic
+    from .core.jsonio import write_json_atomic
     from .nodes.rundir import RunDirError, find_run
     from .tools.profile import ProfileError, format_profile, profile_run
 
@@ -313,7 +331,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_rig(args: argparse.Namespace) -> int:
     from . import bringup
-    from .shell import ros_defaults
 
     overrides = _resume_overrides(args)
     if overrides is None:
@@ -324,7 +341,7 @@ def cmd_rig(args: argparse.Namespace) -> int:
         print("ebmcpilco rig: give --port DEVICE (or --emulator, or --firmware-sim)",
               file=sys.stderr)
         return 2
-    ros_defaults()
+    _ros_environment()
     return bringup.run_rig(find_config(args.config), overrides, port=args.port,
                            stand_in=stand_in, namespace=args.namespace,
                            startup_timeout=args.startup_timeout, verbose=args.verbose,
@@ -332,7 +349,7 @@ def cmd_rig(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_link(args: argparse.Namespace) -> int:
-    from . import rigbench
+    from .tools import rigbench
 
     if not 0.0 <= args.corrupt <= 1.0:
         print("--corrupt must be in [0, 1]", file=sys.stderr)
@@ -347,8 +364,9 @@ def cmd_bench_link(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_roundtrip(args: argparse.Namespace) -> int:
-    from . import rigbench
+    from .tools import rigbench
 
+    _ros_environment(None if "ROS_DOMAIN_ID" in os.environ else _private_domain())
     result = rigbench.roundtrip(args.seconds, find_config(args.config), _overrides(args.set),
                                 startup_timeout=args.startup_timeout)
     print(rigbench.roundtrip_text(result))
@@ -373,8 +391,9 @@ def cmd_bench_firmware(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_realtime(args: argparse.Namespace) -> int:
-    from . import realtime
+    from .tools import realtime
 
+    _ros_environment(_private_domain())
     result = realtime.bench(find_config(args.config), _overrides(args.set), trials=args.trials,
                             load=not args.no_load, load_threads=args.load_threads,
                             load_nice=args.load_nice)

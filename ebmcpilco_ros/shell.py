@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Callable, TextIO
 
-from .bringup import GraphClient, graph_environment
+from .bringup import GraphClient
 from .nodes.names import STATUS_TOPIC
 from .progress import StatusView, end_code, ended, summary_line
 
@@ -42,14 +42,6 @@ EFFECT_WAIT = 5.0     # [s] for a lost answer's effect to show on the status top
 ANSWER_WAIT = 5.0     # [s] per attempt; the trial manager and the e-stop answer at once
 ATTEMPTS = 3          # calls of one verb at most (answers lost)
 QUIET = 0.3           # [s] without a message: the latched history has arrived
-
-
-def ros_defaults() -> None:
-    """This process's DDS settings as the graph's nodes get them, where not set: a client on
-    another discovery range than the nodes' would not find them."""
-    defaults = graph_environment({})
-    for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION"):
-        os.environ.setdefault(key, defaults[key])
 
 
 def where(namespace: str) -> str:
@@ -71,7 +63,8 @@ def service_names() -> dict[str, str]:
 
 
 def _client(namespace: str, services: dict[str, str] | None = None) -> GraphClient:
-    ros_defaults()
+    """A client in this process: its DDS settings must be the nodes' (the discovery range
+    above all), which `ebmcpilco call` and `status` set before calling here."""
     return GraphClient(namespace=namespace, name=f"ebmcpilco_shell_{os.getpid()}",
                        status_depth=50, services=services)
 

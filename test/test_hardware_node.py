@@ -567,7 +567,7 @@ def test_an_invalid_hardware_parameter_is_refused_at_start(parameter, value, mes
 
 @pytest.mark.timeout(60)
 def test_link_benchmark_counts_every_bad_frame_and_applies_no_corrupted_command():
-    from ebmcpilco_ros.rigbench import link
+    from ebmcpilco_ros.tools.rigbench import link
 
     result = link(seconds=3.0, corrupt=0.01, seed=2)
     host, mcu = result["host"], result["mcu"]
@@ -583,7 +583,7 @@ def test_link_benchmark_counts_every_bad_frame_and_applies_no_corrupted_command(
 
 @pytest.mark.timeout(180)
 def test_round_trip_benchmark_matches_answers_to_states(tmp_path):
-    from ebmcpilco_ros.rigbench import roundtrip
+    from ebmcpilco_ros.tools.rigbench import roundtrip
 
     with ros_environment(isolated_domain(8)):
         result = roundtrip(seconds=2.0, log_dir=tmp_path, startup_timeout=STARTUP_TIMEOUT)

@@ -6,16 +6,13 @@ dataset, the persistent policy and the last iLQR plan, the model and controller 
 state of every random generator (numpy `bit_generator.state`, torch generator states). Restoring
 it and running on gives the same trials as a run that was never interrupted (same seed).
 
-The encoders here turn that state into JSON-ready values and back, exactly: floats round-trip
-through `repr`, float32 tensors through float64 lists.
+The encoders here turn that state into JSON-ready values (core/jsonio.py) and back, exactly:
+floats round-trip through `repr`, float32 tensors through float64 lists.
 """
 from __future__ import annotations
 
 import base64
 import json
-import math
-import os
-import threading
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import numpy as np
 import torch
 
 from .config import ExperimentConfig
+from .jsonio import plain
 
 CHECKPOINT_FORMAT = "ebmcpilco.checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.json"
@@ -33,51 +31,6 @@ RESUME_MAY_DIFFER = frozenset({"optimizer.device", "optimizer.threads"})
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed: another format, another configuration, unreadable."""
-
-
-def plain(value: Any) -> Any:
-    """JSON-ready: arrays to lists, numpy scalars to Python, tuples to lists, non-finite to None."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return plain(value.tolist())
-    if isinstance(value, torch.Tensor):
-        return plain(value.detach().cpu().tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write `data` as JSON to a temporary name, fsync, rename: a crash leaves the old file or
-    the new one, never a part. The directory entry is fsynced too (the rename survives a power
-    loss)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    text = data if isinstance(data, str) else json.dumps(plain(data), allow_nan=False)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-    try:
-        fd = os.open(target.parent, os.O_RDONLY)
-    except OSError:
-        return target
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return target
 
 
 # -- random generators ---------------------------------------------------------------------------

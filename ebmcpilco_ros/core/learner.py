@@ -21,11 +21,12 @@ import torch
 
 from .cancel import StopCheck, check
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_checkpoint, load_module_state,
-                         module_state, plain, plan_from_dict, plan_to_dict, rng_state,
-                         set_rng_state, summary_to_dict, torch_rng_from, torch_rng_state)
+                         module_state, plan_from_dict, plan_to_dict, rng_state, set_rng_state,
+                         summary_to_dict, torch_rng_from, torch_rng_state)
 from .config import ExperimentConfig, OptimizerConfig
 from .cost import trajectory_cost
 from .dataset import TrialDataset
+from .jsonio import plain
 from .mcpilco import (OptimizationResult, model_costs, optimize_policy, torch_dtype,
                       torch_threads)
 from .model import SpeedIntegrationModel

@@ -5,44 +5,14 @@ null."""
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
 from typing import Any
 
-import numpy as np
 from std_msgs.msg import String
 
+from ..core.jsonio import to_json
 from .payloads import Event
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _finite(obj: Any) -> Any:
-    """NaN/inf are not JSON: they travel as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def to_json(payload: dict[str, Any]) -> str:
-    try:
-        return json.dumps(payload, default=_jsonable, allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite(json.loads(json.dumps(payload, default=_jsonable))),
-                          allow_nan=False)
 
 
 def encode(payload: dict[str, Any]) -> String:

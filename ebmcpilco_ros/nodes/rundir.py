@@ -31,9 +31,9 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..core.checkpoint import CHECKPOINT_FILE, write_json_atomic
+from ..core.checkpoint import CHECKPOINT_FILE
+from ..core.jsonio import to_json, write_json_atomic
 from . import payloads
-from .codec import to_json
 from .config import DEFAULT_RUN_DIRECTORY
 from .payloads import Progress
 
@@ -111,7 +111,7 @@ class RunDirectory:
 
     def remove_temporaries(self) -> list[str]:
         """The temporary files a writer killed between writing and renaming left behind
-        (`.<name>.<pid>.<thread>.tmp`, core.checkpoint.write_json_atomic; a directory for a
+        (`.<name>.<pid>.<thread>.tmp`, core.jsonio.write_json_atomic; a directory for a
         bag, nodes/bag.py), removed; for a resume, which runs only once the run's trial manager
         is gone. Their paths here."""
         removed = []

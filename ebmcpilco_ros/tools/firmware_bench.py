@@ -214,7 +214,7 @@ def memory_use(elf: str) -> dict[str, int]:
 def bench(plant: PlantConfig, cart_speed: float, multiples: tuple[float, ...] = (1.0, 2.0, 3.0),
           window: float = 0.25, latency_seconds: float = 2.0,
           log: Callable[[str], None] = print) -> dict[str, Any]:
-    from ..bench import machine_info
+    from .bench import machine_info
 
     emulator = EmulatorConfig()
     firmware_dir = build()

@@ -23,19 +23,20 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .core.config import ExperimentConfig, ModelConfig
-from .core.gp import GPPosterior, fit_hyperparameters, select_subset
-from .core.learner import LearningReport, TrialSummary, run_in_process
-from .core.mcpilco import initial_particles, torch_dtype, torch_threads
-from .core.native_rollout import resolve_backend, unavailable_reason
-from .core.model import SpeedIntegrationModel, training_data
-from .core.policy import SquashedRBFPolicy
-from .core.policy_numpy import export_source
-from .core.rollout import (TORCH_BACKEND, ParticleDynamics, RolloutNoise,
-                           rollout_cost_and_gradient)
-from .core.controllers import PolicyController, RandomController
-from .core.systems import SimulatedCartPole
-from .progress import trial_line
+from ..core.config import ExperimentConfig, ModelConfig
+from ..core.gp import GPPosterior, fit_hyperparameters, select_subset
+from ..core.learner import LearningReport, TrialSummary, run_in_process
+from ..core.mcpilco import initial_particles, torch_dtype, torch_threads
+from ..core.native_rollout import resolve_backend, unavailable_reason
+from ..core.model import SpeedIntegrationModel, training_data
+from ..core.policy import SquashedRBFPolicy
+from ..core.policy_numpy import export_source
+from ..core.rollout import (TORCH_BACKEND, ParticleDynamics, RolloutNoise,
+                            rollout_cost_and_gradient)
+from ..core.controllers import PolicyController, RandomController
+from ..core.jsonio import write_json_atomic
+from ..core.systems import SimulatedCartPole
+from ..progress import trial_line
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
@@ -51,23 +52,6 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
             "torch": torch.__version__, "torch_threads": threads or torch.get_num_threads(),
             "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load_average": os.getloadavg()}
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    """Atomic write: a crash never leaves half a results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
-    os.replace(tmp, path)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
 # -- bench learn ----------------------------------------------------------------------------------
@@ -135,7 +119,7 @@ def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[i
             f"trials={run['trials_to_solve']} interaction={run['interaction_s']:.1f}s "
             f"steps={run['opt_steps']} total={run['wall_s']['total']:.1f}s")
         if json_path:
-            write_json(json_path, result())
+            write_json_atomic(json_path, result(), indent=2)
 
     if jobs <= 1:
         for cfg, label in work:

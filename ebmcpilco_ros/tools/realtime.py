@@ -16,7 +16,6 @@ step:
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .bringup import Graph, flatten, graph_environment, validate
+from ..bringup import Graph, flatten, graph_environment, validate
 
 LOAD_POINTS = 170          # GP support size of the load (the paper's largest in bench step)
 READY_LINE = "load: optimising"
@@ -44,13 +43,12 @@ def bench(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]], t
           load: bool = True, load_threads: int = 0, load_nice: int = 0,
           startup_timeout: float = 120.0
           ) -> dict[str, Any]:
+    """The bench, on this process's ROS domain and DDS settings (the nodes started get them):
+    `ebmcpilco bench realtime` puts the process on a private domain first."""
     from .bench import machine_info
 
     config, parts = validate(config_path, overrides)
-    domain = random.SystemRandom().randint(1, 101)
-    os.environ["ROS_DOMAIN_ID"] = str(domain)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env = graph_environment(domain_id=domain)
+    env = graph_environment()  # this process's domain: `ebmcpilco bench realtime` picks one
     load_proc = None
     graph = Graph(config_path, {**flatten(overrides), "nodes.run_directory": ""},
                   nodes=("sim_plant", "policy_execution"))
@@ -58,7 +56,7 @@ def bench(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]], t
     try:
         if load:
             load_proc = subprocess.Popen(
-                [sys.executable, "-m", "ebmcpilco_ros.realtime", "--load", str(config_path),
+                [sys.executable, "-m", "ebmcpilco_ros.tools.realtime", "--load", str(config_path),
                  str(load_threads), str(load_nice)], env=env, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
             _wait_ready(load_proc, startup_timeout)
@@ -141,11 +139,11 @@ class _Requester:
         from rclpy.executors import SingleThreadedExecutor
         from std_msgs.msg import Float64MultiArray, String
 
-        from .core.policy import SquashedRBFPolicy
-        from .core.controllers import PolicyController
-        from .nodes import codec, qos, sampling
-        from .nodes.names import (EXECUTION_EVENTS_TOPIC, TRIAL_RECORDS_TOPIC,
-                                  TRIAL_REQUEST_FORMAT, TRIAL_REQUEST_TOPIC)
+        from ..core.policy import SquashedRBFPolicy
+        from ..core.controllers import PolicyController
+        from ..nodes import codec, qos, sampling
+        from ..nodes.names import (EXECUTION_EVENTS_TOPIC, TRIAL_RECORDS_TOPIC,
+                                   TRIAL_REQUEST_FORMAT, TRIAL_REQUEST_TOPIC)
         self.config = config
         self.codec = codec
         self.trial_request_format = TRIAL_REQUEST_FORMAT
@@ -176,7 +174,7 @@ class _Requester:
         self.thread.start()
 
     def _spin(self) -> None:
-        from .nodes.process import spin_until_shutdown
+        from ..nodes.process import spin_until_shutdown
 
         spin_until_shutdown(self.executor)
 
@@ -266,9 +264,9 @@ def _load(config_path: str, threads: int, nice: int) -> None:
     if nice:
         os.nice(nice)
     from .bench import model_with_points
-    from .core.config import load_config
-    from .core.mcpilco import optimize_policy, torch_dtype
-    from .core.policy import SquashedRBFPolicy
+    from ..core.config import load_config
+    from ..core.mcpilco import optimize_policy, torch_dtype
+    from ..core.policy import SquashedRBFPolicy
 
     config = load_config(config_path)
     opt = config.optimizer.__class__(**{**config.optimizer.__dict__, "threads": threads})

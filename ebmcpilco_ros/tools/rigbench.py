@@ -15,9 +15,7 @@ roundtrip   The emulator in probe mode (each STATE names its tick in the pole en
 from __future__ import annotations
 
 import json
-import os
 import queue
-import random
 import subprocess
 import sys
 import tempfile
@@ -26,12 +24,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .hardware.conversion import duty_to_force, pole_counts
-from .hardware.driver import set_thread_priority
-from .hardware.emulator import (EmulatorConfig, FirmwareEmulator, matching_hardware_config,
-                                probe_code)
-from .hardware.protocol import COMMAND_FULL_SCALE, Command
-from .hardware.rig import Rig
+from ..hardware.conversion import duty_to_force, pole_counts
+from ..hardware.driver import set_thread_priority
+from ..hardware.emulator import (EmulatorConfig, FirmwareEmulator, matching_hardware_config,
+                                 probe_code)
+from ..hardware.protocol import COMMAND_FULL_SCALE, Command
+from ..hardware.rig import Rig
 
 LINK_FORCE = 0.5            # [N] the link bench alternates +-this: the cart only jitters
 CLEAN_FRAMES = 20           # valid STATEs after corruption stops, so every loss has been seen
@@ -228,7 +226,7 @@ class _Responder:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
 
-        from .nodes import qos, sampling
+        from ..nodes import qos, sampling
         self.hardware = hardware
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -265,17 +263,17 @@ def roundtrip(seconds: float = 10.0, config_path: str | Path | None = None,
               overrides: Mapping[str, Mapping[str, Any]] | None = None,
               log_dir: str | Path | None = None, startup_timeout: float = 120.0
               ) -> dict[str, Any]:
-    """STATE frame -> JointState -> command -> COMMAND frame, timed by the emulator."""
-    from .bringup import Graph, flatten, validate
-    from .core.config import find_config
+    """STATE frame -> JointState -> command -> COMMAND frame, timed by the emulator, on this
+    process's ROS domain and DDS settings (`ebmcpilco bench roundtrip` picks a private domain
+    where none is set)."""
+    from ..bringup import Graph, flatten, validate
+    from ..core.config import find_config
 
     config_path = Path(config_path) if config_path else find_config("rig_example")
     overrides = overrides or {}
     _config, parts = validate(config_path, overrides)
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     rt = parts["hardware"].realtime_priority
-    emulator = subprocess.Popen([sys.executable, "-m", "ebmcpilco_ros.rigbench",
+    emulator = subprocess.Popen([sys.executable, "-m", "ebmcpilco_ros.tools.rigbench",
                                  str(rt + EMULATOR_PRIORITY_ABOVE if rt else 0)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     lines = _LineReader(emulator.stdout)
