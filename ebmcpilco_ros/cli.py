@@ -74,7 +74,7 @@ def _ros_environment(domain_id: int | None = None) -> None:
     """This process's ROS 2 settings, set here at the entry point (no library function sets
     os.environ): the graph nodes' discovery range and middleware where not set (a client on
     another discovery range than the nodes' would not find them), and `domain_id` if given."""
-    from .bringup import graph_environment
+    from .nodes.bringup import graph_environment
 
     defaults = graph_environment({})
     for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION"):
@@ -237,7 +237,7 @@ def _graph_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def _resume_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]] | None:
     """The overrides of `sim`/`rig`, with --resume RUN's settings under them (None: RUN is no
     run directory, said on stderr)."""
-    from . import bringup
+    from .nodes import bringup
     from .nodes.rundir import RunDirError, describe_run, find_run, run_status
 
     overrides = _graph_overrides(args)
@@ -253,7 +253,7 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]] | N
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from . import bringup
+    from .nodes import bringup
 
     overrides = _resume_overrides(args)
     if overrides is None:
@@ -330,7 +330,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_rig(args: argparse.Namespace) -> int:
-    from . import bringup
+    from .nodes import bringup
 
     overrides = _resume_overrides(args)
     if overrides is None:

@@ -13,7 +13,7 @@
 # limitations under the License.
 """What the launch files (launch/*.launch.py) share, written once: a node of the graph started
 from the one parameter file with the launch arguments' overrides, and required, so that its exit
-ends the launch with the reason. `ebmcpilco sim` (bringup.py) ends with the same reason when a
+ends the launch with the reason. `ebmcpilco sim` (nodes/bringup.py) ends with the same reason when a
 node of its graph exits.
 
 Only `graph_node` needs `launch` / `launch_ros` (a ROS 2 install has them, the pip wheels do not),

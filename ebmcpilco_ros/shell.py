@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Callable, TextIO
 
-from .bringup import GraphClient
+from .nodes.bringup import GraphClient
 from .nodes.names import STATUS_TOPIC
 from .progress import StatusView, end_code, ended, summary_line
 

@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from ebmcpilco_ros.bringup import Graph, GraphClient
+from ebmcpilco_ros.nodes.bringup import Graph, GraphClient
 from ebmcpilco_ros.core.config import find_config
 
 CONFIG = find_config("paper_cartpole")

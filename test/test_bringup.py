@@ -1,7 +1,7 @@
 """`ebmcpilco sim`/`rig` start-up decisions that do not need a running graph."""
 from typing import Any, Callable
 
-from ebmcpilco_ros.bringup import start_learning
+from ebmcpilco_ros.nodes.bringup import start_learning
 
 
 class _Client:

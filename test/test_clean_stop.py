@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from ebmcpilco_ros.bringup import STOP_GRACE, GraphClient, graph_environment
+from ebmcpilco_ros.nodes.bringup import STOP_GRACE, GraphClient, graph_environment
 from ebmcpilco_ros.core import ilqr
 from ebmcpilco_ros.core.cancel import Cancelled
 from ebmcpilco_ros.core.config import (CostConfig, ExperimentConfig, ModelConfig,

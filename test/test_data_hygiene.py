@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from ebmcpilco_ros.bringup import GraphClient
+from ebmcpilco_ros.nodes.bringup import GraphClient
 from ebmcpilco_ros.core.controllers import RandomController
 from ebmcpilco_ros.core.model import INPUT_NAMES, MODEL_FORMAT, SpeedIntegrationModel
 from ebmcpilco_ros.core.trial import Trial

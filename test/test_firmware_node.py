@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from ebmcpilco_ros.bringup import Graph, GraphClient
+from ebmcpilco_ros.nodes.bringup import Graph, GraphClient
 from ebmcpilco_ros.core.config import find_config, load_config
 from ebmcpilco_ros.hardware.config import load_hardware_config
 from ebmcpilco_ros.hardware.conversion import force_to_duty

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from ebmcpilco_ros.bringup import Graph, GraphClient, graph_environment
+from ebmcpilco_ros.nodes.bringup import Graph, GraphClient, graph_environment
 from ebmcpilco_ros.core.config import find_config, load_config
 from ebmcpilco_ros.hardware.config import load_hardware_config
 from ebmcpilco_ros.hardware.emulator import EmulatorConfig, FirmwareEmulator

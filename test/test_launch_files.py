@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ebmcpilco_ros import launch_support
-from ebmcpilco_ros.bringup import RIG_NODES, SIM_NODES
+from ebmcpilco_ros.nodes.bringup import RIG_NODES, SIM_NODES
 from ebmcpilco_ros.core.config import load_config
 from ebmcpilco_ros.hardware.config import load_hardware_config
 

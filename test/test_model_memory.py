@@ -13,7 +13,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
-from ebmcpilco_ros.bringup import GraphClient
+from ebmcpilco_ros.nodes.bringup import GraphClient
 from ebmcpilco_ros.core.model import SpeedIntegrationModel
 from ebmcpilco_ros.core.trial import Trial
 from ebmcpilco_ros.nodes import names, qos, codec, process

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ebmcpilco_ros.bringup import GraphClient
+from ebmcpilco_ros.nodes.bringup import GraphClient
 from ebmcpilco_ros.core.config import load_config
 
 from bag_helpers import check_bag

@@ -11,7 +11,7 @@ import rclpy
 from rcl_interfaces.msg import ParameterType
 from rclpy.parameter import Parameter
 
-from ebmcpilco_ros.bringup import graph_environment, ros_value
+from ebmcpilco_ros.nodes.bringup import graph_environment, ros_value
 from ebmcpilco_ros.core.config import SECTIONS, ConfigError
 from ebmcpilco_ros.nodes.config import (NODE_SECTIONS, SimPlantConfig, build_node_section,
                                         check_sim_plant, load_node_sections)

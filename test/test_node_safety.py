@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ebmcpilco_ros.bringup import GraphClient
+from ebmcpilco_ros.nodes.bringup import GraphClient
 from ebmcpilco_ros.nodes.config import load_node_sections
 
 from graph_helpers import (CONFIG, STARTUP_TIMEOUT, Probe, describe_failure, isolated_domain,

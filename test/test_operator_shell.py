@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ebmcpilco_ros.bringup import STOP_GRACE, graph_environment
+from ebmcpilco_ros.nodes.bringup import STOP_GRACE, graph_environment
 from ebmcpilco_ros.progress import StatusView
 
 from graph_helpers import REDUCED, STARTUP_TIMEOUT, isolated_domain

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ebmcpilco_ros.bringup import SIM_NODES, STOP_GRACE, graph_environment
+from ebmcpilco_ros.nodes.bringup import SIM_NODES, STOP_GRACE, graph_environment
 from ebmcpilco_ros.launch_support import exit_reason
 
 from graph_helpers import REDUCED, STARTUP_TIMEOUT, isolated_domain

@@ -198,7 +198,7 @@ def files_of(run: Path) -> dict[str, bytes]:
 def resume_and_finish(client: Any, graph: Any, run_id: str, killed: float) -> dict[str, Any]:
     """Call /ebmcpilco/resume once the new trial manager (started after `killed`, a time.time())
     is ready; the run's end (run_done asserted)."""
-    from ebmcpilco_ros.bringup import start_learning
+    from ebmcpilco_ros.nodes.bringup import start_learning
     from graph_helpers import STARTUP_TIMEOUT, describe_failure, wait_event
 
     ready = client.wait_status(lambda s: bool(s.get("ready")) and s["stamp"] > killed,
@@ -279,7 +279,7 @@ def test_a_killed_trial_manager_resumes_without_losing_a_trial(tmp_path):
     marked failed and interrupted, and the run ends with its three trials."""
     import signal
 
-    from ebmcpilco_ros.bringup import GraphClient
+    from ebmcpilco_ros.nodes.bringup import GraphClient
     from ebmcpilco_ros.nodes.rundir import run_status
     from graph_helpers import describe_failure, isolated_domain, ros_environment, start_graph
 
@@ -322,7 +322,7 @@ def test_a_killed_graph_resumes_with_ebmcpilco_sim_resume(tmp_path):
     import subprocess
     import sys
 
-    from ebmcpilco_ros.bringup import GraphClient, graph_environment
+    from ebmcpilco_ros.nodes.bringup import GraphClient, graph_environment
     from graph_helpers import isolated_domain, ros_environment, start_graph
 
     domain = isolated_domain(61)

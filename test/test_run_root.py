@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ebmcpilco_ros.bringup import GraphClient
+from ebmcpilco_ros.nodes.bringup import GraphClient
 from ebmcpilco_ros.cli import main as cli_main
 from ebmcpilco_ros.core.config import ConfigError, find_config
 from ebmcpilco_ros.nodes.config import (DEFAULT_RUN_DIRECTORY, NodesConfig, build_node_section,

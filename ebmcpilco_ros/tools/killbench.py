@@ -36,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..bringup import SIM_NODES, Graph, GraphClient, flatten, start_learning, validate
+from ..nodes.bringup import SIM_NODES, Graph, GraphClient, flatten, start_learning, validate
 from ..nodes.rundir import run_root
 
 TARGETS = (*SIM_NODES, "graph")  # cycled through, one per kill

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..bringup import Graph, flatten, graph_environment, validate
+from ..nodes.bringup import Graph, flatten, graph_environment, validate
 
 LOAD_POINTS = 170          # GP support size of the load (the paper's largest in bench step)
 READY_LINE = "load: optimising"

@@ -266,7 +266,7 @@ def roundtrip(seconds: float = 10.0, config_path: str | Path | None = None,
     """STATE frame -> JointState -> command -> COMMAND frame, timed by the emulator, on this
     process's ROS domain and DDS settings (`ebmcpilco bench roundtrip` picks a private domain
     where none is set)."""
-    from ..bringup import Graph, flatten, validate
+    from ..nodes.bringup import Graph, flatten, validate
     from ..core.config import find_config
 
     config_path = Path(config_path) if config_path else find_config("rig_example")

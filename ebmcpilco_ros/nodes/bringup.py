@@ -26,12 +26,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
-from .core.config import ExperimentConfig, config_from_dict, read_parameters
-from .launch_support import exit_reason
-from .nodes import NODE_NAMES, RIG_NODE_NAMES, STOP_BOUND_S
-from .nodes.config import NODE_SECTIONS, build_node_section
-from .progress import END_EVENTS, StatusView, end_code
-from .tools.report import report_hint
+from ..core.config import ExperimentConfig, config_from_dict, read_parameters
+from ..launch_support import exit_reason
+from . import NODE_NAMES, RIG_NODE_NAMES, STOP_BOUND_S
+from .config import NODE_SECTIONS, build_node_section
+from ..progress import END_EVENTS, StatusView, end_code
+from ..tools.report import report_hint
 
 SIM_NODES = NODE_NAMES  # sim_plant, policy_execution, model_learning, policy_optimization,
 #                         trial_manager
@@ -174,11 +174,11 @@ class GraphClient:
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
-        from .nodes.names import (ABORT_SERVICE, LEARN_SERVICE, RESUME_SERVICE, RUN_TRIAL_SERVICE,
-                                  STATUS_FORMAT, STATUS_TOPIC)
-        from .nodes.qos import latched_qos
-        from .nodes.codec import decode
-        from .nodes.payloads import Status
+        from .names import (ABORT_SERVICE, LEARN_SERVICE, RESUME_SERVICE, RUN_TRIAL_SERVICE,
+                            STATUS_FORMAT, STATUS_TOPIC)
+        from .qos import latched_qos
+        from .codec import decode
+        from .payloads import Status
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -206,7 +206,7 @@ class GraphClient:
         self.thread.start()
 
     def _spin(self) -> None:
-        from .nodes.process import spin_until_shutdown
+        from .process import spin_until_shutdown
 
         spin_until_shutdown(self.executor)
 
@@ -267,8 +267,8 @@ def resume_overrides(run: str | Path, overrides: Mapping[str, Mapping[str, Any]]
     `execution`), then `overrides` on top (a learning setting changed there makes the trial
     manager refuse, naming it), and the trial manager pointed at RUN. RunDirError if RUN is
     not a run directory."""
-    from .core.config import SECTIONS
-    from .nodes.rundir import CONFIG_FILE, RunDirError, run_status
+    from ..core.config import SECTIONS
+    from .rundir import CONFIG_FILE, RunDirError, run_status
 
     path = Path(run).expanduser().resolve()
     run_status(path)
@@ -295,7 +295,7 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
     `learn=False` is `ebmcpilco up`: the graph stays up, learning nothing by itself, printing a
     line per status event, until SIGINT or SIGTERM (then 0, or 1 if a node did not stop
     cleanly) or until a node dies (1); the operator calls the services (`ebmcpilco call`)."""
-    from .nodes.rundir import run_root
+    from .rundir import run_root
 
     config, parts = validate(config_path, overrides)
     nodes_cfg = parts["nodes"]
