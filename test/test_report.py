@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from ebmcpilco_ros import cli
-from ebmcpilco_ros.core.checkpoint import plain
 from ebmcpilco_ros.core.config import ExperimentConfig
+from ebmcpilco_ros.core.jsonio import plain
 from ebmcpilco_ros.core.learner import build_in_process
+from ebmcpilco_ros.nodes.rundir import report_hint
 from ebmcpilco_ros.core.mcpilco import torch_threads
 from ebmcpilco_ros.tools import report
 
@@ -207,4 +208,4 @@ def test_gif_frames_subsample_long_trials() -> None:
 
 
 def test_report_hint() -> None:
-    assert report.report_hint("/data/runs", "r1") == "report: ebmcpilco report /data/runs/r1"
+    assert report_hint("/data/runs", "r1") == "report: ebmcpilco report /data/runs/r1"

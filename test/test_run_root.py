@@ -14,7 +14,7 @@ from ebmcpilco_ros.core.config import ConfigError, find_config
 from ebmcpilco_ros.nodes.config import (DEFAULT_RUN_DIRECTORY, NodesConfig, build_node_section,
                                         load_node_sections)
 from ebmcpilco_ros.nodes.rundir import RunDirectory, find_run, ros_home, run_root
-from ebmcpilco_ros.tools.report import report_hint
+from ebmcpilco_ros.nodes.rundir import report_hint
 
 from graph_helpers import (STARTUP_TIMEOUT, describe_failure, isolated_domain, ros_environment,
                            start_graph)

@@ -371,7 +371,7 @@ class FirmwareEmulator:
             self._trip_time = now
             self.stats.watchdog_trips += 1
         self._check_fault()
-        p = self._x[0]
+        p = self._x[cartpole.P]
         at_minus = p <= -self.config.limit_switch_position
         at_plus = p >= self.config.limit_switch_position
         # LEFT is the switch at the end a negative command drives towards: -p with motor_sign +1.
@@ -396,10 +396,10 @@ class FirmwareEmulator:
             x = cartpole.step(self._x, self._force, self.plant, dt=period,
                               substeps=self.config.integrator_substeps)
         stop = self.config.track_half_length
-        if abs(x[0]) >= stop:  # hard end stop: the cart stops dead
-            x[0] = math.copysign(stop, x[0])
-            if x[1] * x[0] > 0:
-                x[1] = 0.0
+        if abs(x[cartpole.P]) >= stop:  # hard end stop: the cart stops dead
+            x[cartpole.P] = math.copysign(stop, x[cartpole.P])
+            if x[cartpole.PDOT] * x[cartpole.P] > 0:
+                x[cartpole.PDOT] = 0.0
         self._x = x
         status = ((Status.LIMIT_LEFT if limit_left else 0)
                   | (Status.LIMIT_RIGHT if limit_right else 0)
@@ -417,8 +417,8 @@ class FirmwareEmulator:
         if self.probe:  # the STATE names itself
             return 0, self._tick % PROBE_COUNT_MODULUS
         cfg = self.config
-        cart = int(round(self._x[0] * cfg.cart_counts_per_m)) * cfg.cart_sign
-        turns = (self._x[2] - cfg.pole_zero_angle) / (2 * math.pi)
+        cart = int(round(self._x[cartpole.P] * cfg.cart_counts_per_m)) * cfg.cart_sign
+        turns = (self._x[cartpole.THETA] - cfg.pole_zero_angle) / (2 * math.pi)
         pole = int(round(turns * cfg.pole_counts_per_rev)) * cfg.pole_sign
         return cart, pole
 

@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..core.cartpole import P, PDOT, THETA, THETADOT
+
 from .config import HardwareConfig
 from .conversion import Measurement, apply_soft_limits, force_to_duty, measure
 from .driver import SerialDriver, StateSample
@@ -246,8 +248,8 @@ class Rig:
         parts = [part for part in ("cart", "pole") if any(m.startswith(part) for m in missed)]
         what = (f"the {' and the '.join(parts)} did not settle" if parts
                 else "no new state with estimated velocities came during the homing")
-        last = (f"last state p = {x[0]:.3f} m, pdot = {x[1]:.3f} m/s, theta = {x[2]:.3f} rad, "
-                f"thetadot = {x[3]:.3f} rad/s")
+        last = (f"last state p = {x[P]:.3f} m, pdot = {x[PDOT]:.3f} m/s, theta = "
+                f"{x[THETA]:.3f} rad, thetadot = {x[THETADOT]:.3f} rad/s")
         return HomingOutcome(False, f"not homed within {limit:g} s: {what} "
                                     f"({'; '.join(missed + [last])})", x)
 
@@ -362,7 +364,7 @@ class Rig:
         limit = None
         if self._measurement is not None:
             x = self._measurement.x
-            limited = apply_soft_limits(force, float(x[0]), float(x[1]), self.config)
+            limited = apply_soft_limits(force, float(x[P]), float(x[PDOT]), self.config)
             force, limit = limited.force, limited.reason
         if self._sample is not None and self._sample.state.status & FAULT_BITS:
             active = False

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.cartpole import P, PDOT, THETA, THETADOT
 from ..core.trial import TRIAL_FORMAT, Trial
 
 STATE_TYPE = "sensor_msgs/msg/JointState"
@@ -131,8 +132,8 @@ def trial_messages(trial: Trial, topics: BagTopics) -> list[tuple[int, str, str,
         sec, nanosec = divmod(state_stamps[k], NANOSECONDS)
         effort = [] if k == 0 else [float(trial.inputs[k - 1]), 0.0]
         return joint_state(header=header(stamp=time_msg(sec=sec, nanosec=nanosec), frame_id=""),
-                           name=names, position=np.array([x[0], x[2]], dtype=np.float64),
-                           velocity=np.array([x[1], x[3]], dtype=np.float64),
+                           name=names, position=np.array([x[P], x[THETA]], dtype=np.float64),
+                           velocity=np.array([x[PDOT], x[THETADOT]], dtype=np.float64),
                            effort=np.array(effort, dtype=np.float64))
 
     messages = [(state_stamps[k], topics.state, STATE_TYPE, state(x, k))

@@ -31,7 +31,6 @@ from ..launch_support import exit_reason
 from . import NODE_NAMES, RIG_NODE_NAMES, STOP_BOUND_S
 from .config import NODE_SECTIONS, build_node_section
 from ..progress import END_EVENTS, StatusView, end_code
-from ..tools.report import report_hint
 
 SIM_NODES = NODE_NAMES  # sim_plant, policy_execution, model_learning, policy_optimization,
 #                         trial_manager
@@ -332,6 +331,8 @@ def run_sim(config_path: str | Path, overrides: Mapping[str, Mapping[str, Any]],
         if not ok:
             return 1
         code = _follow(client, graph, view, interrupted)
+        from .rundir import report_hint  # torch, through core.checkpoint: only now
+
         log(report_hint(nodes_cfg.run_directory, (client.latest_status or {}).get("run_id")))
         return code
 

@@ -8,6 +8,8 @@ import numpy as np
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
+from ..core.cartpole import P, PDOT, STATE_DIM, THETA, THETADOT
+
 NANOSECONDS = 1_000_000_000
 
 
@@ -17,8 +19,8 @@ def state_message(x: np.ndarray, force: float, joint_names: Sequence[str],
     msg = JointState()
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), NANOSECONDS)
     msg.name = list(joint_names)
-    msg.position = [float(x[0]), float(x[2])]
-    msg.velocity = [float(x[1]), float(x[3])]
+    msg.position = [float(x[P]), float(x[THETA])]
+    msg.velocity = [float(x[PDOT]), float(x[THETADOT])]
     msg.effort = [float(force), 0.0]
     return msg
 
@@ -29,8 +31,9 @@ def state_from_message(msg: JointState, joint_names: Sequence[str]) -> tuple[np.
     names = list(msg.name)
     try:
         i, j = names.index(cart), names.index(pole)
-        x = np.array([msg.position[i], msg.velocity[i], msg.position[j], msg.velocity[j]],
-                     dtype=float)
+        x = np.empty(STATE_DIM)
+        x[P], x[PDOT] = msg.position[i], msg.velocity[i]
+        x[THETA], x[THETADOT] = msg.position[j], msg.velocity[j]
     except (ValueError, IndexError) as exc:
         raise ValueError(f"joint state lacks {cart!r}/{pole!r} positions and velocities "
                          f"(names {names})") from exc

@@ -35,6 +35,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
+from ..core.cartpole import P, THETA
 from ..hardware.config import HardwareConfig
 from ..hardware.conversion import Measurement, applied_force, calibration_mismatches
 from ..hardware.driver import DriverError, StateSample
@@ -262,7 +263,7 @@ class HardwareInterface(LifecycleNode, GraphNode):
             self.counts["homing_failures"] += 1
             return False, f"reset: {outcome.reason}"
         x = outcome.x
-        return True, (f"reset: homed, amplifier enabled (p = {x[0]:.4f} m, theta = {x[2]:.3f} "
+        return True, (f"reset: homed, amplifier enabled (p = {x[P]:.4f} m, theta = {x[THETA]:.3f} "
                       f"rad)" if x is not None else "reset: homed, amplifier enabled")
 
     # -- diagnostics and shutdown ---------------------------------------------------------------

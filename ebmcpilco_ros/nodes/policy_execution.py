@@ -86,7 +86,7 @@ def _unwind(x: np.ndarray, turns: float) -> np.ndarray:
     if not turns:
         return x
     x = x.copy()
-    x[2] -= turns
+    x[cartpole.THETA] -= turns
     return x
 
 
@@ -328,7 +328,7 @@ class PolicyExecution(GraphNode):
                 return
             x, _received, stamp = latest
             if k == 0:
-                turns = cartpole.hanging_turns(x[2])
+                turns = cartpole.hanging_turns(x[cartpole.THETA])
             x = _unwind(x, turns)
             run.states.append(x)
             run.stamps.append(stamp)

@@ -209,3 +209,11 @@ def describe_run(status: dict[str, Any]) -> str:
         where += f"; cut off in: {status['phase']}"
     return (f"run {status['run_id']} {how.get(outcome, outcome)} after "
             f"{status['trials_completed']} completed trials{where}")
+
+
+def report_hint(run_directory: str, run_id: str | None) -> str:
+    """The line `ebmcpilco sim` and `rig` print when a run ends: the command that reports it."""
+    root = run_root(run_directory)
+    if root is None or not run_id:
+        return "report: none (no run directory)"
+    return f"report: ebmcpilco report {root / run_id}"

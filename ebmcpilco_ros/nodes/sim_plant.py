@@ -108,7 +108,7 @@ class SimPlant(GraphNode):
         return response
 
     def _initial_state(self) -> np.ndarray:
-        return self.rng.normal(0.0, self.plant.initial_state_std, size=4)
+        return self.rng.normal(0.0, self.plant.initial_state_std, size=cartpole.STATE_DIM)
 
     # -- physics --------------------------------------------------------------------------------
     def _force_at(self, t: float) -> float:
@@ -145,13 +145,14 @@ class SimPlant(GraphNode):
         with self.lock:
             true = self.x.copy()
             force = self.applied
-        measured = true + self.rng.normal(0.0, self.plant.sensor_noise_std, size=4)
+        measured = true + self.rng.normal(0.0, self.plant.sensor_noise_std,
+                                          size=cartpole.STATE_DIM)
         if self.sim.cart_encoder_resolution > 0:
             r = self.sim.cart_encoder_resolution
-            measured[0] = round(measured[0] / r) * r
+            measured[cartpole.P] = round(measured[cartpole.P] / r) * r
         if self.sim.pole_encoder_resolution > 0:
             r = self.sim.pole_encoder_resolution
-            measured[2] = round(measured[2] / r) * r
+            measured[cartpole.THETA] = round(measured[cartpole.THETA] / r) * r
         self.pending.append((t, measured, true, force))
 
     def _publish_due(self, now: float) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..core.cartpole import PDOT, THETADOT
 from ..core.config import PlantConfig
 from ..hardware.driver import SerialDriver
 from ..hardware.emulator import EmulatorConfig
@@ -125,7 +126,9 @@ def interrupt_load(sim: FirmwareSim, host: BenchHost, rate: EdgeRate,
           "the encoders at the start position")
     x = sim.status()["x"]
     errors_before = host.quadrature_errors()
-    sim.set_state([x[0], rate.cart_speed, x[2], rate.pole_speed])
+    state = np.array(x, dtype=float)
+    state[PDOT], state[THETADOT] = rate.cart_speed, rate.pole_speed
+    sim.set_state(state.tolist())
     before = sim.status()
     after = _run_for(sim, window)
     cycles = after["cycle"] - before["cycle"]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from ..core.cartpole import P, THETA, wrap_angle
 from ..core.config import SECTIONS, ConfigError, ExperimentConfig, build_section
 from ..core.trial import Trial, swing_up_success
 
@@ -564,8 +565,8 @@ def _window_errors(trial: TrialRecord, run: RunData) -> tuple[float, float]:
     crit = run.config.success
     x = trial.true_states if trial.true_states is not None else trial.states
     window = trial.times >= trial.times[-1] - crit.window - 1e-9
-    theta = np.angle(np.exp(1j * x[window, 2]))
-    return (float(np.max(np.abs(x[window, 0]))) / crit.p_tol,
+    theta = wrap_angle(x[window, THETA])
+    return (float(np.max(np.abs(x[window, P]))) / crit.p_tol,
             float(np.max(np.abs(np.abs(theta) - np.pi))) / crit.theta_tol)
 
 
@@ -625,7 +626,7 @@ def animate_trial(run: RunData, trial: TrialRecord, path: Path,
     plant = run.config.plant
     length, u_max = plant.pole_length, plant.u_max
     frames = gif_frames(len(trial.states), max_frames)
-    p = trial.states[:, 0]
+    p = trial.states[:, P]
     x_lo, x_hi = min(p.min(), -0.5) - length - 0.2, max(p.max(), 0.5) + length + 0.2
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.set_xlim(x_lo, x_hi)
@@ -643,11 +644,11 @@ def animate_trial(run: RunData, trial: TrialRecord, path: Path,
     arrow: list[Any] = []
     ax.set_title(f"{run.run_id}: trial {trial.index} ({trial.kind}), cost {trial.cost:.2f}",
                  fontsize=9)
-    tips = np.stack([p + length * np.sin(trial.states[:, 2]),
-                     -length * np.cos(trial.states[:, 2])], axis=1)
+    tips = np.stack([p + length * np.sin(trial.states[:, THETA]),
+                     -length * np.cos(trial.states[:, THETA])], axis=1)
 
     def draw(k: int) -> list[Any]:
-        x, theta = trial.states[k, 0], trial.states[k, 2]
+        x, theta = trial.states[k, P], trial.states[k, THETA]
         cart.set_x(x - cart_w / 2)
         pole.set_data([x, tips[k, 0]], [0.0, tips[k, 1]])
         trail.set_data(tips[: k + 1, 0], tips[: k + 1, 1])
@@ -780,13 +781,3 @@ def write_report(run_path: str | Path, out: str | Path | None = None,
         animated_trial=best.index)
     files.markdown.write_text(_markdown(run, files, predictions), encoding="utf-8")
     return files
-
-
-def report_hint(run_directory: str, run_id: str | None) -> str:
-    """The line `ebmcpilco sim` and `rig` print when a run ends."""
-    from ..nodes.rundir import run_root
-
-    root = run_root(run_directory)
-    if root is None or not run_id:
-        return "report: none (no run directory)"
-    return f"report: ebmcpilco report {root / run_id}"
