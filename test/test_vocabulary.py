@@ -21,3 +21,14 @@ def test_what_each_request_and_controller_runs():
     runs = {c.kind.trial_kind for c in (RandomController, FeedbackPlanController,
                                         PolicyController)}
     assert runs == set(TrialKind)
+
+
+def test_the_standalone_policy_file_agrees_with_core():
+    """policy_numpy.py travels alone (ebmcpilco export-policy) and so keeps its own copies of
+    the state size, the policy's kind and its inputs: they must say what core says."""
+    from ebmcpilco_ros.core import cartpole, policy_numpy
+    from ebmcpilco_ros.core.model import INPUT_NAMES
+
+    assert policy_numpy.STATE_SIZE == cartpole.STATE_DIM
+    assert policy_numpy.POLICY_KIND == ControllerKind.SQUASHED_RBF
+    assert policy_numpy.POLICY_INPUTS == INPUT_NAMES[:-1]

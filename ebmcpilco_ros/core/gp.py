@@ -33,7 +33,8 @@ from torch import Tensor
 from .cancel import StopCheck, check
 from .config import ModelConfig
 
-_JITTER = 1e-9
+# Added to a kernel matrix's diagonal before it is factorised (pretraining's fit uses it too).
+JITTER = 1e-9
 # A kernel matrix whose Cholesky factorisation fails (duplicated or quantised inputs with noise
 # near its floor: K is singular to rounding) is retried with these jitters, relative to its mean
 # diagonal: the size of float64 rounding in K, far below any noise the fit could learn.
@@ -136,7 +137,7 @@ def negative_log_marginal_likelihood(X: Tensor, y: Tensor, log_ls: Tensor, log_s
     K stays indefinite with jitter (robust_cholesky)."""
     n = X.shape[0]
     K = se_kernel(X, X, log_ls.exp(), (2 * log_sf).exp())
-    K = K + ((2 * log_sn).exp() + _JITTER) * torch.eye(n, dtype=X.dtype)
+    K = K + ((2 * log_sn).exp() + JITTER) * torch.eye(n, dtype=X.dtype)
     L = robust_cholesky(K)
     a = torch.cholesky_solve(y.unsqueeze(-1), L).squeeze(-1)
     return (0.5 * (y @ a) + torch.log(torch.diagonal(L)).sum()) / n
@@ -247,7 +248,7 @@ def select_subset(X: np.ndarray, kernel: SEKernel, likelihood: GaussianLikelihoo
         v = _solve_lower(L, k)
         var = sf2 - v @ v
         if var > limit:
-            d = math.sqrt(max(sf2 + sn2 - v @ v, _JITTER))
+            d = math.sqrt(max(sf2 + sn2 - v @ v, JITTER))
             m = len(keep)
             L_new = np.zeros((m + 1, m + 1))
             L_new[:m, :m] = L
@@ -281,7 +282,7 @@ class GPPosterior:
               likelihood: GaussianLikelihood) -> "GPPosterior":
         X = torch.as_tensor(support, dtype=torch.float64)
         K = se_kernel(X, X, torch.as_tensor(kernel.lengthscales), kernel.variance)
-        K = K + (likelihood.variance + _JITTER) * torch.eye(len(support), dtype=torch.float64)
+        K = K + (likelihood.variance + JITTER) * torch.eye(len(support), dtype=torch.float64)
         try:
             L = robust_cholesky(K)
         except NotPositiveDefinite as exc:
@@ -317,7 +318,7 @@ class GPPosterior:
         K = se_kernel(X, X, torch.as_tensor(self.kernel.lengthscales), self.kernel.variance)
         lam, U = torch.linalg.eigh(K)
         lam, U = lam.numpy()[::-1].clip(min=0.0), U.numpy()[:, ::-1]
-        return (U / np.sqrt(lam + self.likelihood.variance + _JITTER)).T, lam
+        return (U / np.sqrt(lam + self.likelihood.variance + JITTER)).T, lam
 
     def variance_factor(self, rank_tol: float = 0.0) -> np.ndarray:
         """V (r, N) with k^T K^-1 k ~= |V k|^2: the rows of the cached factor whose eigenvalue

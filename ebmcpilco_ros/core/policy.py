@@ -18,15 +18,15 @@ from .cartpole import P, PDOT, THETA, THETADOT
 from .config import PolicyConfig
 from .policy_numpy import POLICY_FORMAT, POLICY_INPUTS, PolicyParameters
 
-__all__ = ["MAX_EXPONENT", "POLICY_FORMAT", "POLICY_INPUTS", "PolicyParameters",
+__all__ = ["MAX_EXPONENT", "QUARTER_TURN", "POLICY_FORMAT", "POLICY_INPUTS", "PolicyParameters",
            "SquashedRBFPolicy", "rbf_activations", "state_features"]
 MAX_EXPONENT = 78.0  # exp(-78) ~ 1e-34: beyond it float32 exp enters the (slow) denormal range
-_QUARTER_TURN = (0.0, math.pi / 2)  # sin(theta + pi/2) = cos(theta): one sin call for both
+QUARTER_TURN = (0.0, math.pi / 2)  # sin(theta + pi/2) = cos(theta): one sin call for both
 
 
 def state_features(states: Tensor) -> Tensor:
     """x^ = [p, pdot, thetadot, sin theta, cos theta] from states (..., 4)."""
-    offsets = states.new_tensor(_QUARTER_TURN)
+    offsets = states.new_tensor(QUARTER_TURN)
     sincos = torch.sin(states[..., THETA:THETA + 1] + offsets)
     return torch.cat([states[..., P:PDOT + 1], states[..., THETADOT:THETADOT + 1], sincos],
                      dim=-1)

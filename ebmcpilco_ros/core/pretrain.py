@@ -24,11 +24,11 @@ import torch
 from .cancel import StopCheck, check
 from .cartpole import STATE_DIM
 from .config import PolicyConfig, PretrainConfig
+from .gp import JITTER
 from .ilqr import ILQRPlan
 from .policy import SquashedRBFPolicy, state_features
 
 _MIN_SPREAD = 1e-2  # floor on initial lengthscales [feature units]
-_JITTER = 1e-9
 
 
 @dataclass
@@ -95,7 +95,7 @@ def pretrain_bayes(policy: SquashedRBFPolicy, states: np.ndarray, targets: np.nd
         sigma2 = torch.exp(2 * log_sigma)
         gram = phi.T @ phi
         prior_prec = torch.exp(-2 * log_s) + drop_ratio * torch.diagonal(gram) / sigma2  # (B,)
-        L = torch.linalg.cholesky(gram + torch.diag(sigma2 * prior_prec + _JITTER))
+        L = torch.linalg.cholesky(gram + torch.diag(sigma2 * prior_prec + JITTER))
         return L, torch.cholesky_solve((phi.T @ z).unsqueeze(1), L).squeeze(1), prior_prec
 
     def nlml() -> torch.Tensor:

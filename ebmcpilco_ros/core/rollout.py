@@ -29,11 +29,10 @@ from .config import CostConfig
 from .gp import se_kernel
 from .cartpole import P, PDOT, POSITIONS, STATE_DIM, THETA, THETADOT, VELOCITIES
 from .model import SpeedIntegrationModel
-from .policy import MAX_EXPONENT, SquashedRBFPolicy, state_features
+from .policy import MAX_EXPONENT, QUARTER_TURN, SquashedRBFPolicy, state_features
 
 _MIN_VARIANCE = 1e-10
 _MIN_STD = 1.0001e-5  # just above sqrt(_MIN_VARIANCE): below it the clamp holds, no gradient
-_QUARTER_TURN = (0.0, math.pi / 2)  # sin(theta + pi/2) = cos(theta)
 # exp(a) = 2^(a log2 e): torch's float32 exp2 is ~3x faster than its exp on CPU, so exponents are
 # assembled pre-scaled by log2 e (inside the matmul operands, at no cost) and fed to exp2.
 _LOG2E = 1.0 / math.log(2.0)
@@ -272,7 +271,7 @@ def torch_cost_and_gradient(ops: GradientOperands, dyn: ParticleDynamics, x0: Te
     ZT_aug, centre = dyn.ZT_aug, dyn.centre
     VA = ops.VA
     ones = x0.new_ones(G, M, 1)
-    offsets = x0.new_tensor(_QUARTER_TURN)
+    offsets = x0.new_tensor(QUARTER_TURN)
     FT, GmT = dyn.F.T.contiguous(), dyn.Gm.T.contiguous()
     inv_lt, inv_lp = 1.0 / cost.length_theta, 1.0 / cost.length_p
     keep = noise.keep
