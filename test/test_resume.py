@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from ebmcpilco_ros.core.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint,
-                                           write_json_atomic)
+from ebmcpilco_ros.core.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
+from ebmcpilco_ros.core.jsonio import write_json_atomic
 from ebmcpilco_ros.core.config import ExperimentConfig
 from ebmcpilco_ros.core.learner import LearningReport, build_in_process
 from ebmcpilco_ros.core.mcpilco import torch_threads
