@@ -153,7 +153,7 @@ def policy_payload(data: Any) -> dict:
         data = data["controller"]          # a controller update
     if isinstance(data, dict) and data.get("format") == "ebmcpilco.controller/1":
         if data.get("kind") != POLICY_KIND:
-            raise ValueError(f"the controller is of kind {data.get('kind')!r}, not a policy "
+            raise ValueError(f"the controller is of kind {str(data.get('kind'))!r}, not a policy "
                              f"({POLICY_KIND!r}): only a learned policy can be exported")
         data = data.get("policy")
     if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
