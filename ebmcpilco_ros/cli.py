@@ -169,8 +169,7 @@ def cmd_bench_policy_eval(args: argparse.Namespace) -> int:
 def cmd_bench_resume(args: argparse.Namespace) -> int:
     from .tools import killbench
 
-    if args.domain_id is not None:
-        os.environ["ROS_DOMAIN_ID"] = str(args.domain_id)
+    _ros_environment(args.domain_id)
     overrides = _overrides(args.set)
     result = killbench.bench(find_config(args.config), overrides, kills=args.kills,
                              seed=args.seed, run_directory=args.run_directory,

@@ -8,6 +8,7 @@ files run by `ros2 launch`."""
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -18,23 +19,14 @@ from ebmcpilco_ros.nodes.bringup import RIG_NODES, SIM_NODES
 from ebmcpilco_ros.core.config import load_config
 from ebmcpilco_ros.hardware.config import load_hardware_config
 
+from package_helpers import console_scripts, data_files, distribution
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 LAUNCH_FILES = sorted(LAUNCH.glob("*.launch.py"))
 LEARNING_NODES = {"model_learning", "policy_optimization"}
 LICENSE_HEADER = ("# Copyright 2026 The ebmcpilco_ros authors\n#\n"
                   '# Licensed under the Apache License, Version 2.0 (the "License");\n')
-
-
-def console_scripts() -> set[str]:
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    scripts: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values):
-                if isinstance(key, ast.Constant) and key.value == "console_scripts":
-                    scripts |= {ast.literal_eval(e).split("=")[0].strip() for e in value.elts}
-    return scripts
 
 
 def tree_of(name: str) -> ast.Module:
@@ -164,7 +156,7 @@ def test_launch_file_names_only_what_exists(path):
     tree = ast.parse(source)
     executables = set(started(path.name))
     assert executables, "no graph_node(context, NAME) found"
-    unknown = executables - console_scripts()
+    unknown = executables - set(console_scripts())
     assert not unknown, f"{path.name} names executables setup.py does not install: {unknown}"
     for yaml_name in re.findall(r'"([\w.-]+\.yaml)"', source):
         assert (ROOT / "config" / yaml_name).is_file(), yaml_name
@@ -187,8 +179,7 @@ def test_launch_file_names_only_what_exists(path):
 def test_launch_files_carry_the_license_header(path):
     assert path.read_text().startswith(LICENSE_HEADER), path.name
     assert (ROOT / "ebmcpilco_ros" / "launch_support.py").read_text().startswith(LICENSE_HEADER)
-    setup = (ROOT / "setup.py").read_text()
-    assert 'license="Apache-2.0"' in setup
+    assert distribution().metadata.license == "Apache-2.0"
 
 
 def test_the_launch_files_start_the_graphs_ebmcpilco_sim_and_rig_start():
@@ -257,6 +248,23 @@ def test_override_arguments_given_override_the_file_and_empty_ones_do_not():
     assert "port" in declared("rig.launch.py")
 
 
-def test_setup_installs_launch_and_config_files():
-    setup = (ROOT / "setup.py").read_text()
-    assert 'glob("launch/*.launch.py")' in setup and 'glob("config/*.yaml")' in setup
+def test_setup_installs_every_launch_and_parameter_file_where_ros2_launch_looks():
+    """share/<package>/launch and /config, where `ros2 launch ebmcpilco_ros sim.launch.py` and
+    the launch files' FindPackageShare look; the package marker ament_index needs."""
+    installed = data_files()
+    assert installed["share/ebmcpilco_ros/launch"] == {
+        str(p.relative_to(ROOT)) for p in LAUNCH_FILES}
+    assert installed["share/ebmcpilco_ros/config"] == {
+        str(p.relative_to(ROOT)) for p in (ROOT / "config").glob("*.yaml")}
+    assert installed["share/ebmcpilco_ros"] == {"package.xml"}
+    assert installed["share/ament_index/resource_index/packages"] == {"resource/ebmcpilco_ros"}
+
+
+def test_every_console_script_names_a_function_that_exists():
+    """What `ros2 run ebmcpilco_ros NAME` and the launch files start: each entry point imports
+    and is callable (a renamed module or main would only show on an installed workspace)."""
+    scripts = console_scripts()
+    assert {"ebmcpilco", *SIM_NODES, *RIG_NODES} == set(scripts)
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
