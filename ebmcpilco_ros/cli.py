@@ -103,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .core.learner import run_in_process
-    from .progress import trial_line
+    from .progress import report_lines, trial_line
 
     cfg = _config(args)
     if args.seed is not None:
@@ -116,9 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(trial_line(dataclasses.asdict(s)), flush=True)
 
     report = run_in_process(cfg, on_trial=on_trial)
-    print(f"{'solved' if report.solved else 'NOT solved'} after {len(report.trials)} trials, "
-          f"{report.interaction_s:.1f} s of interaction, {report.wall_s['total']:.0f} s total",
-          flush=True)
+    print(report_lines(report.to_dict()), flush=True)
     return 0 if report.solved else 1
 
 

@@ -46,10 +46,25 @@ def trial_line(trial: Mapping[str, Any]) -> str:
 
 def run_line(status: Mapping[str, Any]) -> str:
     """A learning run's end (run_done)."""
-    report = status["report"]
-    return (f"{'solved' if report['solved'] else 'NOT solved'} after {len(report['trials'])} "
+    return report_lines(status["report"], status.get("run_id"))
+
+
+def report_lines(report: Mapping[str, Any], run_id: str | None = None) -> str:
+    """A finished run (LearningReport.to_dict) in two lines: its outcome, then the time from
+    the learn call to the solving rollout's end and where it went."""
+    line = (f"{'solved' if report['solved'] else 'NOT solved'} after {len(report['trials'])} "
             f"trials, {report['interaction_s']:.1f} s of interaction, "
-            f"{report['wall_s']['total']:.0f} s total (run {status.get('run_id')})")
+            f"{report['wall_s']['total']:.0f} s total" + (f" (run {run_id})" if run_id else ""))
+    times = report.get("time_to_solve_s")
+    return line + ("\n" + time_to_solve_line(times, report["solved"]) if times else "")
+
+
+def time_to_solve_line(times: Mapping[str, float], solved: bool) -> str:
+    """LearningReport.time_to_solve as one line: the total and where it went."""
+    parts = ", ".join(f"{row} {seconds:.1f}" for row, seconds in times.items()
+                      if row != "learn_to_solve")
+    what = "learn call to the solving rollout's end" if solved else "learn call to the run's end"
+    return f"{what}: {times['learn_to_solve']:.1f} s ({parts})"
 
 
 def ended(status: Mapping[str, Any]) -> bool:
@@ -190,7 +205,8 @@ class StatusView:
             print(text, file=self.stream, flush=True)
 
     def _event_line(self, status: Mapping[str, Any], text: str) -> None:
-        self.line(f"{_clock(status)} {text}" if self.all_events else text)
+        for part in text.splitlines():   # a run's end says two lines, each stamped
+            self.line(f"{_clock(status)} {part}" if self.all_events else part)
 
     # -- events ------------------------------------------------------------------------------
     def handle(self, status: Mapping[str, Any]) -> None:

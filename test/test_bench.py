@@ -31,6 +31,12 @@ def test_bench_learn_writes_runs_summary_and_plot(tmp_path, capsys):
             assert key in run
         assert {"model", "policy", "total"} <= set(run["wall_s"])
         assert len(run["success_per_trial"]) == 3
+        # learn call to the run's end, the in-process rollouts counted as their duration
+        times = run["time_to_solve_s"]
+        assert times["rollouts"] == pytest.approx(run["interaction_s"]) and times["rollouts"] > 0
+        assert times["learn_to_solve"] == pytest.approx(sum(
+            v for k, v in times.items() if k != "learn_to_solve"), abs=0.01)
+        assert times["learn_to_solve"] >= run["wall_s"]["total"] - 0.01
     eb = next(r for r in data["runs"] if r["variant"] == "eb")
     assert eb["kind_per_trial"] == ["random", "ilqr", "policy"]
     assert {"ilqr", "pretrain"} <= set(eb["wall_s"])
@@ -38,6 +44,7 @@ def test_bench_learn_writes_runs_summary_and_plot(tmp_path, capsys):
     assert png.stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "EB-MC-PILCO vs MC-PILCO" in printed
+    assert "solve_s" in printed and "median learn call to solved" in printed
 
 
 @pytest.mark.timeout(300)

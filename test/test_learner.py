@@ -16,7 +16,9 @@ import pytest
 from ebmcpilco_ros.core.cartpole import STATE_DIM, THETA
 from ebmcpilco_ros.core.config import ExperimentConfig
 from ebmcpilco_ros.core.controllers import RandomController
-from ebmcpilco_ros.core.learner import ControllerUpdate, Learner, OptimizationRequest
+from ebmcpilco_ros.core.learner import (ControllerUpdate, Learner, LearningReport,
+                                        OptimizationRequest, TrialSummary)
+from ebmcpilco_ros.core.vocabulary import TrialKind
 from ebmcpilco_ros.core.trial import Trial
 
 STEPS = 20  # trials of 1 s at 0.05 s: the whole trial is the success window
@@ -71,7 +73,8 @@ class FakeOptimization:
             return ControllerUpdate(controller=RandomController(1.0, seed=0), phase="ilqr",
                                     predicted_states=plan)
         return ControllerUpdate(controller=RandomController(1.0, seed=0), phase="policy",
-                                opt_steps=7, costs=[3.0, 2.0])
+                                opt_steps=7, costs=[3.0, 2.0],
+                                wall_s={"pretrain": 0.25, "policy": 0.5})
 
 
 def _run(algorithm: str, system: FakeSystem, optimizer: FakeOptimization, **learner: Any):
@@ -129,3 +132,30 @@ def test_a_solving_policy_ends_the_run_and_a_solving_plan_does_not():
     report, _ = _run("eb", system, FakeOptimization(), max_trials=10)
     assert system.kinds == ["random", "ilqr", "ilqr", "ilqr", "policy", "policy"]
     assert report.trials[2].success and report.solved and report.trials_to_solve == 6
+
+
+def test_time_to_solve_counts_simulated_rollouts_as_their_duration():
+    """In process the rollouts take no wall time; the time from learn to solved counts each as
+    its duration, what a rig takes, plus the computation by stage."""
+    system = FakeSystem(solves={5})
+    report, _ = _run("eb", system, FakeOptimization(), max_trials=10)
+    times = report.time_to_solve()
+    assert list(times) == ["rollouts", "fit", "ilqr", "pretrain", "policy", "other",
+                           "learn_to_solve"]
+    assert times["rollouts"] == pytest.approx(6 * STEPS * 0.05)   # six 1 s trials
+    assert times["policy"] == pytest.approx(2 * 0.5) and times["pretrain"] == pytest.approx(0.5)
+    assert times["learn_to_solve"] == pytest.approx(sum(v for k, v in times.items()
+                                                        if k != "learn_to_solve"))
+    assert times["learn_to_solve"] >= report.wall_s["total"] - report.wall_s["system"] + 6.0
+    assert report.to_dict()["time_to_solve_s"]["rollouts"] == pytest.approx(6.0)
+
+
+def test_time_to_solve_through_the_graph_is_the_measured_wall_time():
+    """Through the nodes the rollouts run in real time (and the trial's reset and record with
+    them): the system's wall time is the rollouts' row and the rows add up to the run's."""
+    trials = [TrialSummary(index=i, kind=kind, success=i == 1, cost=1.0, duration_s=3.0)
+              for i, kind in enumerate((TrialKind.RANDOM, TrialKind.POLICY))]
+    report = LearningReport(algorithm="mc", seed=1, trials=trials, opt_costs=[[1.0]],
+                            wall_s={"model": 1.0, "policy": 4.0, "system": 7.5, "total": 14.0})
+    assert report.time_to_solve() == {"rollouts": 7.5, "fit": 1.0, "ilqr": 0.0, "pretrain": 0.0,
+                                      "policy": 4.0, "other": 1.5, "learn_to_solve": 14.0}

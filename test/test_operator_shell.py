@@ -61,8 +61,15 @@ RUN = [
                                         "wall_s": {"fit": 4.0, "policy": 7.0}}),
     _status("run_done", 123.0, state="idle", solved=False,
             report={"solved": False, "trials": [{}, {}], "interaction_s": 6.0,
-                    "wall_s": {"total": 23.0}}),
+                    "wall_s": {"total": 23.0},
+                    "time_to_solve_s": {"rollouts": 7.0, "fit": 4.0, "ilqr": 2.0,
+                                        "pretrain": 3.0, "policy": 7.0, "other": 0.0,
+                                        "learn_to_solve": 23.0}}),
 ]
+
+
+RUN_TIMES = ("learn call to the run's end: 23.0 s (rollouts 7.0, fit 4.0, ilqr 2.0, "
+             "pretrain 3.0, policy 7.0, other 0.0)")
 
 
 def test_the_view_writes_plain_lines_with_the_figures_when_not_a_terminal():
@@ -84,8 +91,9 @@ def test_the_view_writes_plain_lines_with_the_figures_when_not_a_terminal():
     assert "model fit done in 4.0 s" in text and "GP-iLQR done in 2.0 s" in text, text
     assert ("policy optimisation done in 7.0 s (last report: step 30/100, cost 20, "
             "10 steps/s)") in text, text
-    assert lines[-1].endswith("NOT solved after 2 trials, 6.0 s of interaction, 23 s total "
+    assert lines[-2].endswith("NOT solved after 2 trials, 6.0 s of interaction, 23 s total "
                               "(run r1)"), text
+    assert lines[-1].endswith(RUN_TIMES), text
     # `ebmcpilco sim`'s choice: trials and the end only, no progress where there is no bar
     quiet = io.StringIO()
     sim_view = StatusView(stream=quiet, verbose=False)
@@ -95,7 +103,7 @@ def test_the_view_writes_plain_lines_with_the_figures_when_not_a_terminal():
         "trial 0: random  cost  50.00  not solved",
         "trial 1: policy  cost  20.00  not solved  (100 optimisation steps; fit 4.0 s, "
         "policy 7.0 s)",
-        "NOT solved after 2 trials, 6.0 s of interaction, 23 s total (run r1)"]
+        "NOT solved after 2 trials, 6.0 s of interaction, 23 s total (run r1)", RUN_TIMES]
 
 
 class _Terminal(io.StringIO):
@@ -118,7 +126,8 @@ def test_on_a_terminal_the_running_stage_is_a_bar_and_each_stage_leaves_a_line()
     kept = [line.split("\r")[-1] for line in out.getvalue().split("\n")]
     assert "  model fit done in 4.0 s" in kept, kept
     assert "  GP-iLQR done in 2.0 s (last report: step 20, 20 steps/s)" in kept, kept
-    assert kept[-2] == "NOT solved after 2 trials, 6.0 s of interaction, 23 s total (run r1)"
+    assert kept[-3:-1] == ["NOT solved after 2 trials, 6.0 s of interaction, 23 s total (run r1)",
+                           RUN_TIMES], kept
 
 
 # -- the verbs on a running graph -----------------------------------------------------------------

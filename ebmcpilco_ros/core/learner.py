@@ -300,10 +300,31 @@ class LearningReport:
         n = self.trials_to_solve or len(self.trials)
         return float(sum(t.duration_s for t in self.trials[:n]))
 
+    def time_to_solve(self) -> dict[str, float]:
+        """Where the wall time from the learn call to the end of the run went (the solving
+        rollout's end when solved: the run stops there unless learner.stop_on_success is off).
+
+        Rows: `rollouts` (the system's runs), the computation by stage (`fit`, `ilqr`,
+        `pretrain`, `policy`), `other` (the rest: messages, waits, records), and
+        `learn_to_solve`, their sum. A rollout takes at least its duration: on the rig and in the
+        graph's real-time simulation it does, so this is the measured wall time; the in-process
+        simulation runs faster than real time, and there the rollouts count as their duration,
+        what they would take on a rig."""
+        wall = dict(self.wall_s)
+        total, system = wall.pop("total", 0.0), wall.pop("system", 0.0)
+        stages = {Stage.FIT.value: wall.pop("model", 0.0),
+                  **{stage.value: wall.pop(stage, 0.0)
+                     for stage in (Stage.ILQR, Stage.PRETRAIN, Stage.POLICY)}}
+        out = {"rollouts": max(system, self.interaction_s), **stages,
+               "other": max(0.0, total - system - sum(stages.values()))}
+        out["learn_to_solve"] = sum(out.values())
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {"algorithm": self.algorithm, "seed": self.seed, "solved": self.solved,
                 "trials_to_solve": self.trials_to_solve,
                 "interaction_s": round(self.interaction_s, 6),
+                "time_to_solve_s": {k: round(v, 3) for k, v in self.time_to_solve().items()},
                 "opt_steps": int(sum(t.opt_steps for t in self.trials)),
                 "success_per_trial": [t.success for t in self.trials],
                 "kind_per_trial": [t.kind for t in self.trials],

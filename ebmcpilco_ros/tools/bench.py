@@ -117,7 +117,8 @@ def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[i
         runs.append(run)
         log(f"{run['variant']} seed {run['seed']}: solved={run['solved']} "
             f"trials={run['trials_to_solve']} interaction={run['interaction_s']:.1f}s "
-            f"steps={run['opt_steps']} total={run['wall_s']['total']:.1f}s")
+            f"steps={run['opt_steps']} total={run['wall_s']['total']:.1f}s "
+            f"learn_to_solve={_to_solve(run)}s")
         if json_path:
             write_json_atomic(json_path, result(), indent=2)
 
@@ -164,6 +165,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "median_interaction_s": _median([r["interaction_s"] for r in solved]),
             "median_opt_steps": _median([r["opt_steps"] for r in rs]),
             "median_total_s": _median([r["wall_s"]["total"] for r in rs]),
+            # learn call -> solving rollout's end, the rollouts in real time (solved runs)
+            "median_learn_to_solve_s": _median([r["time_to_solve_s"]["learn_to_solve"]
+                                                for r in solved if "time_to_solve_s" in r]),
         }
     if "eb" in out and "mc" in out and out["mc"]["median_total_s"]:
         eb, mc = out["eb"], out["mc"]
@@ -172,6 +176,16 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "opt_steps_reduction": (1.0 - eb["median_opt_steps"] / mc["median_opt_steps"]
                                     if mc["median_opt_steps"] else None)}
     return out
+
+
+def _to_solve(run: dict[str, Any]) -> str:
+    """The run's learn-call-to-solved seconds (rollouts in real time), '-' if unsolved."""
+    times = run.get("time_to_solve_s")
+    return f"{times['learn_to_solve']:.1f}" if run["solved"] and times else "-"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
 
 
 def _median(values: list[float]) -> float | None:
@@ -184,7 +198,7 @@ def learn_table(result: dict[str, Any]) -> str:
     variants = list(dict.fromkeys(r["variant"] for r in runs))
     phases = [p for p in ("model", "ilqr", "pretrain", "policy")
               if any(p in r["wall_s"] for r in runs)]
-    cols = ["trials", "inter_s", "steps"] + [f"{p}_s" for p in phases] + ["total_s"]
+    cols = ["trials", "inter_s", "steps"] + [f"{p}_s" for p in phases] + ["total_s", "solve_s"]
     width = max(len(c) for c in cols) + 1
     span = len(cols) * (width + 1) - 1
     head1 = f"{'seed':>4s} | " + " | ".join(f"{v:^{span}s}" for v in variants)
@@ -198,7 +212,7 @@ def learn_table(result: dict[str, Any]) -> str:
         trials = str(r["trials_to_solve"]) if r["solved"] else "fail"
         vals = [trials, f"{r['interaction_s']:.1f}", str(r["opt_steps"])]
         vals += [f"{r['wall_s'].get(p, 0.0):.1f}" for p in phases]
-        vals.append(f"{r['wall_s']['total']:.1f}")
+        vals += [f"{r['wall_s']['total']:.1f}", _to_solve(r)]
         return " ".join(f"{v:>{width}s}" for v in vals)
 
     for seed in sorted({r["seed"] for r in runs}):
@@ -210,7 +224,8 @@ def learn_table(result: dict[str, Any]) -> str:
         lines.append(f"{v}: solved {s['solved']}/{s['seeds']}, median trials to solve "
                      f"{s['median_trials_to_solve']}, median interaction "
                      f"{s['median_interaction_s']} s, median optimisation steps "
-                     f"{s['median_opt_steps']}, median total {s['median_total_s']:.1f} s")
+                     f"{s['median_opt_steps']}, median total {s['median_total_s']:.1f} s, "
+                     f"median learn call to solved {_seconds(s.get('median_learn_to_solve_s'))}")
     if "eb_vs_mc" in result["summary"]:
         red = result["summary"]["eb_vs_mc"]
         lines.append(f"EB-MC-PILCO vs MC-PILCO: median total time "
