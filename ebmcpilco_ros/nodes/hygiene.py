@@ -15,7 +15,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from ..core.trial import Trial
 
 REFUSAL_LOG_PERIOD = 5.0  # [s] between two log lines about refused input of one kind
 
@@ -54,6 +57,30 @@ class Refusals:
         """The /diagnostics values: rejected_<kind> for every kind."""
         with self._lock:
             return {f"rejected_{kind}": count for kind, count in self.counts.items()}
+
+
+def received_trial(refusals: Refusals, msg: Any, topic: str,
+                   on_invalid: Callable[[dict[str, Any], Exception], None] | None = None
+                   ) -> tuple[dict[str, Any], "Trial"] | None:
+    """A trial record off `topic` (a String in the ebmcpilco.trial/1 format) as (the record,
+    its Trial), or None after refusing it as "records": not JSON of the format, or malformed
+    or non-finite (Trial.from_dict); `on_invalid` hears the record and the error of the
+    latter (whose wait it ends, where its meta says)."""
+    from ..core.trial import TRIAL_FORMAT, Trial
+    from .codec import decode
+
+    try:
+        record = decode(msg, TRIAL_FORMAT)
+    except ValueError as exc:
+        refusals.refuse("records", f"a trial record on {topic}", exc)
+        return None
+    try:
+        return record, Trial.from_dict(record)
+    except (ValueError, KeyError, TypeError) as exc:
+        refusals.refuse("records", f"trial record {record_label(record)} on {topic}", exc)
+        if on_invalid is not None:
+            on_invalid(record, exc)
+        return None
 
 
 def record_label(record: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from std_msgs.msg import String
 from ..core.cancel import Cancelled
 from ..core.dataset import TrialDataset
 from ..core.model import SpeedIntegrationModel
-from ..core.trial import TRIAL_FORMAT, Trial
+from ..core.trial import Trial
 from .names import (FIT_REQUEST_FORMAT, FIT_REQUEST_TOPIC, MODEL_EVENTS_TOPIC,
                     MODEL_TOPIC, STATUS_FORMAT, STATUS_TOPIC, TRIAL_RECORDS_TOPIC)
 from .qos import latched_qos, reliable_qos
@@ -33,7 +33,7 @@ from .codec import decode, encode
 from .requests import Answer, RequestServer
 from .health import Diagnostics, Heartbeat
 from .process import GraphNode, preload_lazy_imports, run_node, set_torch_threads
-from .hygiene import Refusals, record_label
+from .hygiene import Refusals, received_trial
 from .payloads import FitRequest, ModelUpdate, Status
 from .params import declare_config
 
@@ -161,17 +161,10 @@ class ModelLearningNode(GraphNode):
         """Keep a record once; a malformed or non-finite one (Trial.from_dict) is refused:
         counted, logged, never stored, so no fit can use it (a request naming it gets
         "missing")."""
-        try:
-            record = decode(msg, TRIAL_FORMAT)
-        except ValueError as exc:
-            self.refusals.refuse("records", f"a trial record on {TRIAL_RECORDS_TOPIC}", exc)
+        received = received_trial(self.refusals, msg, TRIAL_RECORDS_TOPIC)
+        if received is None:
             return
-        try:
-            trial = Trial.from_dict(record)
-        except (ValueError, KeyError, TypeError) as exc:
-            self.refusals.refuse("records", f"trial record {record_label(record)} on "
-                                            f"{TRIAL_RECORDS_TOPIC}", exc)
-            return
+        _record, trial = received
         key = trial_key(trial)
         with self.lock:
             outcome, evicted = self.records.add(trial)

@@ -34,7 +34,7 @@ from ..core.checkpoint import CHECKPOINT_FILE, CheckpointError, config_differenc
 from ..core.config import SECTIONS
 from ..core.controllers import Controller, RandomController, controller_from_dict
 from ..core.learner import Learner, LearningReport, TrialSummary
-from ..core.trial import TRIAL_FORMAT, Trial
+from ..core.trial import Trial
 from ..core.vocabulary import ControllerKind
 from .names import (ABORT_SERVICE, CONTROLLER_TOPIC, CONTROLLER_UPDATE_FORMAT,
                     EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TOPIC, EVENT_FORMAT, HEARTBEAT_FORMAT,
@@ -48,7 +48,7 @@ from .requests import Aborted, Replies
 from .health import Diagnostics, PeerWatch
 from .process import GraphNode, run_node
 from .bag import BagTopics, bag_path, preload, write_trial_bag
-from .hygiene import Refusals, record_label
+from .hygiene import Refusals, received_trial
 from .payloads import (ControllerUpdatePayload, Event, Heartbeat, InterruptedTrial, ModelUpdate,
                        Status)
 from .params import declare_config
@@ -175,20 +175,12 @@ class TrialManager(GraphNode):
             self._publish_status("progress", progress=ev.extras())
 
     def _on_record(self, msg: String) -> None:
-        try:
-            record = decode(msg, TRIAL_FORMAT)
-        except ValueError as exc:
-            self.refusals.refuse("records", f"a trial record on {TRIAL_RECORDS_TOPIC}", exc)
+        # malformed or not finite: never written, never used; it ends the wait its meta names
+        received = received_trial(self.refusals, msg, TRIAL_RECORDS_TOPIC,
+                                  on_invalid=self._invalid_record)
+        if received is None:
             return
-        try:
-            trial = Trial.from_dict(record)  # malformed or not finite: never written, never used
-        except (ValueError, KeyError, TypeError) as exc:
-            self.refusals.refuse("records", f"trial record {record_label(record)} on "
-                                            f"{TRIAL_RECORDS_TOPIC}", exc)
-            meta = record.get("meta")  # whose wait it ends, if it says
-            self._fail_request(meta.get("request_id") if isinstance(meta, dict) else None,
-                               f"invalid trial record: {exc}")
-            return
+        record, trial = received
         # meta's run_id and request_id: where the record comes from (a record of another
         # source, e.g. an in-process run, may lack them; then no run waits on it)
         run_dir = self.run_dirs.get(str(trial.meta.get("run_id", "")))
@@ -196,6 +188,11 @@ class TrialManager(GraphNode):
         if run_dir is not None:
             self._write_record(run_dir, record, trial.index, request_id)
         self.replies.post(request_id, trial)
+
+    def _invalid_record(self, record: dict[str, Any], exc: Exception) -> None:
+        meta = record.get("meta")
+        self._fail_request(meta.get("request_id") if isinstance(meta, dict) else None,
+                           f"invalid trial record: {exc}")
 
     def _write_record(self, run_dir: RunDirectory, record: dict[str, Any], index: int,
                       request_id: str) -> None:
