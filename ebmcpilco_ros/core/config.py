@@ -191,6 +191,9 @@ class OptimizerConfig(Section):
                          doc="particle rollout precision (models are fitted in float64)")
     threads: int = setting(0, 0, 1024,
                            doc="torch CPU threads for a learning run (0 = torch's default)")
+    particle_workers: int = setting(
+        1, 1, 256, doc="threads that each roll out a share of the particles in an optimisation "
+                       "step (CPU; the shares' gradients are joined into one)")
     device: str = setting("cpu", doc="torch device for the rollout: cpu, cuda, cuda:1, ...")
     backend: str = setting(
         "auto", choices=ROLLOUT_BACKENDS,

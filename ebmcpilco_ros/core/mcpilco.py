@@ -28,7 +28,8 @@ from .config import CostConfig, OptimizerConfig
 from .model import SpeedIntegrationModel
 from .policy import SquashedRBFPolicy
 from .native_rollout import resolve_backend
-from .rollout import ParticleDynamics, RolloutGradient, RolloutNoise, rollout_cost_and_gradient
+from .rollout import (ParticleDynamics, RolloutBackend, RolloutGradient, RolloutNoise,
+                      rollout_cost_and_gradient)
 
 MAX_BAD_DRAWS = 10  # consecutive non-finite rollouts before giving up
 
@@ -168,6 +169,13 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
+def rollout_backend(config: OptimizerConfig) -> RolloutBackend:
+    """optimizer.backend resolved once for its dtype and device (native_rollout), with the
+    particles shared over optimizer.particle_workers threads."""
+    return resolve_backend(config.backend, torch_dtype(config.dtype),
+                           torch.device(config.device)).split(config.particle_workers)
+
+
 def initial_particles(particles: int, std: float, rng: np.random.Generator,
                       dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
     """x0 ~ N(0, std^2 I): the pole hanging down, as each real trial starts."""
@@ -183,7 +191,7 @@ def model_costs(policies: Sequence[SquashedRBFPolicy], model: SpeedIntegrationMo
     dtype, device = torch_dtype(config.dtype), torch.device(config.device)
     dynamics = ParticleDynamics.from_model(model, dtype=dtype, device=device,
                                            rank_tol=config.variance_rank_tol)
-    backend = resolve_backend(config.backend, dtype, device)
+    backend = rollout_backend(config)
     with torch_threads(config.threads):
         x0 = initial_particles(config.particles, initial_state_std, rng, dtype, device)
         noise = RolloutNoise.draw(config.horizon, config.particles, policies[0].num_basis, 0.0,
@@ -207,7 +215,7 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
     policy.to(dtype=dtype, device=device)
     dynamics = ParticleDynamics.from_model(model, dtype=dtype, device=device,
                                            rank_tol=config.variance_rank_tol)
-    backend = resolve_backend(config.backend, dtype, device)
+    backend = rollout_backend(config)
     monitor = ConvergenceMonitor.from_config(config)
     guard = DivergenceGuard(config.divergence_ratio, config.divergence_window)
     restarts: list[dict[str, int]] = []

@@ -26,7 +26,7 @@ import torch
 from ..core.config import ExperimentConfig, ModelConfig
 from ..core.gp import GPPosterior, fit_hyperparameters, select_subset
 from ..core.learner import LearningReport, TrialSummary, run_in_process
-from ..core.mcpilco import initial_particles, torch_dtype, torch_threads
+from ..core.mcpilco import initial_particles, rollout_backend, torch_dtype, torch_threads
 from ..core.native_rollout import resolve_backend, unavailable_reason
 from ..core.model import SpeedIntegrationModel, training_data
 from ..core.policy import SquashedRBFPolicy
@@ -359,7 +359,7 @@ def step(config: ExperimentConfig, points: Sequence[int], repeats: int = 20,
          warmup: int = 3, log: Callable[[str], None] = print) -> dict[str, Any]:
     opt = config.optimizer
     dtype, device = torch_dtype(opt.dtype), torch.device(opt.device)
-    backend = resolve_backend(opt.backend, dtype, device)
+    backend = rollout_backend(opt)
     results = []
     with torch_threads(opt.threads):
         for n in points:
@@ -408,7 +408,7 @@ def step(config: ExperimentConfig, points: Sequence[int], repeats: int = 20,
             "settings": {"particles": opt.particles, "horizon": opt.horizon,
                          "basis": config.policy.num_basis, "dtype": opt.dtype,
                          "device": opt.device, "dropout": opt.dropout,
-                         "backend": backend.name},
+                         "backend": backend.name, "particle_workers": opt.particle_workers},
             "machine": machine_info(opt.threads or None)}
 
 
