@@ -1,13 +1,18 @@
 """MC-PILCO optimisation: the monitor's schedule, and a short learning run that lowers the cost."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from ebmcpilco_ros.core.config import ExperimentConfig, OptimizerConfig
+from ebmcpilco_ros.core.config import ExperimentConfig, OptimizerConfig, SuccessConfig
 from ebmcpilco_ros.core.learner import run_in_process
 from ebmcpilco_ros.core.mcpilco import (ConvergenceMonitor, Decision, DivergenceGuard,
-                                        model_costs, optimize_policy)
+                                        SuccessStop, initial_particles, model_costs,
+                                        optimize_policy, predicted_success)
 from ebmcpilco_ros.core.policy import SquashedRBFPolicy
+from ebmcpilco_ros.core.rollout import ParticleDynamics, RolloutNoise, rollout
+from ebmcpilco_ros.core.trial import Trial, swing_up_success
 
 from helpers import fitted_model
 
@@ -116,3 +121,59 @@ def test_a_policy_stuck_at_saturation_is_restored_until_the_schedule_ends():
     restored = cost()
     saturate()
     assert restored < cost() - 5.0
+
+
+def _success_setup(particles: int = 64, horizon: int = 30):
+    cfg = ExperimentConfig().replace(optimizer={"particles": particles, "horizon": horizon},
+                                     policy={"num_basis": 20})
+    model = fitted_model(count=2, seed=0)
+    policy = SquashedRBFPolicy(cfg.policy, cfg.plant.u_max,
+                               generator=torch.Generator().manual_seed(0))
+    dynamics = ParticleDynamics.from_model(model, torch.float32)
+    return cfg, model, policy.to(dtype=torch.float32), dynamics
+
+
+def test_predicted_success_is_the_trial_criterion_applied_particle_by_particle():
+    """The share predicted_success gives is swing_up_success's verdict on each particle's
+    trajectory (times, window and wrap as a recorded trial has them)."""
+    cfg, _, policy, dynamics = _success_setup()
+    rng = np.random.default_rng(4)
+    x0 = initial_particles(64, 0.5, rng, torch.float32, "cpu")
+    noise = RolloutNoise.draw(30, 64, 20, 0.0, rng, torch.float32)
+    with torch.no_grad():
+        states, inputs = rollout(policy, dynamics, x0, noise, 30)
+    times = np.arange(31) * cfg.plant.control_period
+    # some particles pass: within 0.7 m, and the pole off straight down by 0.15 rad or more,
+    # over the last 0.2 s
+    lenient = SuccessConfig(window=0.2, p_tol=0.7, theta_tol=np.pi - 0.15)
+    verdicts = [swing_up_success(Trial(states=states[:, m].double().numpy(),
+                                       inputs=inputs[:, m].double().numpy(), times=times),
+                                 lenient) for m in range(64)]
+    share = predicted_success(policy, dynamics, x0, noise, 30, lenient,
+                              cfg.plant.control_period)
+    assert 0.1 < share < 0.9 and share == pytest.approx(np.mean(verdicts))
+    assert predicted_success(policy, dynamics, x0, noise, 30, SuccessConfig(
+        p_tol=1e9, theta_tol=4.0), cfg.plant.control_period) == 1.0
+
+
+@pytest.mark.parametrize("tolerant, reason", [(True, "predicted_success"), (False, "max_steps")])
+def test_the_optimisation_stops_once_the_model_predicts_success(tolerant, reason):
+    """optimizer.success_stop: `success_checks` checks in a row at or above it, every
+    `success_check_every` steps, stop; never reached, the optimisation runs on (here to its
+    step limit), every check recorded."""
+    cfg, model, policy, _ = _success_setup()
+    success = (SuccessConfig(p_tol=1e9, theta_tol=4.0) if tolerant     # every particle
+               else SuccessConfig(p_tol=1e-9, theta_tol=1e-9))         # none
+    cfg = cfg.replace(success=dataclasses.asdict(success), optimizer={
+        "success_stop": 0.9, "success_check_every": 4, "success_checks": 2})
+    stop = SuccessStop.from_config(cfg)
+    assert SuccessStop.from_config(ExperimentConfig()) is None   # off by default (MC-PILCO)
+    result = optimize_policy(policy, model, cfg.optimizer, cfg.cost,
+                             cfg.plant.initial_state_std, 30, np.random.default_rng(0),
+                             success=stop)
+    assert result.stop_reason == reason
+    if tolerant:
+        assert result.steps == 8 and result.predicted_success == [(4, 1.0), (8, 1.0)]
+    else:
+        assert result.steps == 30 and [s for s, _ in result.predicted_success] == list(
+            range(4, 29, 4)) and all(share == 0.0 for _, share in result.predicted_success)

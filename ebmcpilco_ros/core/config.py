@@ -191,6 +191,14 @@ class OptimizerConfig(Section):
                          doc="particle rollout precision (models are fitted in float64)")
     threads: int = setting(0, 0, 1024,
                            doc="torch CPU threads for a learning run (0 = torch's default)")
+    success_stop: float = setting(
+        0.0, 0.0, 1.0, doc="stop once this share of the particles meets the success criterion "
+                           "through the model (no dropout) at success_checks checks in a row; "
+                           "0 = off (MC-PILCO's monitor alone)")
+    success_check_every: int = setting(10, 1, 1000000,
+                                       doc="optimisation steps between two success checks")
+    success_checks: int = setting(3, 1, 1000,
+                                  doc="checks in a row at or above success_stop that stop")
     particle_workers: int = setting(
         1, 1, 256, doc="threads that each roll out a share of the particles in an optimisation "
                        "step (CPU; the shares' gradients are joined into one)")

@@ -27,8 +27,8 @@ from .config import ExperimentConfig, OptimizerConfig
 from .cost import trajectory_cost
 from .dataset import TrialDataset
 from .jsonio import plain
-from .mcpilco import (OptimizationResult, model_costs, optimize_policy, torch_dtype,
-                      torch_threads)
+from .mcpilco import (OptimizationResult, SuccessStop, model_costs, optimize_policy,
+                      torch_dtype, torch_threads)
 from .model import SpeedIntegrationModel
 from .controllers import Controller, FeedbackPlanController, PolicyController, RandomController
 from .exploration import exploration_plan, plan_swing_up, plan_tracking_error
@@ -232,8 +232,12 @@ class LocalPolicyOptimization:
         self._stage(Stage.POLICY)
         result_opt: OptimizationResult = optimize_policy(
             self.policy, model, opt, self.config.cost, self.config.plant.initial_state_std,
-            max_steps, self.rng, self.on_step, self.should_stop)
+            max_steps, self.rng, self.on_step, self.should_stop,
+            SuccessStop.from_config(self.config))
         wall[Stage.POLICY] = result_opt.wall_s
+        info["stop_reason"] = result_opt.stop_reason
+        if result_opt.predicted_success:
+            info["predicted_success"] = result_opt.predicted_success[-1][1]
         if result_opt.restarts:
             info["restarts"] = result_opt.restarts
         self.version += 1

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from .cancel import StopCheck, check
-from .cartpole import STATE_DIM
-from .config import CostConfig, OptimizerConfig
+from .cartpole import P, STATE_DIM, THETA, wrap_angle
+from .config import CostConfig, ExperimentConfig, OptimizerConfig, SuccessConfig
 from .model import SpeedIntegrationModel
 from .policy import SquashedRBFPolicy
 from .native_rollout import resolve_backend
-from .rollout import (ParticleDynamics, RolloutBackend, RolloutGradient, RolloutNoise,
+from .rollout import (ParticleDynamics, RolloutBackend, RolloutGradient, RolloutNoise, rollout,
                       rollout_cost_and_gradient)
 
 MAX_BAD_DRAWS = 10  # consecutive non-finite rollouts before giving up
@@ -138,6 +138,36 @@ class DivergenceGuard:
         self._recent.clear()
 
 
+@dataclass(frozen=True)
+class SuccessStop:
+    """optimizer.success_stop: stop once the model predicts the task solved.
+
+    MC-PILCO's particles are samples of the closed loop through the model, so the share of them
+    that meets the swing-up criterion (SuccessConfig: its window, p_tol, theta_tol) estimates
+    the probability, under the model, that the policy solves the task. Every `every` steps a
+    rollout without dropout (the policy as it runs on the system) on fresh particles measures
+    it; `checks` checks in a row at or above `threshold` stop the optimisation. Why: the
+    monitor stops only once J has stalled through its whole schedule (at least about
+    3 x monitor_window steps), while a warm-started policy is often good enough to try on the
+    system long before; a trial that fails costs one rollout and adds the data where the model
+    was wrong. The paper is silent on this; it is off (0) in MC-PILCO.
+    """
+
+    criterion: SuccessConfig
+    control_period: float
+    threshold: float
+    every: int
+    checks: int
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig) -> "SuccessStop | None":
+        opt = config.optimizer
+        if opt.success_stop <= 0.0:
+            return None
+        return cls(config.success, config.plant.control_period, opt.success_stop,
+                   opt.success_check_every, opt.success_checks)
+
+
 @dataclass
 class OptimizationResult:
     """What one trial's policy optimisation did."""
@@ -149,6 +179,11 @@ class OptimizationResult:
     schedule: list[dict] = field(default_factory=list)  # (step, lr, dropout) at each change
     # divergence guard: at "step" the parameters of "restored_step" were restored
     restarts: list[dict[str, int]] = field(default_factory=list)
+    # why it ended: the monitor's schedule ran out, the model predicted success, the divergence
+    # guard's last restore, or the step limit
+    stop_reason: str = "max_steps"
+    # the success checks: [step, share of the particles meeting the criterion]
+    predicted_success: list[tuple[int, float]] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -200,12 +235,31 @@ def model_costs(policies: Sequence[SquashedRBFPolicy], model: SpeedIntegrationMo
                                           config.horizon, cost, backend).cost for p in policies]
 
 
+def predicted_success(policy: SquashedRBFPolicy, dynamics: ParticleDynamics, x0: torch.Tensor,
+                      noise: RolloutNoise, horizon: int, criterion: SuccessConfig,
+                      control_period: float) -> float:
+    """The share of the particles whose rollout through the model meets the swing-up
+    criterion over its final window (core.trial.swing_up_success's test, particle by particle):
+    the model's estimate of the probability that `policy` solves the task."""
+    with torch.no_grad():
+        states, _ = rollout(policy, dynamics, x0, noise, horizon)        # (H+1, M, 4)
+    # the samples at times >= t_end - window, as swing_up_success takes them
+    window = min(int(math.floor(criterion.window / control_period + 1e-9)), horizon) + 1
+    last = states[-window:]
+    theta = torch.as_tensor(wrap_angle(last[..., THETA].cpu().numpy()))
+    ok = ((last[..., P].abs().cpu() < criterion.p_tol)
+          & ((theta.abs() - math.pi).abs() < criterion.theta_tol))
+    return float(ok.all(0).double().mean())
+
+
 def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                     config: OptimizerConfig, cost: CostConfig, initial_state_std: float,
                     max_steps: int, rng: np.random.Generator,
                     on_step: Callable[[int, RolloutGradient, ConvergenceMonitor], None] | None
-                    = None, should_stop: StopCheck = None) -> OptimizationResult:
-    """Adam on the particle cost until the monitor stops it or `max_steps`; updates `policy`.
+                    = None, should_stop: StopCheck = None,
+                    success: SuccessStop | None = None) -> OptimizationResult:
+    """Adam on the particle cost until the monitor stops it, `success` predicts the task
+    solved, or `max_steps`; updates `policy`.
 
     Fresh particles, sampling noise and dropout masks every step (no fixed PEGASUS seeds), a new
     Adam each call (the policy itself carries over between trials), as MC-PILCO.
@@ -224,7 +278,12 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
     costs: list[float] = []
     schedule = [{"step": 0, "lr": monitor.lr, "dropout": monitor.dropout}]
     started = time.perf_counter()
-    stopped_early = False
+    stopped_early, stop_reason = False, "max_steps"
+    # the checks draw from their own generator: the optimisation's draws do not depend on them
+    check_rng = (np.random.default_rng(int(rng.integers(2**62))) if success is not None
+                 else None)
+    predictions: list[tuple[int, float]] = []
+    passed = 0
     with torch_threads(config.threads):
         for step in range(max_steps):
             grad = None
@@ -254,7 +313,7 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                 restarts.append({"step": step, "restored_step": guard.best_step})
                 guard.restart()
                 if monitor.reduce() is Decision.STOP:
-                    stopped_early = True
+                    stopped_early, stop_reason = True, "diverged"
                     break
                 opt = torch.optim.Adam(policy.parameters(), lr=monitor.lr)
                 schedule.append({"step": step + 1, "lr": monitor.lr, "dropout": monitor.dropout})
@@ -267,12 +326,26 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
             if on_step is not None:
                 on_step(step, grad, monitor)
             if decision is Decision.STOP:
-                stopped_early = True
+                stopped_early, stop_reason = True, "monitor"
                 break
             if decision is Decision.REDUCE:
                 for group in opt.param_groups:
                     group["lr"] = monitor.lr
                 schedule.append({"step": step + 1, "lr": monitor.lr, "dropout": monitor.dropout})
+            if success is not None and (step + 1) % success.every == 0:
+                assert check_rng is not None
+                x0 = initial_particles(config.particles, initial_state_std, check_rng, dtype,
+                                       device)
+                noise = RolloutNoise.draw(config.horizon, config.particles, policy.num_basis,
+                                          0.0, check_rng, dtype, device)
+                share = predicted_success(policy, dynamics, x0, noise, config.horizon,
+                                          success.criterion, success.control_period)
+                predictions.append((step + 1, share))
+                passed = passed + 1 if share >= success.threshold else 0
+                if passed >= success.checks:
+                    stopped_early, stop_reason = True, "predicted_success"
+                    break
     return OptimizationResult(steps=len(costs), costs=costs, stopped_early=stopped_early,
                               wall_s=time.perf_counter() - started, schedule=schedule,
-                              restarts=restarts)
+                              restarts=restarts, stop_reason=stop_reason,
+                              predicted_success=predictions)
