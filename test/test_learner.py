@@ -63,11 +63,9 @@ class FakeOptimization:
     def __init__(self, followed: tuple[bool, ...] = ()) -> None:
         self.followed = followed
         self.requests: list[tuple[str, int, bool]] = []
-        self.validated: list[bool] = []
 
     def next_controller(self, model: Any, request: OptimizationRequest) -> ControllerUpdate:
         self.requests.append((str(request.phase), request.iteration, request.pretrain))
-        self.validated.append(request.model_validated)
         if request.phase == "explore":
             plan = _states(False)
             if not (request.iteration < len(self.followed) and self.followed[request.iteration]):
@@ -161,17 +159,3 @@ def test_time_to_solve_through_the_graph_is_the_measured_wall_time():
                             wall_s={"model": 1.0, "policy": 4.0, "system": 7.5, "total": 14.0})
     assert report.time_to_solve() == {"rollouts": 7.5, "fit": 1.0, "ilqr": 0.0, "pretrain": 0.0,
                                       "policy": 4.0, "other": 1.5, "learn_to_solve": 14.0}
-
-
-@pytest.mark.parametrize("algorithm, followed, validated", [
-    ("eb", (False, True), [False, False, True, True]),     # from the rollout that followed
-    ("eb", (False, False, False), [False] * 5),           # none did: never believed
-    ("mc", (), [False, False])])                           # MC-PILCO never explores
-def test_the_model_is_believed_once_a_rollout_followed_its_prediction(algorithm, followed,
-                                                                      validated):
-    """OptimizationRequest.model_validated (what lets optimizer.success_stop act): true from the
-    first exploration rollout within exploration.match_tol of its plan on, for every later
-    request, false in a run where none did."""
-    optimizer = FakeOptimization(followed)
-    _run(algorithm, FakeSystem(), optimizer, max_trials=len(validated) + 1)
-    assert optimizer.validated == validated

@@ -51,21 +51,16 @@ class OptimizationRequest:
     """Which controller the Learner wants next.
 
     Phase.POLICY: MC-PILCO optimisation; `iteration` counts the learning trials (the first
-    gets max_steps_first); `pretrain` asks to fit the policy to an iLQR plan first;
-    `model_validated`: a rollout of this run followed the model's prediction (an exploration
-    rollout within exploration.match_tol of its plan), so the optimiser may believe the
-    model's prediction of success (optimizer.success_stop).
+    gets max_steps_first); `pretrain` asks to fit the policy to an iLQR plan first.
     Phase.EXPLORE: a GP-iLQR plan with exploration noise for iteration `iteration`.
     """
 
     phase: Phase
     iteration: int = 0
     pretrain: bool = False
-    model_validated: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phase", Phase(self.phase))  # a payload's string too
-        object.__setattr__(self, "model_validated", bool(self.model_validated))  # absent: None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,7 +233,7 @@ class LocalPolicyOptimization:
         result_opt: OptimizationResult = optimize_policy(
             self.policy, model, opt, self.config.cost, self.config.plant.initial_state_std,
             max_steps, self.rng, self.on_step, self.should_stop,
-            SuccessStop.from_config(self.config) if request.model_validated else None)
+            SuccessStop.from_config(self.config))
         wall[Stage.POLICY] = result_opt.wall_s
         info["stop_reason"] = result_opt.stop_reason
         if result_opt.predicted_success:
@@ -438,21 +433,19 @@ class Learner:
             return None
         if n < cfg.random_trials:
             return TrialKind.RANDOM
-        explored = [s for s in summaries if s.kind == TrialKind.ILQR]
-        tol = self.config.exploration.match_tol
-        matched = [tol > 0 and s.info.get("tracking_error") is not None
-                   and s.info["tracking_error"] < tol for s in explored]
         if cfg.algorithm == "eb":
-            if len(explored) < self.config.exploration.iterations and not (
-                    matched and matched[-1]):
+            explored = [s for s in summaries if s.kind == TrialKind.ILQR]
+            tol = self.config.exploration.match_tol
+            error = explored[-1].info.get("tracking_error") if explored else None
+            matched = tol > 0 and error is not None and error < tol
+            if len(explored) < self.config.exploration.iterations and not matched:
                 return OptimizationRequest(Phase.EXPLORE, len(explored))
         if cfg.stop_on_success and any(s.success and s.kind == TrialKind.POLICY
                                        for s in summaries):
             return None
         learning_trial = sum(s.kind == TrialKind.POLICY for s in summaries)
         return OptimizationRequest(Phase.POLICY, learning_trial, pretrain=(
-            cfg.algorithm == "eb" and (learning_trial == 0 or self.config.pretrain.every_trial)),
-            model_validated=any(matched))
+            cfg.algorithm == "eb" and (learning_trial == 0 or self.config.pretrain.every_trial)))
 
     def _step(self, step: TrialKind | OptimizationRequest) -> None:
         """One trial (and the computation before it), appended to the run's summaries."""

@@ -197,8 +197,7 @@ def _controller(value: Any) -> dict[str, Any]:
 
 
 def _optimization(value: Any) -> dict[str, Any]:
-    """`core.learner.OptimizationRequest.to_dict()`: phase, iteration >= 0, pretrain, and
-    optionally model_validated."""
+    """`core.learner.OptimizationRequest.to_dict()`: phase, iteration >= 0, pretrain."""
     data = _object(value)
     try:
         OptimizationSpec.from_dict({**data, "format": OptimizationSpec.FORMAT})
@@ -285,7 +284,6 @@ class OptimizationSpec(Payload):
     phase: str = required(_one_of(REQUEST_PHASES))
     iteration: int = required(_count)
     pretrain: bool = required(_bool)
-    model_validated: bool | None = optional(_bool)   # absent: false
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
