@@ -1,4 +1,5 @@
 """MC-PILCO optimisation: the monitor's schedule, and a short learning run that lowers the cost."""
+import copy
 import dataclasses
 
 import numpy as np
@@ -177,3 +178,18 @@ def test_the_optimisation_stops_once_the_model_predicts_success(tolerant, reason
     else:
         assert result.steps == 30 and [s for s, _ in result.predicted_success] == list(
             range(4, 29, 4)) and all(share == 0.0 for _, share in result.predicted_success)
+
+
+def test_with_success_stalls_a_stalled_optimisation_without_predicted_success_stops():
+    """optimizer.success_stalls = 1: the monitor's first stall (its first lr cut) ends an
+    optimisation whose checks never reached success_stop; 0 lets the schedule run on."""
+    cfg, model, policy, _ = _success_setup()
+    quick_stall = {"monitor_min_step": 5, "monitor_window": 5, "monitor_sigma": 1e9,
+                   "success_stop": 0.9, "success_check_every": 2, "success_checks": 2}
+    never = dataclasses.asdict(SuccessConfig(p_tol=1e-9, theta_tol=1e-9))
+    for stalls, reason, steps in ((1, "stalled", 5), (0, "monitor", 15)):
+        run = cfg.replace(success=never, optimizer={**quick_stall, "success_stalls": stalls})
+        result = optimize_policy(copy.deepcopy(policy), model, run.optimizer, run.cost,
+                                 run.plant.initial_state_std, 100, np.random.default_rng(0),
+                                 success=SuccessStop.from_config(run))
+        assert (result.stop_reason, result.steps) == (reason, steps), result.schedule

@@ -199,6 +199,9 @@ class OptimizerConfig(Section):
                                        doc="optimisation steps between two success checks")
     success_checks: int = setting(3, 1, 1000,
                                   doc="checks in a row at or above success_stop that stop")
+    success_stalls: int = setting(
+        0, 0, 100, doc="with success_stop: stop at the monitor's n-th stall (its lr cut) when no "
+                       "check has reached success_stop yet (0 = the monitor's whole schedule)")
     particle_workers: int = setting(
         1, 1, 256, doc="threads that each roll out a share of the particles in an optimisation "
                        "step (CPU; the shares' gradients are joined into one)")

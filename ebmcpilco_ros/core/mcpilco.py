@@ -150,7 +150,10 @@ class SuccessStop:
     monitor stops only once J has stalled through its whole schedule (at least about
     3 x monitor_window steps), while a warm-started policy is often good enough to try on the
     system long before; a trial that fails costs one rollout and adds the data where the model
-    was wrong. The paper is silent on this; it is off (0) in MC-PILCO.
+    was wrong. `stalls` > 0 also stops at the schedule's n-th cut (a monitor stall or a
+    divergence restore) while no check has reached the threshold: the model does not predict
+    success and J has stopped falling, so new data may help more than refinement. The paper is
+    silent on this; it is off (0) in MC-PILCO.
     """
 
     criterion: SuccessConfig
@@ -158,6 +161,7 @@ class SuccessStop:
     threshold: float
     every: int
     checks: int
+    stalls: int = 0   # stop at the monitor's n-th stall if no check reached the threshold
 
     @classmethod
     def from_config(cls, config: ExperimentConfig) -> "SuccessStop | None":
@@ -165,7 +169,7 @@ class SuccessStop:
         if opt.success_stop <= 0.0:
             return None
         return cls(config.success, config.plant.control_period, opt.success_stop,
-                   opt.success_check_every, opt.success_checks)
+                   opt.success_check_every, opt.success_checks, opt.success_stalls)
 
 
 @dataclass
@@ -332,6 +336,10 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                 for group in opt.param_groups:
                     group["lr"] = monitor.lr
                 schedule.append({"step": step + 1, "lr": monitor.lr, "dropout": monitor.dropout})
+                if (success is not None and 0 < success.stalls <= len(schedule) - 1
+                        and not any(share >= success.threshold for _, share in predictions)):
+                    stopped_early, stop_reason = True, "stalled"
+                    break
             if success is not None and (step + 1) % success.every == 0:
                 assert check_rng is not None
                 x0 = initial_particles(config.particles, initial_state_std, check_rng, dtype,
