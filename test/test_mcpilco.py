@@ -193,3 +193,26 @@ def test_with_success_stalls_a_stalled_optimisation_without_predicted_success_st
                                  run.plant.initial_state_std, 100, np.random.default_rng(0),
                                  success=SuccessStop.from_config(run))
         assert (result.stop_reason, result.steps) == (reason, steps), result.schedule
+
+
+def test_a_divergence_restore_counts_as_a_stall():
+    """success_stalls = 1: the guard's restore (the schedule's first cut here, the policy
+    knocked out to saturation from step 30) ends the optimisation as stalled, with the
+    restored parameters, when no check reached success_stop."""
+    cfg, model, policy, _ = _success_setup(particles=50)
+    never = dataclasses.asdict(SuccessConfig(p_tol=1e-9, theta_tol=1e-9))
+    cfg = cfg.replace(success=never, optimizer={
+        "divergence_ratio": 1.2, "divergence_window": 10, "success_stop": 0.9,
+        "success_check_every": 5, "success_checks": 2, "success_stalls": 1})
+
+    def knock_out(step, _grad, _monitor):
+        if step >= 30:
+            with torch.no_grad():
+                policy.weights.fill_(100.0)
+                policy.log_lengthscales.fill_(5.0)
+
+    result = optimize_policy(policy, model, cfg.optimizer, cfg.cost, cfg.plant.initial_state_std,
+                             300, np.random.default_rng(0), knock_out,
+                             success=SuccessStop.from_config(cfg))
+    assert result.stop_reason == "stalled" and len(result.restarts) == 1, result.restarts
+    assert result.steps == result.restarts[0]["step"] + 1 < 300

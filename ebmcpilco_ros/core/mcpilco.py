@@ -288,6 +288,11 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                  else None)
     predictions: list[tuple[int, float]] = []
     passed = 0
+
+    def stalled() -> bool:
+        """success.stalls cuts of the schedule so far and no check at the threshold yet."""
+        return (success is not None and 0 < success.stalls <= len(schedule) - 1
+                and not any(share >= success.threshold for _, share in predictions))
     with torch_threads(config.threads):
         for step in range(max_steps):
             grad = None
@@ -321,6 +326,9 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                     break
                 opt = torch.optim.Adam(policy.parameters(), lr=monitor.lr)
                 schedule.append({"step": step + 1, "lr": monitor.lr, "dropout": monitor.dropout})
+                if stalled():
+                    stopped_early, stop_reason = True, "stalled"
+                    break
                 continue
             for p, gp in zip(params, (grad.grad_weights, grad.grad_centres,
                                       grad.grad_log_lengthscales)):
@@ -336,8 +344,7 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                 for group in opt.param_groups:
                     group["lr"] = monitor.lr
                 schedule.append({"step": step + 1, "lr": monitor.lr, "dropout": monitor.dropout})
-                if (success is not None and 0 < success.stalls <= len(schedule) - 1
-                        and not any(share >= success.threshold for _, share in predictions)):
+                if stalled():
                     stopped_early, stop_reason = True, "stalled"
                     break
             if success is not None and (step + 1) % success.every == 0:
