@@ -28,6 +28,7 @@ from .config import CostConfig, ExperimentConfig, OptimizerConfig, SuccessConfig
 from .model import SpeedIntegrationModel
 from .policy import SquashedRBFPolicy
 from .native_rollout import resolve_backend
+from .vocabulary import StopReason
 from .rollout import (ParticleDynamics, RolloutBackend, RolloutGradient, RolloutNoise, rollout,
                       rollout_cost_and_gradient)
 
@@ -153,7 +154,7 @@ class SuccessStop:
     was wrong. `stalls` > 0 also stops at the schedule's n-th cut (a monitor stall or a
     divergence restore) while no check has reached the threshold: the model does not predict
     success and J has stopped falling, so new data may help more than refinement. The paper is
-    silent on this; it is off (0) in MC-PILCO.
+    silent on this (MC-PILCO has only the monitor); both are off (0) by default.
     """
 
     criterion: SuccessConfig
@@ -161,7 +162,7 @@ class SuccessStop:
     threshold: float
     every: int
     checks: int
-    stalls: int = 0   # stop at the monitor's n-th stall if no check reached the threshold
+    stalls: int = 0   # stop at the schedule's n-th cut if no check reached the threshold
 
     @classmethod
     def from_config(cls, config: ExperimentConfig) -> "SuccessStop | None":
@@ -183,9 +184,7 @@ class OptimizationResult:
     schedule: list[dict] = field(default_factory=list)  # (step, lr, dropout) at each change
     # divergence guard: at "step" the parameters of "restored_step" were restored
     restarts: list[dict[str, int]] = field(default_factory=list)
-    # why it ended: the monitor's schedule ran out, the model predicted success, the divergence
-    # guard's last restore, or the step limit
-    stop_reason: str = "max_steps"
+    stop_reason: StopReason = StopReason.MAX_STEPS   # why it ended
     # the success checks: [step, share of the particles meeting the criterion]
     predicted_success: list[tuple[int, float]] = field(default_factory=list)
 
@@ -282,7 +281,7 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
     costs: list[float] = []
     schedule = [{"step": 0, "lr": monitor.lr, "dropout": monitor.dropout}]
     started = time.perf_counter()
-    stopped_early, stop_reason = False, "max_steps"
+    stopped_early, stop_reason = False, StopReason.MAX_STEPS
     # the checks draw from their own generator: the optimisation's draws do not depend on them
     check_rng = (np.random.default_rng(int(rng.integers(2**62))) if success is not None
                  else None)
@@ -322,12 +321,12 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                 restarts.append({"step": step, "restored_step": guard.best_step})
                 guard.restart()
                 if monitor.reduce() is Decision.STOP:
-                    stopped_early, stop_reason = True, "diverged"
+                    stopped_early, stop_reason = True, StopReason.DIVERGED
                     break
                 opt = torch.optim.Adam(policy.parameters(), lr=monitor.lr)
                 schedule.append({"step": step + 1, "lr": monitor.lr, "dropout": monitor.dropout})
                 if stalled():
-                    stopped_early, stop_reason = True, "stalled"
+                    stopped_early, stop_reason = True, StopReason.STALLED
                     break
                 continue
             for p, gp in zip(params, (grad.grad_weights, grad.grad_centres,
@@ -338,14 +337,14 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
             if on_step is not None:
                 on_step(step, grad, monitor)
             if decision is Decision.STOP:
-                stopped_early, stop_reason = True, "monitor"
+                stopped_early, stop_reason = True, StopReason.MONITOR
                 break
             if decision is Decision.REDUCE:
                 for group in opt.param_groups:
                     group["lr"] = monitor.lr
                 schedule.append({"step": step + 1, "lr": monitor.lr, "dropout": monitor.dropout})
                 if stalled():
-                    stopped_early, stop_reason = True, "stalled"
+                    stopped_early, stop_reason = True, StopReason.STALLED
                     break
             if success is not None and (step + 1) % success.every == 0:
                 assert check_rng is not None
@@ -358,7 +357,7 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                 predictions.append((step + 1, share))
                 passed = passed + 1 if share >= success.threshold else 0
                 if passed >= success.checks:
-                    stopped_early, stop_reason = True, "predicted_success"
+                    stopped_early, stop_reason = True, StopReason.PREDICTED_SUCCESS
                     break
     return OptimizationResult(steps=len(costs), costs=costs, stopped_early=stopped_early,
                               wall_s=time.perf_counter() - started, schedule=schedule,

@@ -74,3 +74,14 @@ class Stage(_Word):
     ILQR = "ilqr"          # GP-iLQR through the posterior mean
     PRETRAIN = "pretrain"  # the policy fitted to an iLQR plan
     POLICY = "policy"      # MC-PILCO's Monte Carlo policy gradient
+
+
+class StopReason(_Word):
+    """Why a policy optimisation ended (OptimizationResult.stop_reason, a trial's
+    info.stop_reason)."""
+
+    MONITOR = "monitor"                       # the monitor's schedule ran out (MC-PILCO)
+    PREDICTED_SUCCESS = "predicted_success"   # optimizer.success_stop: the model predicts success
+    STALLED = "stalled"                       # optimizer.success_stalls: stalled, no success
+    DIVERGED = "diverged"                     # the divergence guard's restore after the last stage
+    MAX_STEPS = "max_steps"                   # the step limit
