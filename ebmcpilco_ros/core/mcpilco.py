@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from .cancel import StopCheck, check
-from .cartpole import P, STATE_DIM, THETA, wrap_angle
+from .cartpole import STATE_DIM
 from .config import CostConfig, ExperimentConfig, OptimizerConfig, SuccessConfig
 from .model import SpeedIntegrationModel
 from .policy import SquashedRBFPolicy
 from .native_rollout import resolve_backend
+from .trial import stays_in_success_region
 from .vocabulary import StopReason
 from .rollout import (ParticleDynamics, RolloutBackend, RolloutGradient, RolloutNoise, rollout,
                       rollout_cost_and_gradient)
@@ -248,11 +249,8 @@ def predicted_success(policy: SquashedRBFPolicy, dynamics: ParticleDynamics, x0:
         states, _ = rollout(policy, dynamics, x0, noise, horizon)        # (H+1, M, 4)
     # the samples at times >= t_end - window, as swing_up_success takes them
     window = min(int(math.floor(criterion.window / control_period + 1e-9)), horizon) + 1
-    last = states[-window:]
-    theta = torch.as_tensor(wrap_angle(last[..., THETA].cpu().numpy()))
-    ok = ((last[..., P].abs().cpu() < criterion.p_tol)
-          & ((theta.abs() - math.pi).abs() < criterion.theta_tol))
-    return float(ok.all(0).double().mean())
+    last = states[-window:].cpu().double().numpy()
+    return float(stays_in_success_region(last, criterion).mean())
 
 
 def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,

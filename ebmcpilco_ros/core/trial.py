@@ -114,6 +114,15 @@ class Trial:
                                    f"trial {self.index}: {name}")
 
 
+def stays_in_success_region(window: np.ndarray, criterion: SuccessConfig) -> np.ndarray:
+    """Whether states (time first, then any batch axes, then the state) stay at every sample
+    within p_tol of the centre and theta_tol of upright (the angle wrapped first): one verdict
+    per trajectory, for a recorded trial and for the model's particles alike."""
+    p, theta = window[..., P], wrap_angle(window[..., THETA])
+    return ((np.abs(p) < criterion.p_tol)
+            & (np.abs(np.abs(theta) - np.pi) < criterion.theta_tol)).all(axis=0)
+
+
 def swing_up_success(trial: Trial, criterion: SuccessConfig) -> bool:
     """Solved if over the final `window` seconds |p| < p_tol and ||theta| - pi| < theta_tol.
 
@@ -125,7 +134,4 @@ def swing_up_success(trial: Trial, criterion: SuccessConfig) -> bool:
         return False
     t_end = trial.times[-1]
     in_window = trial.times >= t_end - criterion.window - 1e-9
-    p = x[in_window, P]
-    theta = wrap_angle(x[in_window, THETA])
-    return bool(np.all(np.abs(p) < criterion.p_tol)
-                and np.all(np.abs(np.abs(theta) - np.pi) < criterion.theta_tol))
+    return bool(stays_in_success_region(x[in_window], criterion))
