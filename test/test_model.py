@@ -58,6 +58,24 @@ def test_linearization_matches_finite_differences_and_autodiff():
         np.testing.assert_allclose(B[t, :, 0], J[:, 4], atol=1e-8, rtol=0)
 
 
+def test_single_state_step_is_the_batched_mean_step():
+    """iLQR's step (one state, written without the batch axis for speed) is mean_step's maths:
+    each state of a batch, angles of every quadrant and inputs at the limits included."""
+    model = fitted_model(count=2, seed=4)
+    rng = np.random.default_rng(5)
+    X = rng.normal(0, [0.3, 1.0, 4.0, 3.0], size=(40, 4))
+    U = rng.uniform(-10, 10, size=40)
+    U[:2] = [-10.0, 10.0]
+    batched = model.mean_step(X, U)
+    for x, u, want in zip(X, U, batched):
+        got = model.step(x, np.array([u]))
+        assert got.shape == (4,)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        for i, gp in enumerate(model.gps):
+            xin = gp_inputs(x, u)
+            assert gp.mean_at(xin) == pytest.approx(float(gp.mean(xin[None, :])[0]), abs=1e-12)
+
+
 def test_gp_inputs_layout():
     x = np.array([[0.1, 0.2, 0.3, 0.4]])
     np.testing.assert_allclose(gp_inputs(x, np.array([5.0]))[0],

@@ -86,11 +86,18 @@ def se_kernel(a: Array, b: Array, lengthscales: Any, variance: Any) -> Array:
     """k(a, b) = variance exp(-|a/l - b/l|^2 / 2) for a (..., N, D), b (..., M, D): (..., N, M),
     in numpy or in torch (the arrays' own, autograd included). The squared distance is expanded,
     |a/l|^2 + |b/l|^2 - 2 (a/l).(b/l), one matrix product, and clamped at 0 against rounding."""
-    xp: Any = torch if isinstance(a, Tensor) else np
-    sa, sb = a / lengthscales, b / lengthscales
-    d2 = ((sa * sa).sum(-1)[..., :, None] + (sb * sb).sum(-1)[..., None, :]
+    sb = b / lengthscales
+    return scaled_se_kernel(a / lengthscales, sb, (sb * sb).sum(-1), variance)
+
+
+def scaled_se_kernel(sa: Array, sb: Array, sb_norms: Array, variance: Any) -> Array:
+    """se_kernel on inputs already divided by l, with |b/l|^2 given: a GP posterior scales its
+    support once and evaluates this at every prediction."""
+    d2 = ((sa * sa).sum(-1)[..., :, None] + sb_norms[..., None, :]
           - 2.0 * sa @ sb.swapaxes(-1, -2))
-    return variance * xp.exp(-0.5 * xp.clip(d2, 0.0, None))
+    if isinstance(d2, Tensor):
+        return variance * torch.exp(-0.5 * d2.clamp_min(0.0))
+    return variance * np.exp(-0.5 * np.maximum(d2, 0.0))  # np.clip costs more than the rest
 
 
 @dataclass(frozen=True)
@@ -298,11 +305,24 @@ class GPPosterior:
         return len(self.support)
 
     def kernel_vector(self, x: np.ndarray) -> np.ndarray:
-        """k(x, X_S) for x (M, D): (M, N)."""
-        return self.kernel(x, self.support)
+        """k(x, X_S) for x (M, D): (M, N). X_S / l and its norms are computed once per posterior
+        (iLQR evaluates the mean one state at a time, thousands of times per plan)."""
+        scaled, norms = self._scaled_support
+        return scaled_se_kernel(x / self.kernel.lengthscales, scaled, norms,
+                                self.kernel.variance)
+
+    @functools.cached_property
+    def _scaled_support(self) -> tuple[np.ndarray, np.ndarray]:
+        """(X_S / l (N, D), |X_S / l|^2 (N,))."""
+        scaled = self.support / self.kernel.lengthscales
+        return scaled, (scaled * scaled).sum(-1)
 
     def mean(self, x: np.ndarray) -> np.ndarray:
         return self.kernel_vector(np.atleast_2d(x)) @ self.alpha
+
+    def mean_at(self, x: np.ndarray) -> float:
+        """mu at one input x (D,), as a float (the model's single-state step)."""
+        return float(self.kernel_vector(x[None, :])[0] @ self.alpha)
 
     def mean_and_variance(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """mu and the latent variance sigma_f^2 - |V k|^2 (>= 0) at x (M, D)."""

@@ -318,7 +318,9 @@ def backward_pass(A: np.ndarray, B: np.ndarray, derivs: RunningDerivatives,
     """
     steps, m = U.shape
     n = A.shape[1]
-    eye = np.eye(n)
+    # mu's terms, batched over t: B^T (V'_xx + mu I) B = B^T V'_xx B + mu B^T B, likewise for A.
+    BtB = np.einsum("tim,tik->tmk", B, B)
+    BtA = np.einsum("tim,tik->tmk", B, A)
     k = np.zeros((steps, m))
     K = np.zeros((steps, m, n))
     V_x, V_xx = final
@@ -333,11 +335,11 @@ def backward_pass(A: np.ndarray, B: np.ndarray, derivs: RunningDerivatives,
         q_x = derivs.l_x[t] + A_t.T @ v_x
         q_u = derivs.l_u[t] + B_t.T @ v_x
         Q_xx = derivs.l_xx[t] + A_t.T @ V_xx @ A_t
-        Q_uu = derivs.l_uu[t] + B_t.T @ V_xx @ B_t
-        Q_ux = derivs.l_ux[t] + B_t.T @ V_xx @ A_t
-        V_reg = V_xx + mu * eye
-        Q_uu_reg = derivs.l_uu[t] + B_t.T @ V_reg @ B_t
-        Q_ux_reg = derivs.l_ux[t] + B_t.T @ V_reg @ A_t
+        BtV = B_t.T @ V_xx
+        Q_uu = derivs.l_uu[t] + BtV @ B_t
+        Q_ux = derivs.l_ux[t] + BtV @ A_t
+        Q_uu_reg = Q_uu + mu * BtB[t]
+        Q_ux_reg = Q_ux + mu * BtA[t]
         if not _positive_definite(Q_uu_reg):
             smallest = (float(np.linalg.eigvalsh(Q_uu_reg)[0])
                         if np.all(np.isfinite(Q_uu_reg)) else float("nan"))

@@ -11,6 +11,7 @@ exploration noise.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -87,15 +88,22 @@ class SpeedIntegrationModel:
         return out.reshape(x.shape)
 
     def step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """iLQR dynamics protocol: x (4,), u (1,) -> x_next (4,)."""
-        return self.mean_step(x, float(np.asarray(u).reshape(-1)[0]))
+        """iLQR dynamics protocol: x (4,), u (1,) -> x_next (4,). mean_step for one state,
+        without the batch axis: iLQR calls it sequentially, ~10^4 times per plan, and numpy's
+        per-call overhead on 4-vectors was most of mean_step's time there."""
+        x = np.asarray(x, dtype=float)
+        theta = float(x[THETA])
+        xin = np.array([x[P], x[PDOT], x[THETADOT], math.sin(theta), math.cos(theta),
+                        float(np.asarray(u).reshape(-1)[0])])
+        return self._integrate(x, np.array([gp.mean_at(xin) for gp in self.gps]))
 
     def _integrate(self, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """x (..., 4) and Delta (..., 2) -> the next state (..., 4)."""
         dt = self.dt
         out = np.empty_like(x)
         for i, (q, v) in enumerate(zip(POSITIONS, VELOCITIES)):  # GP i: the change of v
-            out[:, v] = x[:, v] + delta[:, i]
-            out[:, q] = x[:, q] + dt * x[:, v] + 0.5 * dt * delta[:, i]
+            out[..., v] = x[..., v] + delta[..., i]
+            out[..., q] = x[..., q] + dt * x[..., v] + 0.5 * dt * delta[..., i]
         return out
 
     def linearize(self, X: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
