@@ -1,6 +1,7 @@
 """The benchmark commands run end to end and write the JSON keys reviews rely on (no timing
 assertions: figures live in the JSON, not in tests)."""
 import json
+import os
 
 import pytest
 
@@ -25,6 +26,9 @@ def test_bench_learn_writes_runs_summary_and_plot(tmp_path, capsys):
     variants = [r["variant"] for r in data["runs"]]
     assert variants == ["eb", "mc", "eb-none", "eb-mse"]
     assert data["machine"]["parallel_runs"] == 2
+    # two runs at a time share the cores: each run's particle workers capped at its share
+    cores = len(os.sched_getaffinity(0))
+    assert data["config"]["optimizer"]["particle_workers"] == max(1, min(2, cores // 2))
     for run in data["runs"]:
         for key in ("algorithm", "seed", "solved", "trials_to_solve", "interaction_s",
                     "opt_steps", "success_per_trial", "wall_s"):

@@ -89,12 +89,30 @@ def _learn_run(cfg: ExperimentConfig, label: str,
     return run
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parallel_particle_workers(configured: int, jobs: int) -> int:
+    """Particle workers per run when `jobs` runs share the cores: at most cores // jobs, >= 1."""
+    return max(1, min(configured, available_cores() // jobs))
+
+
 def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[int],
           ablation: bool = False, log: Callable[[str], None] = print,
           json_path: str | Path | None = None, jobs: int = 1) -> dict[str, Any]:
     """Every (seed, variant) run, `jobs` at a time in separate processes (each with
     optimizer.threads torch threads); with json_path the results so far are rewritten after
-    each run, so an interrupted benchmark keeps every finished run."""
+    each run, so an interrupted benchmark keeps every finished run. With jobs > 1 each run's
+    optimizer.particle_workers is capped at its share of the cores (parallel_particle_workers):
+    more threads than cores only queue."""
+    if jobs > 1:
+        workers = parallel_particle_workers(config.optimizer.particle_workers, jobs)
+        if workers != config.optimizer.particle_workers:
+            log(f"{jobs} runs at a time on {available_cores()} cores: "
+                f"optimizer.particle_workers {config.optimizer.particle_workers} -> {workers}")
+            config = config.replace(optimizer={"particle_workers": workers})
     variants = learn_variants(config, algorithms, ablation)
     order = {(seed, label): i for i, (seed, (label, _, _)) in
              enumerate((s, v) for s in seeds for v in variants)}
