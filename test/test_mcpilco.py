@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from ebmcpilco_ros.core.config import ExperimentConfig, OptimizerConfig, SuccessConfig
+from ebmcpilco_ros.core.config import CostConfig, ExperimentConfig, OptimizerConfig, SuccessConfig
 from ebmcpilco_ros.core.learner import run_in_process
 from ebmcpilco_ros.core.mcpilco import (ConvergenceMonitor, Decision, DivergenceGuard,
                                         SuccessStop, initial_particles, model_costs,
                                         optimize_policy, predicted_success)
+from ebmcpilco_ros.core.native_rollout import native_backend
 from ebmcpilco_ros.core.policy import SquashedRBFPolicy
 from ebmcpilco_ros.core.rollout import ParticleDynamics, RolloutNoise, rollout
 from ebmcpilco_ros.core.trial import Trial, swing_up_success
@@ -153,6 +154,11 @@ def test_predicted_success_is_the_trial_criterion_applied_particle_by_particle()
     share = predicted_success(policy, dynamics, x0, noise, 30, lenient,
                               cfg.plant.control_period)
     assert 0.1 < share < 0.9 and share == pytest.approx(np.mean(verdicts))
+    # through the native kernel's forward pass (the optimiser's check): the same verdicts but
+    # for particles within float32 rounding of the region's edge
+    native = predicted_success(policy, dynamics, x0, noise, 30, lenient,
+                               cfg.plant.control_period, native_backend().split(2), CostConfig())
+    assert native == pytest.approx(share, abs=2 / 64)
     assert predicted_success(policy, dynamics, x0, noise, 30, SuccessConfig(
         p_tol=1e9, theta_tol=4.0), cfg.plant.control_period) == 1.0
 

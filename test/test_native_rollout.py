@@ -69,6 +69,29 @@ def test_native_gradient_matches_float64_autograd(model, particles, basis, dropo
         assert err < 5e-4, err
 
 
+@pytest.mark.parametrize("particles, dropout", [(64, 0.0), (37, 0.25)])
+def test_native_forward_pass_gives_the_reference_trajectories(model, particles, dropout):
+    """The kernel's forward pass alone (what the stop on predicted success reads) returns every
+    particle's trajectory, x0 first, as the float64 reference rollout has it, to float32
+    accuracy over a short horizon; and its final states are the gradient call's."""
+    horizon = 8
+    policy, policy32, noise, x0, dyn32 = _setup(model, torch.float32, particles, 30, horizon,
+                                                dropout, seed=5)
+    with torch.no_grad():
+        want, _ = rollout(policy, ParticleDynamics.from_model(model, torch.float64), x0, noise,
+                          horizon)
+        noise32 = _cast(noise, torch.float32)
+        ops = GradientOperands.build(policy32, dyn32, noise32.keep_scale)
+        kernel = native_rollout.native_kernel()
+        got = kernel.states(ops, dyn32, x0.float(), noise32, horizon, CostConfig())
+        final = kernel.cost_and_gradient(ops, dyn32, x0.float(), noise32, horizon,
+                                         CostConfig())[1]
+    assert got.shape == (horizon + 1, particles, 4) and got.dtype == torch.float32
+    assert torch.equal(got[0], x0.float())
+    assert float((got.double() - want).abs().max()) < 1e-3 * float(want.abs().max())
+    assert torch.equal(got[-1], final)
+
+
 def test_native_and_torch_float32_errors_are_below_monte_carlo_noise(model):
     """400 particles, 60 steps, 200 centres, truncated variance, against the exact float64
     rollout: both float32 implementations' cost errors are well below the Monte Carlo error of

@@ -30,8 +30,8 @@ from .policy import SquashedRBFPolicy
 from .native_rollout import resolve_backend
 from .trial import stays_in_success_region
 from .vocabulary import StopReason
-from .rollout import (ParticleDynamics, RolloutBackend, RolloutGradient, RolloutNoise, rollout,
-                      rollout_cost_and_gradient)
+from .rollout import (GradientOperands, ParticleDynamics, RolloutBackend, RolloutGradient,
+                      RolloutNoise, rollout, rollout_cost_and_gradient)
 
 MAX_BAD_DRAWS = 10  # consecutive non-finite rollouts before giving up
 
@@ -241,12 +241,19 @@ def model_costs(policies: Sequence[SquashedRBFPolicy], model: SpeedIntegrationMo
 
 def predicted_success(policy: SquashedRBFPolicy, dynamics: ParticleDynamics, x0: torch.Tensor,
                       noise: RolloutNoise, horizon: int, criterion: SuccessConfig,
-                      control_period: float) -> float:
+                      control_period: float, backend: RolloutBackend | None = None,
+                      cost: CostConfig | None = None) -> float:
     """The share of the particles whose rollout through the model meets the swing-up
     criterion over its final window (core.trial.swing_up_success's test, particle by particle):
-    the model's estimate of the probability that `policy` solves the task."""
+    the model's estimate of the probability that `policy` solves the task. The rollout is the
+    backend's forward pass where it has one (the native kernel's, with `cost`), else the torch
+    reference `rollout`."""
     with torch.no_grad():
-        states, _ = rollout(policy, dynamics, x0, noise, horizon)        # (H+1, M, 4)
+        if backend is not None and backend.states is not None and cost is not None:
+            ops = GradientOperands.build(policy, dynamics, noise.keep_scale)
+            states = backend.states(ops, dynamics, x0, noise, horizon, cost)
+        else:
+            states, _ = rollout(policy, dynamics, x0, noise, horizon)    # (H+1, M, 4)
     # the samples at times >= t_end - window, as swing_up_success takes them
     window = min(int(math.floor(criterion.window / control_period + 1e-9)), horizon) + 1
     last = states[-window:].cpu().double().numpy()
@@ -351,7 +358,8 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                 noise = RolloutNoise.draw(config.horizon, config.particles, policy.num_basis,
                                           0.0, check_rng, dtype, device)
                 share = predicted_success(policy, dynamics, x0, noise, config.horizon,
-                                          success.criterion, success.control_period)
+                                          success.criterion, success.control_period, backend,
+                                          cost)
                 predictions.append((step + 1, share))
                 passed = passed + 1 if share >= success.threshold else 0
                 if passed >= success.checks:

@@ -54,7 +54,7 @@ class RolloutArgs(ctypes.Structure):
     """Mirrors `rollout_args` in rollout_kernel.c, field by field."""
 
     _fields_ = ([(n, ctypes.c_int) for n in ("M", "H", "B", "G", "N", "R", "state_size",
-                                             "feature_size", "input_size")]
+                                             "feature_size", "input_size", "forward_only")]
                 + [(n, ctypes.c_float) for n in ("umax", "inv_lt", "inv_lp", "max_exponent2",
                                                  "min_variance", "min_std")]
                 + [(n, _FLOAT_P) for n in ("x0", "il", "AsT_aug", "w_eff", "wAsT")]
@@ -62,7 +62,7 @@ class RolloutArgs(ctypes.Structure):
                 + [(n, _FLOAT_P) for n in (
                     "inv_ls", "centre", "VA",
                     "V", "ZT", "alpha", "sf2", "F", "Gm", "eps", "workspace",
-                    "cost_per_step", "final_x", "V_sum", "g_log_f")]
+                    "cost_per_step", "final_x", "V_sum", "g_log_f", "states")]
                 + [("sgemm", ctypes.c_void_p)])
 
 
@@ -189,6 +189,19 @@ class NativeRolloutKernel:
                           noise: RolloutNoise, horizon: int,
                           cost: CostConfig) -> GradientSums:
         """Cost per step (H,), final states (M, 4), V_sum (6, B), g_log_f (5,)."""
+        outputs = self._run(ops, dyn, x0, noise, horizon, cost, forward_only=False)
+        return (outputs["cost_per_step"], outputs["final_x"], outputs["V_sum"],
+                outputs["g_log_f"])
+
+    def states(self, ops: GradientOperands, dyn: ParticleDynamics, x0: Tensor,
+               noise: RolloutNoise, horizon: int, cost: CostConfig) -> Tensor:
+        """Every particle's trajectory (H+1, M, 4), x0 first: the forward pass alone (what
+        rollout.rollout gives, without autograd; the stop on predicted success reads it)."""
+        return self._run(ops, dyn, x0, noise, horizon, cost, forward_only=True)["states"]
+
+    def _run(self, ops: GradientOperands, dyn: ParticleDynamics, x0: Tensor,
+             noise: RolloutNoise, horizon: int, cost: CostConfig,
+             forward_only: bool) -> dict[str, Tensor]:
         M, B = x0.shape[0], ops.AsT_aug.shape[1]
         G, N, R1 = ops.VA.shape
         if noise.eps.shape[:2] != (horizon, M) or noise.eps.shape[2] != G:
@@ -211,8 +224,11 @@ class NativeRolloutKernel:
                        final_x=torch.empty(M, x0.shape[1], dtype=f32),
                        V_sum=torch.empty(1 + ops.il.shape[0], B, dtype=f32),
                        g_log_f=torch.empty(ops.il.shape[0], dtype=f32))
+        if forward_only:
+            outputs["states"] = torch.empty(horizon + 1, M, x0.shape[1], dtype=f32)
         args = RolloutArgs(
             M=M, H=horizon, B=B, G=G, N=N, R=R1 - 1, state_size=x0.shape[1],
+            forward_only=int(forward_only),
             feature_size=ops.il.shape[0], input_size=dyn.Z.shape[-1], umax=ops.u_max,
             inv_lt=1.0 / cost.length_theta, inv_lp=1.0 / cost.length_p,
             max_exponent2=_MAX_EXPONENT2, min_variance=_MIN_VARIANCE, min_std=_MIN_STD,
@@ -232,8 +248,7 @@ class NativeRolloutKernel:
                              f"{STATUS.get(status, 'unknown')} (M {M}, H {horizon}, B {B}, "
                              f"G {G}, N {N}, R {R1 - 1}, state {x0.shape[1]}, features "
                              f"{ops.il.shape[0]}, GP inputs {dyn.Z.shape[-1]})")
-        return (outputs["cost_per_step"], outputs["final_x"], outputs["V_sum"],
-                outputs["g_log_f"])
+        return outputs
 
 
 @functools.lru_cache(maxsize=1)
@@ -268,7 +283,8 @@ def native_applies(dtype: torch.dtype, device: str | torch.device) -> bool:
 
 def native_backend() -> RolloutBackend:
     """The compiled kernel as a rollout backend; NativeKernelUnavailable says why not here."""
-    return RolloutBackend("native", native_kernel().cost_and_gradient)
+    kernel = native_kernel()
+    return RolloutBackend("native", kernel.cost_and_gradient, kernel.states)
 
 
 def resolve_backend(backend: str, dtype: torch.dtype, device: str | torch.device
@@ -294,7 +310,7 @@ def resolve_backend(backend: str, dtype: torch.dtype, device: str | torch.device
     if isinstance(kernel, str):
         _warn_fallback(kernel)
         return TORCH_BACKEND
-    return RolloutBackend("native", kernel.cost_and_gradient)
+    return RolloutBackend("native", kernel.cost_and_gradient, kernel.states)
 
 
 @functools.lru_cache(maxsize=None)

@@ -238,6 +238,9 @@ class RolloutBackend:
     name: str
     sums: Callable[[GradientOperands, ParticleDynamics, Tensor, RolloutNoise, int, CostConfig],
                    GradientSums]
+    # the forward pass alone, every particle's trajectory (H+1, M, 4); None: `rollout` below
+    states: Callable[[GradientOperands, ParticleDynamics, Tensor, RolloutNoise, int,
+                      CostConfig], Tensor] | None = None
 
     def __str__(self) -> str:
         return self.name
@@ -247,7 +250,7 @@ class RolloutBackend:
         if workers <= 1:
             return self
         return RolloutBackend(f"{self.name} on {workers} threads",
-                              ParticleSplit(self.sums, workers))
+                              ParticleSplit(self.sums, workers), self.states)
 
 
 @functools.lru_cache(maxsize=None)

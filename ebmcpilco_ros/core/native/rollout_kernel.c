@@ -37,6 +37,7 @@ typedef void (*sgemm_fn)(const char *transa, const char *transb, const int *m, c
  * sizes that cannot be, rather than read out of bounds. */
 typedef struct {
     int M, H, B, G, N, R, state_size, feature_size, input_size;
+    int forward_only;      /* 1: the forward pass alone (states, cost), no gradient */
     float umax, inv_lt, inv_lp, max_exponent2, min_variance, min_std;
     const float *x0;       /* (M, 4) */
     const float *il;       /* (5) policy inverse lengthscales */
@@ -59,6 +60,7 @@ typedef struct {
     float *final_x;        /* (M, 4) out */
     float *V_sum;          /* (6, B) out: sum_t [g_s; g_s fs]^T phi */
     float *g_log_f;        /* (5) out: sum_t sum_m g_fs fs */
+    float *states;         /* (H+1, M, 4) out, every particle's trajectory, or NULL */
     sgemm_fn sgemm;
 } rollout_args;
 
@@ -183,6 +185,12 @@ static void accumulate_dk_tail(float *acc, const float *k, const float *q, const
     }
 }
 
+/* states (4, M), particle-minor as the kernel keeps them, to (M, 4) as the caller's tensors */
+static void store_states(float *out, const float *x, int M) {
+    for (int m = 0; m < M; ++m)
+        for (int j = 0; j < 4; ++j) out[4 * m + j] = x[j * M + m];
+}
+
 int rollout_cost_and_gradient(const rollout_args *a) {
     if (a->state_size != STATE || a->feature_size != FEATURES || a->input_size != GP_INPUTS
         || a->M < 1 || a->H < 1
@@ -197,6 +205,7 @@ int rollout_cost_and_gradient(const rollout_args *a) {
     float *x = w.x;  /* states (4, M) */
     for (int m = 0; m < M; ++m)
         for (int j = 0; j < 4; ++j) x[j * M + m] = a->x0[4 * m + j];
+    if (a->states) store_states(a->states, x, M);
 
     /* ---- forward ---- */
     for (int t = 0; t < H; ++t) {
@@ -311,6 +320,7 @@ int rollout_cost_and_gradient(const rollout_args *a) {
             }
         }
         memcpy(x, xn, sizeof(float) * 4 * (size_t)M);
+        if (a->states) store_states(a->states + (size_t)(t + 1) * M * 4, x, M);
         /* saturating cost c = 1 - exp(-e_th^2 - e_p^2), and dc/dx / M for the backward pass */
         float *gc_t = w.gc + (size_t)t * 2 * M;
         float cost = 0.0f;
@@ -327,8 +337,8 @@ int rollout_cost_and_gradient(const rollout_args *a) {
         }
         a->cost_per_step[t] = 1.0f - cost / M;
     }
-    for (int m = 0; m < M; ++m)
-        for (int j = 0; j < 4; ++j) a->final_x[4 * m + j] = x[j * M + m];
+    store_states(a->final_x, x, M);
+    if (a->forward_only) return ROLLOUT_OK;
 
     /* ---- backward ---- */
     float *gx = w.gx;   /* dJ/dx (4, M) */
