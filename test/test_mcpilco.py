@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ebmcpilco_ros.core.config import CostConfig, ExperimentConfig, OptimizerConfig, SuccessConfig
+from ebmcpilco_ros.core.config import ExperimentConfig, OptimizerConfig, SuccessConfig
 from ebmcpilco_ros.core.learner import run_in_process
 from ebmcpilco_ros.core.mcpilco import (ConvergenceMonitor, Decision, DivergenceGuard,
                                         SuccessStop, initial_particles, model_costs,
@@ -157,7 +157,7 @@ def test_predicted_success_is_the_trial_criterion_applied_particle_by_particle()
     # through the native kernel's forward pass (the optimiser's check): the same verdicts but
     # for particles within float32 rounding of the region's edge
     native = predicted_success(policy, dynamics, x0, noise, 30, lenient,
-                               cfg.plant.control_period, native_backend().split(2), CostConfig())
+                               cfg.plant.control_period, native_backend().split(2))
     assert native == pytest.approx(share, abs=2 / 64)
     assert predicted_success(policy, dynamics, x0, noise, 30, SuccessConfig(
         p_tol=1e9, theta_tol=4.0), cfg.plant.control_period) == 1.0

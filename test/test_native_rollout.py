@@ -83,7 +83,7 @@ def test_native_forward_pass_gives_the_reference_trajectories(model, particles, 
         noise32 = _cast(noise, torch.float32)
         ops = GradientOperands.build(policy32, dyn32, noise32.keep_scale)
         kernel = native_rollout.native_kernel()
-        got = kernel.states(ops, dyn32, x0.float(), noise32, horizon, CostConfig())
+        got = kernel.states(ops, dyn32, x0.float(), noise32, horizon)
         final = kernel.cost_and_gradient(ops, dyn32, x0.float(), noise32, horizon,
                                          CostConfig())[1]
     assert got.shape == (horizon + 1, particles, 4) and got.dtype == torch.float32

@@ -241,17 +241,16 @@ def model_costs(policies: Sequence[SquashedRBFPolicy], model: SpeedIntegrationMo
 
 def predicted_success(policy: SquashedRBFPolicy, dynamics: ParticleDynamics, x0: torch.Tensor,
                       noise: RolloutNoise, horizon: int, criterion: SuccessConfig,
-                      control_period: float, backend: RolloutBackend | None = None,
-                      cost: CostConfig | None = None) -> float:
+                      control_period: float, backend: RolloutBackend | None = None) -> float:
     """The share of the particles whose rollout through the model meets the swing-up
     criterion over its final window (core.trial.swing_up_success's test, particle by particle):
     the model's estimate of the probability that `policy` solves the task. The rollout is the
-    backend's forward pass where it has one (the native kernel's, with `cost`), else the torch
-    reference `rollout`."""
+    backend's forward pass where it has one (the native kernel's), else the torch reference
+    `rollout`."""
     with torch.no_grad():
-        if backend is not None and backend.states is not None and cost is not None:
+        if backend is not None and backend.states is not None:
             ops = GradientOperands.build(policy, dynamics, noise.keep_scale)
-            states = backend.states(ops, dynamics, x0, noise, horizon, cost)
+            states = backend.states(ops, dynamics, x0, noise, horizon)
         else:
             states, _ = rollout(policy, dynamics, x0, noise, horizon)    # (H+1, M, 4)
     # the samples at times >= t_end - window, as swing_up_success takes them
@@ -358,8 +357,7 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                 noise = RolloutNoise.draw(config.horizon, config.particles, policy.num_basis,
                                           0.0, check_rng, dtype, device)
                 share = predicted_success(policy, dynamics, x0, noise, config.horizon,
-                                          success.criterion, success.control_period, backend,
-                                          cost)
+                                          success.criterion, success.control_period, backend)
                 predictions.append((step + 1, share))
                 passed = passed + 1 if share >= success.threshold else 0
                 if passed >= success.checks:

@@ -194,10 +194,11 @@ class NativeRolloutKernel:
                 outputs["g_log_f"])
 
     def states(self, ops: GradientOperands, dyn: ParticleDynamics, x0: Tensor,
-               noise: RolloutNoise, horizon: int, cost: CostConfig) -> Tensor:
+               noise: RolloutNoise, horizon: int) -> Tensor:
         """Every particle's trajectory (H+1, M, 4), x0 first: the forward pass alone (what
-        rollout.rollout gives, without autograd; the stop on predicted success reads it)."""
-        return self._run(ops, dyn, x0, noise, horizon, cost, forward_only=True)["states"]
+        rollout.rollout gives, without autograd; the stop on predicted success reads it). The
+        cost it also computes is dropped, so any cost's lengths do."""
+        return self._run(ops, dyn, x0, noise, horizon, CostConfig(), forward_only=True)["states"]
 
     def _run(self, ops: GradientOperands, dyn: ParticleDynamics, x0: Tensor,
              noise: RolloutNoise, horizon: int, cost: CostConfig,

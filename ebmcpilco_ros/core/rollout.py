@@ -239,8 +239,8 @@ class RolloutBackend:
     sums: Callable[[GradientOperands, ParticleDynamics, Tensor, RolloutNoise, int, CostConfig],
                    GradientSums]
     # the forward pass alone, every particle's trajectory (H+1, M, 4); None: `rollout` below
-    states: Callable[[GradientOperands, ParticleDynamics, Tensor, RolloutNoise, int,
-                      CostConfig], Tensor] | None = None
+    states: Callable[[GradientOperands, ParticleDynamics, Tensor, RolloutNoise, int], Tensor
+                     ] | None = None
 
     def __str__(self) -> str:
         return self.name
