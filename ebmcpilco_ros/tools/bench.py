@@ -39,6 +39,11 @@ from ..core.systems import SimulatedCartPole
 from ..progress import trial_line
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine_info(threads: int | None = None) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -48,7 +53,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu, "cores": available_cores(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": threads or torch.get_num_threads(),
             "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load_average": os.getloadavg()}
@@ -87,11 +92,6 @@ def _learn_run(cfg: ExperimentConfig, label: str,
     run["pretrain"] = cfg.pretrain.method if cfg.learner.algorithm == "eb" else None
     run["opt_costs"] = report.opt_costs
     return run
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity mask, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parallel_particle_workers(configured: int, jobs: int) -> int:
