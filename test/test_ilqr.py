@@ -150,6 +150,34 @@ def test_expected_change_matches_the_forward_pass_to_first_order(true_dynamics):
         assert slope == pytest.approx(bp.dV[0], rel=1e-3)
 
 
+def test_single_input_backward_pass_is_the_matrix_recursion(true_dynamics):
+    """The m = 1 path (vectors and floats) equals the matrix form to rounding: k, K, dV, with
+    clamped and free steps, with and without mu, and where Q~_uu fails."""
+    rng = np.random.default_rng(3)
+    U = rng.uniform(-9.0, 9.0, size=(40, 1))
+    x0 = np.array([0.1, 0.0, 0.5, 0.0])
+    X = ilqr.rollout(true_dynamics, x0, U)
+    A, B = true_dynamics.linearize(X[:-1], U)
+    derivs, final = COST.running_derivatives(X[:-1], U), COST.final_derivatives(X[-1])
+    for mu in (0.0, 0.3, 10.0):
+        fast = ilqr.backward_pass(A, B, derivs, final, U, PLANT.u_max, mu)
+        ref = ilqr._matrix_backward_pass(A, B, derivs, final, U, PLANT.u_max, mu)
+        assert fast.failed_at is None and ref.failed_at is None
+        clamped = np.abs(U + ref.k) == PLANT.u_max
+        assert 0 < clamped.sum() < len(U)  # both kinds of step: the test is not vacuous
+        np.testing.assert_allclose(fast.k, ref.k, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(fast.K, ref.K, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(fast.dV, ref.dV, rtol=1e-10)
+        assert np.all(fast.K[clamped[:, 0]] == 0.0)
+    # a negative input weight makes Q_uu negative where B is small: both fail at the same t
+    bad = COST.running_derivatives(X[:-1], U)
+    bad.l_uu[:] = -1e6
+    fast = ilqr.backward_pass(A, B, bad, final, U, PLANT.u_max, 0.0)
+    ref = ilqr._matrix_backward_pass(A, B, bad, final, U, PLANT.u_max, 0.0)
+    assert fast.failed_at == ref.failed_at == len(U) - 1
+    assert fast.Q_uu_failed == pytest.approx(ref.Q_uu_failed, rel=1e-12)
+
+
 # -- the cost ------------------------------------------------------------------------------------
 
 def test_cost_is_mirror_symmetric_and_zero_at_both_uprights():

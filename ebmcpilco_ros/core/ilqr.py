@@ -316,6 +316,15 @@ def backward_pass(A: np.ndarray, B: np.ndarray, derivs: RunningDerivatives,
     alpha = 1. (The textbook sum k^T Q_u is only right without clamping and with mu = 0: there
     the k terms of V_x cancel.)
     """
+    if U.shape[1] == 1:
+        return _single_input_backward_pass(A, B, derivs, final, U, u_max, mu)
+    return _matrix_backward_pass(A, B, derivs, final, U, u_max, mu)
+
+
+def _matrix_backward_pass(A: np.ndarray, B: np.ndarray, derivs: RunningDerivatives,
+                          final: tuple[np.ndarray, np.ndarray], U: np.ndarray, u_max: float,
+                          mu: float) -> BackwardPass:
+    """backward_pass for any m, in matrices (box_qp per step)."""
     steps, m = U.shape
     n = A.shape[1]
     # mu's terms, batched over t: B^T (V'_xx + mu I) B = B^T V'_xx B + mu B^T B, likewise for A.
@@ -356,6 +365,66 @@ def backward_pass(A: np.ndarray, B: np.ndarray, derivs: RunningDerivatives,
         v_x = q_x + K_t.T @ q_u
         V_x = Q_x + K_t.T @ Q_uu @ k_v + K_t.T @ Q_u + Q_ux.T @ k_v
         V_xx = Q_xx + K_t.T @ Q_uu @ K_t + K_t.T @ Q_ux + Q_ux.T @ K_t
+        V_xx = 0.5 * (V_xx + V_xx.T)
+    return BackwardPass(k, K, (dV1, 2.0 * (change - dV1)))
+
+
+def _single_input_backward_pass(A: np.ndarray, B: np.ndarray, derivs: RunningDerivatives,
+                                final: tuple[np.ndarray, np.ndarray], U: np.ndarray,
+                                u_max: float, mu: float) -> BackwardPass:
+    """backward_pass for m = 1, the same recursion with b_t = B_t[:, 0] and scalar Q_u, Q_uu, k_t.
+
+    Why: a plan runs this loop hundreds of times over 60 steps and at n = 4 its cost is numpy's
+    per-call overhead, not arithmetic; vectors and Python floats need about a third of the calls
+    of the matrix form (V'_xx is symmetric, so B^T V'_xx A = (V'_xx b)^T A). Equal to the matrix
+    form to rounding (test_ilqr).
+    """
+    steps, n = U.shape[0], A.shape[1]
+    b = B[:, :, 0]                                  # (T, n)
+    btb = np.einsum("ti,ti->t", b, b).tolist()      # mu's terms: b^T b and b^T A, batched
+    btA = np.einsum("ti,tij->tj", b, A)
+    l_u = derivs.l_u[:, 0].tolist()
+    l_uu = derivs.l_uu[:, 0, 0].tolist()
+    l_ux = derivs.l_ux[:, 0, :]
+    U_t = U[:, 0].tolist()
+    k = np.zeros((steps, 1))
+    K = np.zeros((steps, 1, n))
+    V_x = np.array(final[0], dtype=float)
+    V_xx = np.array(final[1], dtype=float)
+    v_x = V_x.copy()
+    dV1 = change = 0.0
+    for t in range(steps - 1, -1, -1):
+        A_t, b_t = A[t], b[t]
+        Vb = V_xx @ b_t
+        Q_uu = l_uu[t] + float(b_t @ Vb)
+        Q_uu_reg = Q_uu + mu * btb[t]
+        if not (math.isfinite(Q_uu_reg) and Q_uu_reg > 0.0):
+            return BackwardPass(k, K, (dV1, 0.0), failed_at=t,
+                                Q_uu_failed=Q_uu_reg if math.isfinite(Q_uu_reg) else math.nan)
+        Q_u = l_u[t] + float(b_t @ V_x)
+        q_u = l_u[t] + float(b_t @ v_x)
+        Q_ux = l_ux[t] + Vb @ A_t
+        # box QP in one input: -Q_u / Q~_uu clamped to the box, its gain zero when clamped
+        k_free = -Q_u / Q_uu_reg
+        lo, hi = -u_max - U_t[t], u_max - U_t[t]
+        k_v = min(max(k_free, lo), hi)
+        k[t, 0] = k_v
+        dV1 += k_v * q_u
+        change += k_v * Q_u + 0.5 * k_v * k_v * Q_uu
+        Q_x = derivs.l_x[t] + V_x @ A_t
+        q_x = derivs.l_x[t] + v_x @ A_t
+        Q_xx = derivs.l_xx[t] + A_t.T @ V_xx @ A_t
+        if lo <= k_free <= hi:
+            K_t = -(Q_ux + mu * btA[t]) / Q_uu_reg
+            K[t, 0] = K_t
+            v_x = q_x + K_t * q_u
+            V_x = Q_x + K_t * (Q_uu * k_v + Q_u) + Q_ux * k_v
+            KQ = np.outer(K_t, Q_uu * K_t + Q_ux)
+            V_xx = Q_xx + KQ + np.outer(Q_ux, K_t)
+        else:
+            v_x = q_x
+            V_x = Q_x + Q_ux * k_v
+            V_xx = Q_xx
         V_xx = 0.5 * (V_xx + V_xx.T)
     return BackwardPass(k, K, (dV1, 2.0 * (change - dV1)))
 
