@@ -178,6 +178,69 @@ def test_single_input_backward_pass_is_the_matrix_recursion(true_dynamics):
     assert fast.Q_uu_failed == pytest.approx(ref.Q_uu_failed, rel=1e-12)
 
 
+class _WithoutBatch:
+    """The same dynamics without step_batch: the line search then runs alpha by alpha."""
+
+    def __init__(self, dynamics: ilqr.FiniteDifferenceDynamics) -> None:
+        self.step, self.linearize = dynamics.step, dynamics.linearize
+
+
+def test_forward_passes_are_one_forward_pass_per_alpha(true_dynamics):
+    rng = np.random.default_rng(4)
+    U = rng.uniform(-9.0, 9.0, size=(30, 1))
+    x0 = np.array([0.1, 0.0, 0.5, 0.0])
+    X = ilqr.rollout(true_dynamics, x0, U)
+    A, B = true_dynamics.linearize(X[:-1], U)
+    bp = ilqr.backward_pass(A, B, COST.running_derivatives(X[:-1], U),
+                            COST.final_derivatives(X[-1]), U, PLANT.u_max, 0.5)
+    alphas = CONFIG.line_search_alphas
+    Xs, Us, errors = ilqr.forward_passes(true_dynamics, x0, X, U, bp.k, bp.K, alphas,
+                                         PLANT.u_max, state_difference)
+    assert errors == [None] * len(alphas)
+    for i, alpha in enumerate(alphas):
+        X_a, U_a = ilqr.forward_pass(true_dynamics, x0, X, U, bp.k, bp.K, alpha, PLANT.u_max,
+                                     state_difference)
+        np.testing.assert_allclose(Xs[i], X_a, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(Us[i], U_a, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(Xs[0], Xs[-1])  # the step sizes made different rollouts
+
+
+def test_forward_passes_keep_each_alphas_own_error():
+    """A pass that goes non-finite carries its error (raised only if the search reaches it);
+    the others are unaffected."""
+    def step(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        out = x + 0.1 * u
+        out[..., 0] = np.where(u[..., 0] > 0.5, np.nan, out[..., 0])
+        return out
+
+    dyn = ilqr.FiniteDifferenceDynamics(step, 1e-6, vectorized=True)
+    T = 5
+    X, U = np.zeros((T + 1, 4)), np.zeros((T, 1))
+    k, K = np.ones((T, 1)), np.zeros((T, 1, 4))
+    Xs, _, errors = ilqr.forward_passes(dyn, np.zeros(4), X, U, k, K, (1.0, 0.75, 0.5, 0.25),
+                                        10.0)
+    assert [e is None for e in errors] == [False, False, True, True]
+    assert "non-finite state" in str(errors[0]) and "t=0" in str(errors[0])
+    assert np.isfinite(Xs[2:]).all()
+
+
+@pytest.mark.timeout(120)
+def test_batched_line_search_finds_the_sequential_plan(true_dynamics):
+    """Step sizes side by side (BatchDynamics) or one by one: the same plan."""
+    x0 = np.zeros(4)
+    batched = ilqr.solve(true_dynamics, COST, x0, PLANT.u_max, CONFIG, horizon=40,
+                         difference=state_difference)
+    sequential = ilqr.solve(_WithoutBatch(true_dynamics), COST, x0, PLANT.u_max, CONFIG,
+                            horizon=40, difference=state_difference)
+    assert isinstance(true_dynamics, ilqr.BatchDynamics)
+    assert not isinstance(_WithoutBatch(true_dynamics), ilqr.BatchDynamics)
+    # the same accepted steps; batched and single RK4 steps round differently in the last
+    # bits, which 40+ iterations amplify to ~1e-7 N
+    assert batched.iterations == sequential.iterations
+    np.testing.assert_allclose(batched.U, sequential.U, atol=1e-5)
+    np.testing.assert_allclose(batched.cost_history, sequential.cost_history, rtol=1e-9)
+
+
 # -- the cost ------------------------------------------------------------------------------------
 
 def test_cost_is_mirror_symmetric_and_zero_at_both_uprights():

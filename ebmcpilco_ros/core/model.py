@@ -97,6 +97,11 @@ class SpeedIntegrationModel:
                         float(np.asarray(u).reshape(-1)[0])])
         return self._integrate(x, np.array([gp.mean_at(xin) for gp in self.gps]))
 
+    def step_batch(self, X: np.ndarray, U: np.ndarray) -> np.ndarray:
+        """ilqr.BatchDynamics: X (L, 4), U (L, 1) -> (L, 4), mean_step on the batch (the line
+        search's step sizes side by side)."""
+        return self.mean_step(np.asarray(X, dtype=float), np.asarray(U, dtype=float)[:, 0])
+
     def _integrate(self, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
         """x (..., 4) and Delta (..., 2) -> the next state (..., 4)."""
         dt = self.dt
