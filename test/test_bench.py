@@ -29,6 +29,7 @@ def test_bench_learn_writes_runs_summary_and_plot(tmp_path, capsys):
     # two runs at a time share the cores: each run's particle workers capped at its share
     cores = len(os.sched_getaffinity(0))
     assert data["config"]["optimizer"]["particle_workers"] == max(1, min(2, cores // 2))
+    assert data["config"]["optimizer"]["fit_threads"] == max(1, min(2, cores // 2))
     for run in data["runs"]:
         for key in ("algorithm", "seed", "solved", "trials_to_solve", "interaction_s",
                     "opt_steps", "success_per_trial", "wall_s"):

@@ -65,6 +65,38 @@ def test_short_learning_run_lowers_the_cost():
     assert all(t.opt_steps == 250 or t.kind == "random" for t in report.trials)
 
 
+def test_fits_between_trials_take_fit_threads_and_the_rest_threads(monkeypatch):
+    """optimizer.fit_threads for the GP fit and the pretraining, optimizer.threads for the
+    optimisation; the run leaves torch's setting as it found it."""
+    from ebmcpilco_ros.core import learner as learner_module
+    from ebmcpilco_ros.core.model import SpeedIntegrationModel
+
+    seen: dict[str, list[int]] = {"fit": [], "pretrain": [], "policy": []}
+    real_fit = SpeedIntegrationModel.fit.__func__
+    real_pretrain, real_optimize = learner_module.pretrain_policy, learner_module.optimize_policy
+
+    def watch(name, real):
+        def call(*args, **kwargs):
+            seen[name].append(torch.get_num_threads())
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(SpeedIntegrationModel, "fit", classmethod(watch("fit", real_fit)))
+    monkeypatch.setattr(learner_module, "pretrain_policy", watch("pretrain", real_pretrain))
+    monkeypatch.setattr(learner_module, "optimize_policy", watch("policy", real_optimize))
+    before = torch.get_num_threads()
+    cfg = ExperimentConfig().replace(
+        optimizer={"particles": 16, "max_steps_first": 5, "max_steps": 5, "horizon": 20,
+                   "threads": 1, "fit_threads": 2},
+        policy={"num_basis": 12}, pretrain={"steps": 5}, exploration={"iterations": 1},
+        model={"fit_iterations": 20}, ilqr={"max_iterations": 5, "continuation_start": 0},
+        plant={"trial_duration": 1.0},
+        learner={"algorithm": "eb", "max_trials": 3, "seed": 1, "stop_on_success": False})
+    run_in_process(cfg)
+    assert seen == {"fit": [2, 2], "pretrain": [2], "policy": [1]}
+    assert torch.get_num_threads() == before
+
+
 def test_divergence_guard_keeps_the_best_window_and_fires_on_a_runaway():
     guard = DivergenceGuard(ratio=1.5, window=10)
     w = torch.zeros(1)

@@ -26,7 +26,7 @@ from .jsonio import plain
 CHECKPOINT_FORMAT = "ebmcpilco.checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.json"
 # Settings a resumed run may change: where and how fast it computes, not what it computes.
-RESUME_MAY_DIFFER = frozenset({"optimizer.device", "optimizer.threads",
+RESUME_MAY_DIFFER = frozenset({"optimizer.device", "optimizer.threads", "optimizer.fit_threads",
                                "optimizer.particle_workers"})
 
 

@@ -191,6 +191,11 @@ class OptimizerConfig(Section):
                          doc="particle rollout precision (models are fitted in float64)")
     threads: int = setting(0, 0, 1024,
                            doc="torch CPU threads for a learning run (0 = torch's default)")
+    fit_threads: int = setting(
+        0, 0, 1024, doc="torch CPU threads of the fits between trials, the GP hyperparameters' "
+                        "and the warm start's pretraining: no rollout and no optimisation step "
+                        "runs then, so the cores the particle workers share are free "
+                        "(0 = optimizer.threads)")
     success_stop: float = setting(
         0.0, 0.0, 1.0, doc="stop once this share of the particles meets the success criterion "
                            "through the model (no dropout) at success_checks checks in a row; "

@@ -110,8 +110,9 @@ class LocalModelLearning:
 
     def fit(self) -> SpeedIntegrationModel:
         self.version += 1
-        return SpeedIntegrationModel.fit(self.dataset, self.config.plant.control_period,
-                                         self.config.model, version=self.version)
+        with torch_threads(self.config.optimizer.fit_threads):
+            return SpeedIntegrationModel.fit(self.dataset, self.config.plant.control_period,
+                                             self.config.model, version=self.version)
 
     def state_dict(self) -> dict[str, Any]:
         """The dataset and the model version, for a checkpoint."""
@@ -201,9 +202,10 @@ class LocalPolicyOptimization:
         wall[Stage.ILQR] = time.perf_counter() - started
         candidate = copy.deepcopy(self.policy)
         self._stage(Stage.PRETRAIN)
-        result = pretrain_policy(candidate, plan, self.config.pretrain, self.rng,
-                                 dropout=self.config.optimizer.dropout,
-                                 should_stop=self.should_stop)
+        with torch_threads(self.config.optimizer.fit_threads):
+            result = pretrain_policy(candidate, plan, self.config.pretrain, self.rng,
+                                     dropout=self.config.optimizer.dropout,
+                                     should_stop=self.should_stop)
         wall[Stage.PRETRAIN] = result.wall_s
         info.update({"pretrain_rms_error": result.rms_error,
                      "pretrain_nominal_error": result.nominal_error})
@@ -555,7 +557,7 @@ def run_in_process(config: ExperimentConfig,
     """One seeded learning run on the in-process simulated cart-pole; `resume` (a checkpoint
     from `on_checkpoint`) continues an interrupted one, with the same result."""
     learner = build_in_process(config, on_trial, on_step, on_checkpoint)
-    # One thread setting for the whole run (fit, iLQR, pretraining, optimisation): mixing
-    # settings oversubscribes the cores when runs share a machine.
+    # One thread setting for the run (iLQR, optimisation; the fits between trials take
+    # optimizer.fit_threads where set): bench caps both when runs share a machine.
     with torch_threads(config.optimizer.threads):
         return learner.run(resume)

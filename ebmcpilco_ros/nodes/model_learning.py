@@ -129,7 +129,8 @@ class ModelLearningNode(GraphNode):
     def __init__(self, **node_options: Any) -> None:
         super().__init__(NAME, **node_options)  # options: an in-process test's context
         config, parts = declare_config(self, ["plant", "model", "optimizer"], ["nodes"])
-        set_torch_threads(config.optimizer.threads)
+        # this process only fits, between trials
+        set_torch_threads(config.optimizer.fit_threads or config.optimizer.threads)
         preload_lazy_imports()
         self.config = config
         self.names = parts["nodes"]

@@ -22,8 +22,8 @@ from .params import check_params_files
 
 
 def set_torch_threads(threads: int) -> None:
-    """optimizer.threads for the whole process (fit, iLQR, pretraining, optimisation), as the
-    in-process run does; 0 leaves torch's default."""
+    """torch's threads for the whole process (optimizer.threads; model_learning, which only
+    fits, optimizer.fit_threads); 0 leaves torch's default."""
     if threads > 0:
         import torch
 

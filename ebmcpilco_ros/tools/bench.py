@@ -95,7 +95,8 @@ def _learn_run(cfg: ExperimentConfig, label: str,
 
 
 def parallel_particle_workers(configured: int, jobs: int) -> int:
-    """Particle workers per run when `jobs` runs share the cores: at most cores // jobs, >= 1."""
+    """Threads per run (particle workers, fit threads) when `jobs` runs share the cores: at most
+    cores // jobs, >= 1."""
     return max(1, min(configured, available_cores() // jobs))
 
 
@@ -105,14 +106,16 @@ def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[i
     """Every (seed, variant) run, `jobs` at a time in separate processes (each with
     optimizer.threads torch threads); with json_path the results so far are rewritten after
     each run, so an interrupted benchmark keeps every finished run. With jobs > 1 each run's
-    optimizer.particle_workers is capped at its share of the cores (parallel_particle_workers):
-    more threads than cores only queue."""
+    optimizer.particle_workers and optimizer.fit_threads are capped at its share of the cores
+    (parallel_particle_workers): more threads than cores only queue."""
     if jobs > 1:
-        workers = parallel_particle_workers(config.optimizer.particle_workers, jobs)
-        if workers != config.optimizer.particle_workers:
-            log(f"{jobs} runs at a time on {available_cores()} cores: "
-                f"optimizer.particle_workers {config.optimizer.particle_workers} -> {workers}")
-            config = config.replace(optimizer={"particle_workers": workers})
+        for name in ("particle_workers", "fit_threads"):
+            configured = getattr(config.optimizer, name)
+            capped = parallel_particle_workers(configured, jobs) if configured else 0
+            if capped != configured:
+                log(f"{jobs} runs at a time on {available_cores()} cores: "
+                    f"optimizer.{name} {configured} -> {capped}")
+                config = config.replace(optimizer={name: capped})
     variants = learn_variants(config, algorithms, ablation)
     order = {(seed, label): i for i, (seed, (label, _, _)) in
              enumerate((s, v) for s in seeds for v in variants)}
