@@ -34,6 +34,10 @@ def trial_line(trial: Mapping[str, Any]) -> str:
     extra = (f"  ({trial.get('opt_steps', 0)} optimisation steps; {timing})" if timing else "")
     if not trial["success"]:
         outcome = "not solved"
+        window = trial.get("final_window") or {}
+        if window:  # which tolerance a near miss missed
+            outcome += (f" (final window: |p| up to {window['max_abs_p']:.2f} m, "
+                        f"{window['max_angle_error']:.2f} rad from upright)")
     elif trial["kind"] == TrialKind.POLICY:
         outcome = "SWING-UP SOLVED"
     else:

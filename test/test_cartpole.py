@@ -6,7 +6,7 @@ from ebmcpilco_ros.core import cartpole
 from ebmcpilco_ros.core.config import PlantConfig, SuccessConfig
 from ebmcpilco_ros.core.controllers import RandomController
 from ebmcpilco_ros.core.systems import SimulatedCartPole
-from ebmcpilco_ros.core.trial import Trial, swing_up_success
+from ebmcpilco_ros.core.trial import Trial, final_window_extremes, swing_up_success
 
 
 def test_energy_is_conserved_without_friction_and_input():
@@ -76,6 +76,13 @@ def test_success_criterion_last_second_either_direction():
     off_track[50:, 0] = 0.15
     assert not swing_up_success(Trial(states=off_track, inputs=np.zeros(60), times=times,
                                       true_states=off_track), crit)
+    # the final window's extremes say which tolerance a miss missed (times >= 2 s: 40-60)
+    assert final_window_extremes(Trial(states=off_track, inputs=np.zeros(60), times=times,
+                                       true_states=off_track), crit) == pytest.approx(
+        {"max_abs_p": 0.15, "max_angle_error": 0.05})
+    assert final_window_extremes(Trial(states=late, inputs=np.zeros(60), times=times,
+                                       true_states=late), crit) == pytest.approx(
+        {"max_abs_p": 0.0, "max_angle_error": 0.2})
 
 
 def test_trial_round_trips_through_dict():

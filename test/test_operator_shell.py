@@ -58,7 +58,9 @@ RUN = [
     _status("phase", 120.0, phase="trial 1 (policy)"),
     _status("trial_done", 123.0, trial={"index": 1, "kind": "policy", "success": False,
                                         "cost": 20.0, "opt_steps": 100,
-                                        "wall_s": {"fit": 4.0, "policy": 7.0}}),
+                                        "wall_s": {"fit": 4.0, "policy": 7.0},
+                                        "final_window": {"max_abs_p": 0.234,
+                                                         "max_angle_error": 0.051}}),
     _status("run_done", 123.0, state="idle", solved=False,
             report={"solved": False, "trials": [{}, {}], "interaction_s": 6.0,
                     "wall_s": {"total": 23.0},
@@ -101,8 +103,8 @@ def test_the_view_writes_plain_lines_with_the_figures_when_not_a_terminal():
         sim_view.handle(status)
     assert quiet.getvalue().splitlines() == [
         "trial 0: random  cost  50.00  not solved",
-        "trial 1: policy  cost  20.00  not solved  (100 optimisation steps; fit 4.0 s, "
-        "policy 7.0 s)",
+        "trial 1: policy  cost  20.00  not solved (final window: |p| up to 0.23 m, 0.05 rad "
+        "from upright)  (100 optimisation steps; fit 4.0 s, policy 7.0 s)",
         "NOT solved after 2 trials, 6.0 s of interaction, 23 s total (run r1)", RUN_TIMES]
 
 

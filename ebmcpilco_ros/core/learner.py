@@ -36,7 +36,7 @@ from .ilqr import ILQRPlan
 from .pretrain import pretrain_policy
 from .policy import SquashedRBFPolicy
 from .systems import System
-from .trial import Trial, swing_up_success
+from .trial import Trial, final_window_extremes, swing_up_success
 from .vocabulary import Phase, Stage, TrialKind
 
 
@@ -264,6 +264,8 @@ class TrialSummary:
     wall_s: dict[str, float] = field(default_factory=dict)
     predicted_cost: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # the final window's largest |p| [m] and distance to upright [rad] (trial.final_window_extremes)
+    final_window: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, trial: Trial, config: ExperimentConfig, **fields: Any) -> "TrialSummary":
@@ -273,7 +275,7 @@ class TrialSummary:
         return cls(index=trial.index, kind=TrialKind(trial.kind),
                    success=swing_up_success(trial, config.success),
                    cost=trajectory_cost(states, config.cost), duration_s=trial.duration,
-                   **fields)
+                   final_window=final_window_extremes(trial, config.success), **fields)
 
 
 @dataclass
@@ -367,7 +369,8 @@ def summary_from_dict(data: dict[str, Any]) -> TrialSummary:
     return TrialSummary(**{**data, "kind": TrialKind(data["kind"]),
                            "model_points": tuple(data.get("model_points", ())),
                            "wall_s": dict(data.get("wall_s", {})),
-                           "info": dict(data.get("info", {}))})
+                           "info": dict(data.get("info", {})),
+                           "final_window": dict(data.get("final_window", {}))})
 
 
 class Learner:

@@ -123,15 +123,27 @@ def stays_in_success_region(window: np.ndarray, criterion: SuccessConfig) -> np.
             & (np.abs(np.abs(theta) - np.pi) < criterion.theta_tol)).all(axis=0)
 
 
+def _final_window(trial: Trial, criterion: SuccessConfig) -> np.ndarray:
+    """The states of the final `window` seconds: noise-free where the system provides them."""
+    x = trial.true_states if trial.true_states is not None else trial.states
+    return x[trial.times >= trial.times[-1] - criterion.window - 1e-9]
+
+
 def swing_up_success(trial: Trial, criterion: SuccessConfig) -> bool:
     """Solved if over the final `window` seconds |p| < p_tol and ||theta| - pi| < theta_tol.
 
     Uses the noise-free trajectory when the system provides it, else the measured one. The angle
     is wrapped to [-pi, pi) first, so either direction of swing-up counts.
     """
-    x = trial.true_states if trial.true_states is not None else trial.states
-    if trial.failed or len(x) == 0:
-        return False
-    t_end = trial.times[-1]
-    in_window = trial.times >= t_end - criterion.window - 1e-9
-    return bool(stays_in_success_region(x[in_window], criterion))
+    return not trial.failed and bool(stays_in_success_region(_final_window(trial, criterion),
+                                                             criterion))
+
+
+def final_window_extremes(trial: Trial, criterion: SuccessConfig) -> dict[str, float]:
+    """How far the final window strayed, against p_tol and theta_tol: the largest |p| [m] and
+    distance to upright [rad] in it. Why: a failed trial at a low cost is a near miss, and these
+    say which tolerance it missed (the cart off centre, or the pole not settled)."""
+    window = _final_window(trial, criterion)
+    theta = wrap_angle(window[:, THETA])
+    return {"max_abs_p": float(np.max(np.abs(window[:, P]))),
+            "max_angle_error": float(np.max(np.abs(np.abs(theta) - np.pi)))}
