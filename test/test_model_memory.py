@@ -104,6 +104,30 @@ def graph() -> Iterator[tuple[ModelLearningNode, Watch]]:
             rclpy.try_shutdown(context=context)
 
 
+@pytest.mark.timeout(120)
+def test_the_node_fits_on_optimizer_fit_threads():
+    """model_learning only fits, so its process takes optimizer.fit_threads (docs/NODES.md);
+    torch's setting is put back for the tests after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    with ros_environment(isolated_domain(92)):
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        try:
+            node = ModelLearningNode(context=context, parameter_overrides=[
+                Parameter("optimizer.threads", value=1),
+                Parameter("optimizer.fit_threads", value=2)])
+            try:
+                assert torch.get_num_threads() == 2
+            finally:
+                node.close()
+                node.destroy_node()
+        finally:
+            rclpy.try_shutdown(context=context)
+            torch.set_num_threads(before)
+
+
 def _status(event: str, state: str, run: str) -> dict[str, Any]:
     return Status(event=event, state=state, ready=True, waiting_for=[], run_id=run,
                   phase=event, trials=0, stamp=time.time(), node="/trial_manager").to_dict()
