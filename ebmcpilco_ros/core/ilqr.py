@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -167,9 +167,10 @@ class FiniteDifferenceDynamics:
 def feedback_input(X_t: np.ndarray, U_t: np.ndarray, K_t: np.ndarray, x: np.ndarray,
                    difference: Difference = subtract) -> np.ndarray:
     """u = U_t + K_t dx, dx = difference(x, X_t): the closed-loop law about a nominal, before
-    the input limit. The forward pass runs it (with U_t + alpha k_t), and so does a plan
-    executed on the system (controllers.FeedbackPlanController, which adds noise first)."""
-    return U_t + K_t @ difference(x, X_t)
+    the input limit. The forward passes run it (with U_t + alpha k_t; x and U_t may carry a
+    leading batch axis), and so does a plan executed on the system
+    (controllers.FeedbackPlanController, which adds noise first)."""
+    return U_t + np.matmul(K_t, difference(x, X_t)[..., None])[..., 0]
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,7 @@ def forward_passes(dynamics: BatchDynamics, x0: np.ndarray, X: np.ndarray, U: np
     errors: list[ILQRError | None] = [None] * L
     Xs[:, 0] = x0
     for t in range(steps):
-        u = U[t] + a * k[t] + difference(Xs[:, t], X[t]) @ K[t].T
+        u = feedback_input(X[t], U[t] + a * k[t], K[t], Xs[:, t], difference)
         Us[:, t] = np.clip(u, -u_max, u_max)
         x_next = np.asarray(dynamics.step_batch(Xs[:, t], Us[:, t]), dtype=float)
         if x_next.shape != (L, n):
@@ -567,20 +568,23 @@ def _line_search(dynamics: Dynamics, cost: Cost, x0: np.ndarray, X: np.ndarray, 
         ratio = actual / expected if expected > 0.0 else math.copysign(1.0, actual)
         return ratio > config.accept_ratio
 
-    alphas = config.line_search_alphas
-    for i, alpha in enumerate(alphas):
-        if i == 1 and isinstance(dynamics, BatchDynamics):
-            rest = alphas[1:]
+    def rollouts() -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
+        """(alpha, X, U) in line_search_alphas' order, each rolled out only when reached."""
+        first, *rest = config.line_search_alphas
+        yield (first, *forward_pass(dynamics, x0, X, U, bp.k, bp.K, first, u_max, difference))
+        if rest and isinstance(dynamics, BatchDynamics):
             Xs, Us, errors = forward_passes(dynamics, x0, X, U, bp.k, bp.K, rest, u_max,
                                             difference)
-            for X_new, U_new, error, alpha in zip(Xs, Us, errors, rest):
+            for alpha, X_a, U_a, error in zip(rest, Xs, Us, errors):
                 if error is not None:
                     raise error
-                J_new = _total(cost, X_new, U_new)
-                if accepted(alpha, J_new):
-                    return X_new, U_new, J_new, alpha
-            return None
-        X_new, U_new = forward_pass(dynamics, x0, X, U, bp.k, bp.K, alpha, u_max, difference)
+                yield alpha, X_a, U_a
+        else:
+            for alpha in rest:
+                yield (alpha, *forward_pass(dynamics, x0, X, U, bp.k, bp.K, alpha, u_max,
+                                            difference))
+
+    for alpha, X_new, U_new in rollouts():
         J_new = _total(cost, X_new, U_new)
         if accepted(alpha, J_new):
             return X_new, U_new, J_new, alpha

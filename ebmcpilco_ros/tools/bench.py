@@ -94,7 +94,7 @@ def _learn_run(cfg: ExperimentConfig, label: str,
     return run
 
 
-def parallel_particle_workers(configured: int, jobs: int) -> int:
+def threads_per_run(configured: int, jobs: int) -> int:
     """Threads per run (particle workers, fit threads) when `jobs` runs share the cores: at most
     cores // jobs, >= 1."""
     return max(1, min(configured, available_cores() // jobs))
@@ -107,11 +107,11 @@ def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[i
     optimizer.threads torch threads); with json_path the results so far are rewritten after
     each run, so an interrupted benchmark keeps every finished run. With jobs > 1 each run's
     optimizer.particle_workers and optimizer.fit_threads are capped at its share of the cores
-    (parallel_particle_workers): more threads than cores only queue."""
+    (threads_per_run): more threads than cores only queue."""
     if jobs > 1:
         for name in ("particle_workers", "fit_threads"):
             configured = getattr(config.optimizer, name)
-            capped = parallel_particle_workers(configured, jobs) if configured else 0
+            capped = threads_per_run(configured, jobs) if configured else 0
             if capped != configured:
                 log(f"{jobs} runs at a time on {available_cores()} cores: "
                     f"optimizer.{name} {configured} -> {capped}")
