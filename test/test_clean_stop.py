@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -248,12 +249,53 @@ def test_sigint_in_any_phase_stops_every_node_cleanly(tmp_path, phase):
         log = g.log_path(node).read_text(errors="replace")
         assert re.search(pattern, log), g.log_tail(node)
     log = check_run_directory(tmp_path / "runs")
-    if running is not None:
+    if running is not None:  # the trial manager's own signal or a peer's cancellation first
         assert log and log[-1]["event"] == "aborted", log[-3:]
-        assert "trial_manager shutting down" in log[-1]["reason"], log[-1]
+        assert re.search(r"(trial_manager|model_learning|policy_optimization) shutting down",
+                         log[-1]["reason"]), log[-1]
     if phase == "trial":  # the execution node sent the record of the aborted trial
         assert probe.wait_for(lambda: any(r["meta"]["outcome"] == "aborted"
                                           for r in probe.records), 5), probe.records
+
+
+@pytest.mark.timeout(STARTUP_TIMEOUT + PHASE_TIMEOUT + 60)
+def test_a_peer_stopped_alone_aborts_the_run_with_its_reason(tmp_path):
+    """SIGINT to policy_optimization alone while it optimises: its work ends cancelled, and the
+    trial manager (still running) ends the run `aborted` with that node's reason, not `failed`
+    (what a Ctrl-C of the whole graph looks like when the peer's cancellation arrives before
+    the trial manager's own signal)."""
+    with ros_environment(isolated_domain(32)):
+        g = start_graph(tmp_path, {"optimizer.max_steps_first": 100000})
+        client = GraphClient()
+        events = NodeEvents(client)
+        try:
+            assert client.wait_status(lambda s: bool(s.get("ready")), STARTUP_TIMEOUT), \
+                describe_failure(g)
+            ok, message = client.call("learn")
+            assert ok, message
+            assert events.wait(node_event("policy_optimization", "progress", step=None),
+                               PHASE_TIMEOUT), (events.events, describe_failure(g))
+            g.processes["policy_optimization"].send_signal(signal.SIGINT)
+            ended = None  # every status in order: "not_ready" follows the end at once
+            deadline = time.monotonic() + 30
+            while ended is None and time.monotonic() < deadline:
+                try:
+                    status = client.statuses.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if status["event"] in ("aborted", "failed"):
+                    ended = status
+            assert ended is not None, describe_failure(g)
+            assert g.processes["policy_optimization"].wait(timeout=STOP_BOUND_S + 1) == 0
+            assert g.processes["trial_manager"].poll() is None  # the run ended, the node did not
+        finally:
+            client.close()
+            g.stop()
+    assert ended["event"] == "aborted", ended
+    assert re.fullmatch(r"optimisation cancelled: cancelled at optimisation step \d+ "
+                        r"\(policy_optimization shutting down\)", ended["reason"]), ended
+    log = check_run_directory(tmp_path / "runs")
+    assert log[-1]["event"] == "aborted" and log[-1]["reason"] == ended["reason"], log[-1]
 
 
 @pytest.mark.timeout(STARTUP_TIMEOUT + PHASE_TIMEOUT + 60)

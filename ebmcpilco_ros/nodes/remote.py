@@ -50,6 +50,17 @@ def reason_of(item: Any) -> str:
     return (item.reason if isinstance(item, Event) else None) or "no reason given"
 
 
+def work_ended(item: Any, what: str, link: "Link") -> Exception:
+    """What a node's `failed` event instead of its result ends the run with. A failure with
+    `cancelled: true` is the work stopped by an abort or by that node shutting down: nothing
+    failed, so the run is aborted (and can be resumed as one). At a Ctrl-C of the whole graph
+    the peer's cancellation often arrives before the trial manager's own signal does."""
+    if isinstance(item, Event) and item.cancelled:
+        return Aborted(f"aborted during {what}" if link.cancel.is_set()
+                       else f"{what} cancelled: {reason_of(item)}")
+    return RemoteError(f"{what} failed: {reason_of(item)}")
+
+
 class Link:
     """The trial manager's publishers, replies, abort flag and peers, as the protocols use them."""
 
@@ -216,7 +227,7 @@ class RemoteModelLearning:
             finally:
                 link.replies.forget(request_id)
             if not isinstance(item, ModelUpdate):
-                raise RemoteError(f"model fit failed: {reason_of(item)}")
+                raise work_ended(item, "the model fit", link)
             model = SpeedIntegrationModel.from_dict(item.model)
             self.fit_requests[model.version] = request_id
             return model
@@ -267,9 +278,7 @@ class RemoteOptimization:
         finally:
             link.replies.forget(request_id)
         if not isinstance(item, ControllerUpdatePayload):
-            if item.cancelled and link.cancel.is_set():
-                raise Aborted("aborted during optimisation")
-            raise RemoteError(f"optimisation failed: {reason_of(item)}")
+            raise work_ended(item, "optimisation", link)
         predicted = item.predicted_states
         self.state = item.optimizer_state
         return ControllerUpdate(
