@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
@@ -39,7 +38,7 @@ from ebmcpilco_ros.core.pretrain import pretrain_bayes
 from ebmcpilco_ros.nodes import STOP_BOUND_S
 
 from graph_helpers import (REDUCED, STARTUP_TIMEOUT, Probe, describe_failure,
-                           isolated_domain, ros_environment, start_graph)
+                           isolated_domain, ros_environment, start_graph, wait_event)
 from helpers import fitted_model, random_trials
 
 PHASE_TIMEOUT = 120.0  # from the learn call to the phase, on a busy 2-core machine
@@ -276,15 +275,7 @@ def test_a_peer_stopped_alone_aborts_the_run_with_its_reason(tmp_path):
             assert events.wait(node_event("policy_optimization", "progress", step=None),
                                PHASE_TIMEOUT), (events.events, describe_failure(g))
             g.processes["policy_optimization"].send_signal(signal.SIGINT)
-            ended = None  # every status in order: "not_ready" follows the end at once
-            deadline = time.monotonic() + 30
-            while ended is None and time.monotonic() < deadline:
-                try:
-                    status = client.statuses.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if status["event"] in ("aborted", "failed"):
-                    ended = status
+            ended = wait_event(client, ("aborted", "failed"), 30)
             assert ended is not None, describe_failure(g)
             assert g.processes["policy_optimization"].wait(timeout=STOP_BOUND_S + 1) == 0
             assert g.processes["trial_manager"].poll() is None  # the run ended, the node did not
