@@ -79,6 +79,13 @@ def test_pretrained_policy_reproduces_the_ilqr_controls(true_plan, method):
     assert result.rms_error < 1.5   # around the nominal too (the feedback funnel)
 
 
+def policy_request(iteration: int, failed: int = 0):
+    from ebmcpilco_ros.core.learner import OptimizationRequest
+
+    return OptimizationRequest("policy", iteration, pretrain=True,
+                               failed_since_warm_start=failed)
+
+
 def test_later_warm_start_keeps_whichever_policy_has_the_lower_model_cost(model):
     """A candidate pretrained on a fresh plan replaces the policy only if J is lower."""
     from ebmcpilco_ros.core.learner import LocalPolicyOptimization
@@ -87,7 +94,7 @@ def test_later_warm_start_keeps_whichever_policy_has_the_lower_model_cost(model)
     cfg = CFG.replace(optimizer={"particles": 50}, pretrain={"steps": 50})
     opt = LocalPolicyOptimization(cfg, np.random.default_rng(0))
     wall, info = {}, {}
-    opt._warm_start(model, 0, wall, info)   # first trial: always the pretrained policy
+    opt._warm_start(model, policy_request(0), wall, info)   # first trial: always pretrained
     assert info["warm_start"] == "pretrained" and "warm_start_costs" not in info
     pretrained = {k: v.clone() for k, v in opt.policy.state_dict().items()}
 
@@ -100,7 +107,7 @@ def test_later_warm_start_keeps_whichever_policy_has_the_lower_model_cost(model)
         opt.policy.weights.fill_(100.0)
     idle = cost(opt.policy)
     wall, info = {}, {}
-    opt._warm_start(model, 1, wall, info)
+    opt._warm_start(model, policy_request(1), wall, info)
     before, after = info["warm_start_costs"]
     assert before == pytest.approx(idle, rel=0.05) and after < before
     assert info["warm_start"] == "pretrained" and wall["pretrain"] > 0
@@ -108,9 +115,36 @@ def test_later_warm_start_keeps_whichever_policy_has_the_lower_model_cost(model)
     # the same pretrained policy against a candidate from the same plan: the lower J wins
     opt.policy.load_state_dict(pretrained)
     wall, info = {}, {}
-    opt._warm_start(model, 2, wall, info)
+    opt._warm_start(model, policy_request(2), wall, info)
     before, after = info["warm_start_costs"]
     kept = info["warm_start"] == "kept"
     assert kept == (after >= before)
     same = all(torch.equal(v, pretrained[k]) for k, v in opt.policy.state_dict().items())
     assert same == kept
+
+
+@pytest.mark.parametrize("limit, failed, compared",
+                         [(2, 1, True), (2, 2, False), (2, 3, False), (0, 5, True)])
+def test_a_policy_the_system_refuted_gives_way_to_the_warm_start(model, limit, failed, compared):
+    """pretrain.restart_after_failures: once the current policy has failed that many policy
+    trials since a warm start last replaced it, the candidate replaces it without the model-cost
+    comparison (which the optimised policy wins on the model the system refuted)."""
+    from ebmcpilco_ros.core.learner import LocalPolicyOptimization
+
+    cfg = CFG.replace(optimizer={"particles": 50},
+                      pretrain={"steps": 50, "restart_after_failures": limit})
+    opt = LocalPolicyOptimization(cfg, np.random.default_rng(0))
+    opt._warm_start(model, policy_request(0), {}, {})
+    with torch.no_grad():
+        opt.policy.weights.mul_(0.5)   # not what a fresh pretraining gives
+    current = {k: v.clone() for k, v in opt.policy.state_dict().items()}
+    info: dict = {}
+    opt._warm_start(model, policy_request(3, failed), {}, info)
+    assert ("warm_start_costs" in info) == compared, info
+    replaced = not all(torch.equal(v, current[k]) for k, v in opt.policy.state_dict().items())
+    if compared:
+        before, after = info["warm_start_costs"]
+        assert replaced == (after < before) and "warm_start_restart" not in info
+    else:
+        assert replaced and info["warm_start"] == "pretrained"
+        assert info["warm_start_restart"] == failed

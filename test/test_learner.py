@@ -17,7 +17,8 @@ from ebmcpilco_ros.core.cartpole import STATE_DIM, THETA
 from ebmcpilco_ros.core.config import ExperimentConfig
 from ebmcpilco_ros.core.controllers import RandomController
 from ebmcpilco_ros.core.learner import (ControllerUpdate, Learner, LearningReport,
-                                        OptimizationRequest, TrialSummary)
+                                        OptimizationRequest, TrialSummary,
+                                        failures_since_warm_start)
 from ebmcpilco_ros.core.vocabulary import TrialKind
 from ebmcpilco_ros.core.trial import Trial
 
@@ -159,3 +160,41 @@ def test_time_to_solve_through_the_graph_is_the_measured_wall_time():
                             wall_s={"model": 1.0, "policy": 4.0, "system": 7.5, "total": 14.0})
     assert report.time_to_solve() == {"rollouts": 7.5, "fit": 1.0, "ilqr": 0.0, "pretrain": 0.0,
                                       "policy": 4.0, "other": 1.5, "learn_to_solve": 14.0}
+
+
+def _summary(kind: str, success: bool = False, warm_start: str | None = None) -> TrialSummary:
+    return TrialSummary(index=0, kind=TrialKind(kind), success=success, cost=0.0, duration_s=1.0,
+                        info={} if warm_start is None else {"warm_start": warm_start})
+
+
+@pytest.mark.parametrize("policies, failed", [
+    ((), 0),
+    ((("pretrained", False),), 1),
+    ((("pretrained", False), ("kept", False)), 2),
+    ((("pretrained", False), ("kept", False), ("pretrained", False)), 1),
+    ((("pretrained", False), ("kept", False), ("pretrained", False), ("kept", False)), 2),
+    ((("pretrained", False), ("kept", True)), 0),
+])
+def test_failures_since_warm_start_counts_the_refutations_of_the_policy(policies, failed):
+    """Policy trials that failed since a warm start last replaced the policy, that trial
+    included; exploration and random trials between them do not count."""
+    summaries = [_summary("random"), _summary("ilqr")]
+    for warm_start, success in policies:
+        summaries += [_summary("policy", success, warm_start), _summary("ilqr")]
+    assert failures_since_warm_start(summaries) == failed
+
+
+def test_each_policy_request_says_how_often_the_current_policy_failed():
+    """The Learner puts the count in every policy request (the optimiser's rule acts on it):
+    with a fake optimiser that never reports a warm start, every failure counts."""
+    optimizer = FakeOptimization()
+    seen: list[int] = []
+    next_controller = optimizer.next_controller
+
+    def recording(model: Any, request: OptimizationRequest) -> ControllerUpdate:
+        if request.phase == "policy":
+            seen.append(request.failed_since_warm_start)
+        return next_controller(model, request)
+    optimizer.next_controller = recording  # type: ignore[method-assign]
+    _run("eb", FakeSystem(), optimizer, max_trials=7)
+    assert seen == [0, 1, 2]

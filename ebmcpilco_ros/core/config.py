@@ -322,6 +322,10 @@ class PretrainConfig(Section):
     every_trial: bool = setting(
         True, doc="before every policy trial, not only the first: re-plan on the current model, "
                   "pretrain a candidate, keep it if its model cost beats the current policy's")
+    restart_after_failures: int = setting(
+        3, 0, 1000, doc="with every_trial: the candidate replaces the policy without the cost "
+                        "comparison once the policy has failed this many policy trials on the "
+                        "system since it last came from a warm start (0 = on model cost only)")
     samples_per_step: int = setting(8, 0, 10000,
                                     doc="states drawn around each plan step (feedback targets)")
     perturbation: tuple[float, ...] = setting(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +58,9 @@ class OptimizationRequest:
     phase: Phase
     iteration: int = 0
     pretrain: bool = False
+    # Phase.POLICY: policy trials the current policy failed since a warm start last replaced it
+    # (failures_since_warm_start; pretrain.restart_after_failures acts on it)
+    failed_since_warm_start: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phase", Phase(self.phase))  # a payload's string too
@@ -190,11 +193,14 @@ class LocalPolicyOptimization:
             info={"ilqr_cost": plan.cost, "ilqr_iterations": plan.iterations,
                   "noise_mean": float(np.mean(feedback.sigma))})
 
-    def _warm_start(self, model: SpeedIntegrationModel, iteration: int,
+    def _warm_start(self, model: SpeedIntegrationModel, request: OptimizationRequest,
                     wall: dict[str, float], info: dict[str, Any]) -> None:
         """Pretrain a candidate on an iLQR plan through `model`; it replaces the current policy
-        on the first policy trial, later only if its model cost J is lower (common random
-        numbers), so a policy stuck in a poor optimum can restart from a fresh plan."""
+        on the first policy trial, later if its model cost J is lower (common random numbers),
+        so a policy stuck in a poor optimum can restart from a fresh plan, and without that
+        comparison once the system has refuted the current policy
+        pretrain.restart_after_failures times: the optimised policy wins on the model it was
+        fitted to, the system says the model is wrong there."""
         started = time.perf_counter()
         self._stage(Stage.ILQR)
         plan = plan_swing_up(model, self.config, self.last_plan, self.should_stop)
@@ -209,7 +215,11 @@ class LocalPolicyOptimization:
         wall[Stage.PRETRAIN] = result.wall_s
         info.update({"pretrain_rms_error": result.rms_error,
                      "pretrain_nominal_error": result.nominal_error})
-        keep = iteration == 0
+        limit = self.config.pretrain.restart_after_failures
+        refuted = limit > 0 and request.failed_since_warm_start >= limit
+        keep = request.iteration == 0 or refuted
+        if refuted:
+            info["warm_start_restart"] = request.failed_since_warm_start
         if not keep:
             check(self.should_stop, "before the warm start's cost comparison")
             started = time.perf_counter()
@@ -228,7 +238,7 @@ class LocalPolicyOptimization:
         wall: dict[str, float] = {}
         info: dict[str, Any] = {}
         if request.pretrain and self.config.pretrain.method != "none":
-            self._warm_start(model, request.iteration, wall, info)
+            self._warm_start(model, request, wall, info)
         opt = self.config.optimizer
         max_steps = policy_step_limit(opt, request.iteration)
         self._stage(Stage.POLICY)
@@ -365,6 +375,22 @@ def _load_state_of(component: Any, state: dict[str, Any] | None, what: str) -> N
                               f"{type(exc).__name__}: {exc}") from exc
 
 
+def failures_since_warm_start(summaries: Sequence[TrialSummary]) -> int:
+    """Policy trials that failed since a warm start last replaced the policy (that trial
+    included): how often the system has refuted the policy the optimiser now holds. From the
+    trials alone, so a resumed run counts as the uninterrupted one."""
+    failed = 0
+    for summary in reversed(summaries):
+        if summary.kind != TrialKind.POLICY:
+            continue
+        if summary.success:
+            break
+        failed += 1
+        if summary.info.get("warm_start") == "pretrained":
+            break
+    return failed
+
+
 def summary_from_dict(data: dict[str, Any]) -> TrialSummary:
     return TrialSummary(**{**data, "kind": TrialKind(data["kind"]),
                            "model_points": tuple(data.get("model_points", ())),
@@ -450,7 +476,8 @@ class Learner:
             return None
         learning_trial = sum(s.kind == TrialKind.POLICY for s in summaries)
         return OptimizationRequest(Phase.POLICY, learning_trial, pretrain=(
-            cfg.algorithm == "eb" and (learning_trial == 0 or self.config.pretrain.every_trial)))
+            cfg.algorithm == "eb" and (learning_trial == 0 or self.config.pretrain.every_trial)),
+            failed_since_warm_start=failures_since_warm_start(summaries))
 
     def _step(self, step: TrialKind | OptimizationRequest) -> None:
         """One trial (and the computation before it), appended to the run's summaries."""

@@ -197,7 +197,8 @@ def _controller(value: Any) -> dict[str, Any]:
 
 
 def _optimization(value: Any) -> dict[str, Any]:
-    """`core.learner.OptimizationRequest.to_dict()`: phase, iteration >= 0, pretrain."""
+    """`core.learner.OptimizationRequest.to_dict()`: phase, iteration >= 0, pretrain,
+    optionally failed_since_warm_start >= 0."""
     data = _object(value)
     try:
         OptimizationSpec.from_dict({**data, "format": OptimizationSpec.FORMAT})
@@ -284,6 +285,7 @@ class OptimizationSpec(Payload):
     phase: str = required(_one_of(REQUEST_PHASES))
     iteration: int = required(_count)
     pretrain: bool = required(_bool)
+    failed_since_warm_start: int | None = optional(_count)
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
