@@ -37,7 +37,7 @@ from .pretrain import pretrain_policy
 from .policy import SquashedRBFPolicy
 from .systems import System
 from .trial import Trial, final_window_extremes, swing_up_success
-from .vocabulary import Phase, Stage, TrialKind
+from .vocabulary import Phase, Stage, TrialKind, WarmStart
 
 
 class ModelLearning(Protocol):
@@ -229,7 +229,7 @@ class LocalPolicyOptimization:
             keep = costs[1] < costs[0]
             wall[Stage.PRETRAIN] += time.perf_counter() - started
             info.update({"warm_start_costs": costs})
-        info["warm_start"] = "pretrained" if keep else "kept"
+        info["warm_start"] = WarmStart.PRETRAINED if keep else WarmStart.KEPT
         if keep:
             self.policy.load_state_dict(candidate.state_dict())
 
@@ -386,7 +386,7 @@ def failures_since_warm_start(summaries: Sequence[TrialSummary]) -> int:
         if summary.success:
             break
         failed += 1
-        if summary.info.get("warm_start") == "pretrained":
+        if summary.info.get("warm_start") == WarmStart.PRETRAINED:
             break
     return failed
 

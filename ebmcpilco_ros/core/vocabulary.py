@@ -76,6 +76,14 @@ class Stage(_Word):
     POLICY = "policy"      # MC-PILCO's Monte Carlo policy gradient
 
 
+class WarmStart(_Word):
+    """Which policy an EB-MC-PILCO policy trial's optimisation started from (a trial's
+    info.warm_start)."""
+
+    PRETRAINED = "pretrained"  # the candidate pretrained on this trial's iLQR plan
+    KEPT = "kept"              # the policy of the trial before
+
+
 class StopReason(_Word):
     """Why a policy optimisation ended (OptimizationResult.stop_reason, a trial's
     info.stop_reason)."""
