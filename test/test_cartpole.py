@@ -32,13 +32,18 @@ def test_friction_dissipates_energy_and_force_adds_it():
 
 
 def test_batched_step_matches_single():
+    """One state takes a float path (the real-time plants' speed); it is the batched RK4
+    operation for operation, so the two agree to the bit, at any step size and substep count."""
     plant = PlantConfig()
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(5, 4))
-    U = rng.uniform(-10, 10, size=5)
-    batched = cartpole.step(X, U, plant)
-    for i in range(5):
-        np.testing.assert_allclose(batched[i], cartpole.step(X[i], U[i], plant), rtol=1e-12)
+    X = rng.normal(size=(500, 4)) * [1.0, 2.0, 3.0, 8.0]
+    U = rng.uniform(-10, 10, size=500)
+    for dt, substeps in ((None, None), (0.002, 2), (0.001, 1), (0.05, 3)):
+        batched = cartpole.step(X, U, plant, dt=dt, substeps=substeps)
+        single = np.array([cartpole.step(X[i], U[i], plant, dt=dt, substeps=substeps)
+                           for i in range(len(X))])
+        np.testing.assert_array_equal(single, batched)
+        assert single.shape == batched.shape and single.dtype == np.float64
 
 
 def test_simulated_trial_shape_noise_and_limits():
