@@ -9,6 +9,11 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def set_thread_priority(priority: int, what: str,
                         warn: Callable[[str], None] | None = None) -> bool:
     """SCHED_FIFO for the calling thread (Linux applies it per thread); 0 leaves it alone.

@@ -14,11 +14,13 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
 from ebmcpilco_ros.nodes.bringup import GraphClient
+from ebmcpilco_ros.core.config import ExperimentConfig
 from ebmcpilco_ros.core.model import SpeedIntegrationModel
 from ebmcpilco_ros.core.trial import Trial
 from ebmcpilco_ros.nodes import names, qos, codec, process
 from ebmcpilco_ros.nodes.model_learning import ModelLearningNode, RunRecords, trial_key
 from ebmcpilco_ros.nodes.payloads import FitRequest, Status
+from ebmcpilco_ros.scheduling import available_cores
 
 from graph_helpers import isolated_domain, ros_environment
 from helpers import random_trials
@@ -105,9 +107,11 @@ def graph() -> Iterator[tuple[ModelLearningNode, Watch]]:
 
 
 @pytest.mark.timeout(120)
-def test_the_node_fits_on_optimizer_fit_threads():
-    """model_learning only fits, so its process takes optimizer.fit_threads (docs/NODES.md);
-    torch's setting is put back for the tests after it."""
+@pytest.mark.parametrize("fit_threads", [1, 64])
+def test_the_node_fits_on_optimizer_fit_threads(fit_threads):
+    """model_learning only fits, so its process takes optimizer.fit_threads, at most one less
+    than the cores (docs/NODES.md: one stays with the plant and control nodes); torch's setting
+    is put back for the tests after it."""
     import torch
 
     before = torch.get_num_threads()
@@ -115,17 +119,37 @@ def test_the_node_fits_on_optimizer_fit_threads():
         context = rclpy.Context()
         rclpy.init(context=context)
         try:
+            torch.set_num_threads(3)
             node = ModelLearningNode(context=context, parameter_overrides=[
-                Parameter("optimizer.threads", value=1),
-                Parameter("optimizer.fit_threads", value=2)])
+                Parameter("optimizer.threads", value=2),
+                Parameter("optimizer.fit_threads", value=fit_threads)])
             try:
-                assert torch.get_num_threads() == 2
+                assert torch.get_num_threads() == min(fit_threads, max(1, available_cores() - 1))
+                assert node.config.optimizer.fit_threads == torch.get_num_threads()
             finally:
                 node.close()
                 node.destroy_node()
         finally:
             rclpy.try_shutdown(context=context)
             torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads,fit_threads", [(1, 0), (1, 1), (1, 2), (2, 0), (0, 0), (1, 64)])
+def test_the_graph_leaves_a_core_to_the_rig_in_fits(threads, fit_threads):
+    """Both learning nodes cap the fits' threads (fit_threads, else threads, else torch's
+    default: every core) at one less than the cores, at least 1, and say so; a setting within
+    it is kept as it is, without a log line."""
+    config = ExperimentConfig().replace(optimizer={"threads": threads, "fit_threads": fit_threads})
+    lines: list[str] = []
+    capped = process.fit_threads_beside_the_rig(config, lines.append)
+    cap = max(1, available_cores() - 1)
+    wanted = fit_threads or threads
+    if wanted and wanted <= cap:
+        assert capped is config and not lines
+    else:
+        assert capped.optimizer.fit_threads == cap and capped.optimizer.threads == threads
+        assert len(lines) == 1 and "optimizer.fit_threads" in lines[0] and f"-> {cap}" in lines[0]
+        assert capped.replace(optimizer={"fit_threads": fit_threads}) == config
 
 
 def _status(event: str, state: str, run: str) -> dict[str, Any]:

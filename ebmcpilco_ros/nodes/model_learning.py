@@ -32,7 +32,8 @@ from .qos import latched_qos, reliable_qos
 from .codec import decode, encode
 from .requests import Answer, RequestServer
 from .health import Diagnostics, Heartbeat
-from .process import GraphNode, preload_lazy_imports, run_node, set_torch_threads
+from .process import (GraphNode, fit_threads_beside_the_rig, preload_lazy_imports, run_node,
+                      set_torch_threads)
 from .hygiene import Refusals, received_trial
 from .payloads import FitRequest, ModelUpdate, Status
 from .params import declare_config
@@ -129,6 +130,7 @@ class ModelLearningNode(GraphNode):
     def __init__(self, **node_options: Any) -> None:
         super().__init__(NAME, **node_options)  # options: an in-process test's context
         config, parts = declare_config(self, ["plant", "model", "optimizer"], ["nodes"])
+        config = fit_threads_beside_the_rig(config, self.get_logger().info)
         # this process only fits, between trials
         set_torch_threads(config.optimizer.fit_threads or config.optimizer.threads)
         preload_lazy_imports()

@@ -33,7 +33,8 @@ from .qos import latched_qos, reliable_qos
 from .codec import decode, encode
 from .requests import RequestServer
 from .health import Diagnostics, Heartbeat
-from .process import GraphNode, preload_lazy_imports, run_node, set_torch_threads
+from .process import (GraphNode, fit_threads_beside_the_rig, preload_lazy_imports, run_node,
+                      set_torch_threads)
 from .hygiene import Refusals
 from .payloads import (ControllerUpdatePayload, ModelUpdate, OptimizationRequestPayload,
                        request_id_of)
@@ -73,6 +74,7 @@ class PolicyOptimizationNode(GraphNode):
     def __init__(self) -> None:
         super().__init__(NAME)
         config, parts = declare_config(self, list(SECTIONS), ["nodes"])
+        config = fit_threads_beside_the_rig(config, self.get_logger().info)
         check_device(config)
         self.backend = check_backend(config)
         set_torch_threads(config.optimizer.threads)

@@ -16,7 +16,8 @@ from rclpy.executors import (Executor, ExternalShutdownException, ShutdownExcept
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
-from ..core.config import ConfigError
+from ..core.config import ConfigError, ExperimentConfig
+from ..scheduling import available_cores
 from . import STOP_BOUND_S
 from .params import check_params_files
 
@@ -28,6 +29,26 @@ def set_torch_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def fit_threads_beside_the_rig(config: ExperimentConfig, log: Callable[[str], None]
+                               ) -> ExperimentConfig:
+    """The config with optimizer.fit_threads at most one less than this machine's cores (at
+    least 1): in the graph the plant or hardware node and the execution node keep working
+    during the fits (sensor stream, heartbeats), and torch's intra-op threads wait for each
+    other at every operation, so one of them sharing a core with those nodes holds up all.
+    Measured on 2 cores (docs/BENCHMARKS.md): with the sim graph up, the warm start's
+    pretraining took as long or longer on 2 threads than on 1, in-process 30% less.
+    The particle workers are not capped: each rolls out a whole share, and 2 of them still
+    gained 17% beside the graph."""
+    opt = config.optimizer
+    configured = opt.fit_threads or opt.threads
+    cap = max(1, available_cores() - 1)
+    if configured != 0 and configured <= cap:
+        return config
+    log(f"optimizer.fit_threads {configured or 'torch default'} -> {cap}: one of the "
+        f"{available_cores()} cores stays with the plant and control nodes during fits")
+    return config.replace(optimizer={"fit_threads": cap})
 
 
 def preload_lazy_imports() -> None:

@@ -37,11 +37,7 @@ from ..core.controllers import PolicyController, RandomController
 from ..core.jsonio import write_json_atomic
 from ..core.systems import SimulatedCartPole
 from ..progress import trial_line
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity mask, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from ..scheduling import available_cores
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
