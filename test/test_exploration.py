@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from ebmcpilco_ros.core import ilqr
-from ebmcpilco_ros.core.cartpole import cartpole_dynamics, state_difference
+from ebmcpilco_ros.core.cartpole import THETA, cartpole_dynamics, state_difference
 from ebmcpilco_ros.core.config import ExperimentConfig, ExplorationConfig, PretrainConfig
 from ebmcpilco_ros.core.controllers import FeedbackPlan, FeedbackPlanController
 from ebmcpilco_ros.core.exploration import (exploration_noise, exploration_plan,
-                                            plan_tracking_error)
+                                            plan_ends_upright, plan_tracking_error)
 from ebmcpilco_ros.core.ilqr_cost import SwingUpCost
 from ebmcpilco_ros.core.policy import SquashedRBFPolicy
 from ebmcpilco_ros.core.systems import SimulatedCartPole
@@ -45,6 +45,22 @@ def test_noise_shrinks_with_iteration_and_grows_with_gp_variance(model, true_pla
     far = np.tile([0.0, 500.0, 0.0, 3000.0], (3, 1))
     s = exploration_noise(model, far, np.zeros(2), 0, cfg, 10.0)
     assert s == pytest.approx(10.0 * (cfg.noise_scale + cfg.offset), rel=1e-3)
+
+
+def test_a_swing_up_plan_ends_upright_and_one_that_stays_down_does_not(true_plan):
+    """plan_ends_upright: the last nominal state within success.theta_tol of upright, in
+    either direction of swing; a plan hanging at rest does not."""
+    assert plan_ends_upright(true_plan.X, CFG.success)
+    assert not plan_ends_upright(np.zeros_like(true_plan.X), CFG.success)
+    mirrored = true_plan.X.copy()
+    mirrored[:, THETA] *= -1.0
+    assert plan_ends_upright(mirrored, CFG.success)
+    short = true_plan.X.copy()
+    short[-1, THETA] = np.pi - 1.5 * CFG.success.theta_tol
+    assert not plan_ends_upright(short, CFG.success)
+    settling = true_plan.X.copy()
+    settling[-5, THETA] = np.pi - 3.0 * CFG.success.theta_tol   # only the end is judged
+    assert plan_ends_upright(settling, CFG.success)
 
 
 def test_exploration_plan_on_the_gp_model_and_tracking_error(model):

@@ -13,7 +13,7 @@ import numpy as np
 from . import ilqr
 from .cartpole import INPUT_DIM, STATE_DIM, THETA, state_difference, wrap_angle
 from .cancel import StopCheck
-from .config import ExperimentConfig, ExplorationConfig
+from .config import ExperimentConfig, ExplorationConfig, SuccessConfig
 from .controllers import FeedbackPlan
 from .ilqr_cost import SwingUpCost
 from .model import SpeedIntegrationModel
@@ -63,6 +63,15 @@ def exploration_plan(model: SpeedIntegrationModel, config: ExperimentConfig, ite
     sigma = exploration_noise(model, plan.X, plan.U, iteration, config.exploration,
                               config.plant.u_max)
     return plan, FeedbackPlan.from_plan(plan, sigma=sigma, seed=seed, version=iteration)
+
+
+def plan_ends_upright(predicted: np.ndarray, criterion: SuccessConfig) -> bool:
+    """Whether a plan's last nominal state has the pole within the success criterion's
+    theta_tol of upright. A plan through the model mean can stay at the hanging position (at
+    rest there the swing-up cost's gradient vanishes), and a rollout that follows such a plan
+    says nothing of the model where the swing-up needs it."""
+    theta = float(wrap_angle(np.asarray(predicted)[-1, THETA]))
+    return abs(abs(theta) - np.pi) < criterion.theta_tol
 
 
 def plan_tracking_error(predicted: np.ndarray, trial: Trial) -> float:

@@ -31,7 +31,8 @@ from .mcpilco import (OptimizationResult, SuccessStop, model_costs, optimize_pol
                       torch_dtype, torch_threads)
 from .model import SpeedIntegrationModel
 from .controllers import Controller, FeedbackPlanController, PolicyController, RandomController
-from .exploration import exploration_plan, plan_swing_up, plan_tracking_error
+from .exploration import (exploration_plan, plan_ends_upright, plan_swing_up,
+                          plan_tracking_error)
 from .ilqr import ILQRPlan
 from .pretrain import pretrain_policy
 from .policy import SquashedRBFPolicy
@@ -457,8 +458,8 @@ class Learner:
         optimisation round, or nothing (budget spent or solved).
 
         EB-MC-PILCO explores with GP-iLQR plans after the random trials, and stops exploring
-        early once a rollout follows its plan to within exploration.match_tol (the model is
-        good where it matters)."""
+        early once a rollout follows a plan that ends upright (through the model) to within
+        exploration.match_tol (the model is good where it matters)."""
         cfg, n = self.config.learner, len(summaries)
         if n >= cfg.max_trials:
             return None
@@ -468,7 +469,9 @@ class Learner:
             explored = [s for s in summaries if s.kind == TrialKind.ILQR]
             tol = self.config.exploration.match_tol
             error = explored[-1].info.get("tracking_error") if explored else None
-            matched = tol > 0 and error is not None and error < tol
+            # a summary from before plan_ends_upright was recorded: matched alone, as then
+            upright = explored[-1].info.get("plan_ends_upright", True) if explored else False
+            matched = tol > 0 and error is not None and error < tol and upright
             if len(explored) < self.config.exploration.iterations and not matched:
                 return OptimizationRequest(Phase.EXPLORE, len(explored))
         if cfg.stop_on_success and any(s.success and s.kind == TrialKind.POLICY
@@ -493,9 +496,11 @@ class Learner:
         assert isinstance(step, OptimizationRequest)
         update, trial, summary_kw = self._round(step, index, self.totals)
         if step.phase == Phase.EXPLORE:
-            error = (plan_tracking_error(update.predicted_states, trial)
-                     if update.predicted_states is not None else float("inf"))
-            summary_kw["info"]["tracking_error"] = error
+            planned = update.predicted_states
+            summary_kw["info"]["tracking_error"] = (plan_tracking_error(planned, trial)
+                                                    if planned is not None else float("inf"))
+            summary_kw["info"]["plan_ends_upright"] = (
+                planned is not None and plan_ends_upright(planned, self.config.success))
         else:
             self.opt_costs.append(update.costs)
         self.summaries.append(self._record(trial, summary_kw))
