@@ -12,6 +12,7 @@ from ebmcpilco_ros.core.exploration import (exploration_noise, exploration_plan,
 from ebmcpilco_ros.core.ilqr_cost import SwingUpCost
 from ebmcpilco_ros.core.policy import SquashedRBFPolicy
 from ebmcpilco_ros.core.systems import SimulatedCartPole
+from ebmcpilco_ros.core.trial import Trial
 
 from helpers import fitted_model
 
@@ -72,6 +73,10 @@ def test_exploration_plan_on_the_gp_model_and_tracking_error(model):
     err = plan_tracking_error(plan.X, trial)
     assert 0 <= err < 10
     assert plan_tracking_error(trial.states, trial) == 0.0
+    # cut short by a fault: its first steps may follow the plan, the rollout did not
+    cut = Trial(states=trial.states[:12], inputs=trial.inputs[:11], times=trial.times[:12],
+                kind="ilqr", failed=True)
+    assert plan_tracking_error(trial.states, cut) == float("inf")
 
 
 @pytest.mark.parametrize("method", ["mse", "bayes"])

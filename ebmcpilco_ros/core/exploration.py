@@ -75,7 +75,12 @@ def plan_ends_upright(predicted: np.ndarray, criterion: SuccessConfig) -> bool:
 
 
 def plan_tracking_error(predicted: np.ndarray, trial: Trial) -> float:
-    """RMS angle error [rad] between the plan's nominal states and the executed rollout."""
+    """RMS angle error [rad] between the plan's nominal states and the executed rollout; inf
+    for a rollout cut short by a fault (`trial.failed`), which did not follow its plan to the
+    end however well its first steps did (seen through the graph: a rollout lost its state at
+    0.55 s, matched its plan's first 11 states to 0.03 rad and ended exploration)."""
+    if trial.failed:
+        return float("inf")
     n = min(len(predicted), len(trial.states))
     d = wrap_angle(trial.states[:n, THETA] - predicted[:n, THETA])
     return float(np.sqrt(np.mean(d * d)))
