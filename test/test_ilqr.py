@@ -354,6 +354,23 @@ def test_hanging_at_rest_is_stationary_and_the_kick_breaks_the_tie(true_dynamics
     assert np.all(plan.U == 0.0)
 
 
+@pytest.mark.parametrize("offset", [1e-5, 1e-3])
+def test_a_start_near_the_bottom_is_kicked_too(true_dynamics, offset):
+    """A pole a hair off the bottom (or a GP mean not quite symmetric there) gives a small
+    non-zero step whose predicted reduction is below tolerance: without the kick the plan stays
+    down (seen on a fitted GP through the node graph), with it the plan swings up."""
+    x0 = np.array([0.0, 0.0, offset, 0.0])
+    for kick in (0.0, ILQRConfig().symmetry_kick):
+        config = ILQRConfig(symmetry_kick=kick, continuation_start=0)
+        plan = ilqr.solve(true_dynamics, SwingUpCost.from_config(config), x0, PLANT.u_max,
+                          config, horizon=PLANT.steps, difference=state_difference)
+        if kick == 0.0:
+            assert plan.iterations == 1 and upright_error(plan.X[-1, 2]) > 3.0
+        else:
+            assert "symmetry kick" in plan.message
+            assert upright_error(plan.X[-1, 2]) < THETA_TOL and abs(plan.X[-1, 0]) < P_TOL
+
+
 # -- dynamics wrappers ---------------------------------------------------------------------------
 
 def test_finite_difference_dynamics_recovers_a_linear_model():

@@ -619,6 +619,9 @@ def _optimise(dynamics: Dynamics, cost: Cost, x0: np.ndarray, U: np.ndarray, u_m
         if (mu.mu <= config.mu_init
                 and _best_predicted_reduction(dV1, dV2) < config.tolerance * abs(J)):
             converged, message = True, "predicted reduction below tolerance"
+            # nearly at the stationary point (the pole a hair off the bottom, a model mean not
+            # quite symmetric): k is not zero, but no step is worth taking from here either
+            stationary_start = iterations == 1
             break
         step = _line_search(dynamics, cost, x0, X, U, J, bp, u_max, config, difference)
         if step is not None:
@@ -676,7 +679,8 @@ def solve(dynamics: Dynamics, cost: Cost, x0: np.ndarray, u_max: float, config: 
     minima where the pole passes the top and falls, because the linearisation about a falling
     nominal cannot see the catch.
     If a guess is a stationary point of J (the pole hanging at rest with U = 0: a
-    direction-neutral cost has zero gradient there by symmetry), that stage is also solved from
+    direction-neutral cost has zero gradient there by symmetry), or so near one that the first
+    backward pass predicts no reduction worth a step, that stage is also solved from
     guess + symmetry_kick and the better plan kept; the kick only breaks the tie between the two
     mirror-image swing-ups. `difference` is the plant's state difference (see the module doc).
     Raises ILQRError on a degenerate model; all loops are bounded. `should_stop` is asked at
