@@ -2,6 +2,11 @@
 assertions: figures live in the JSON, not in tests)."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +111,49 @@ def test_bench_merge_replaces_a_rerun_variant_whole(tmp_path, capsys):
     assert data["summary"]["eb_vs_mc"]["total_time_reduction"] == pytest.approx(1 - 300 / 700)
     assert [s["machine"]["cpu"] for s in data["sources"]] == ["A", "B"]
     assert "EB-MC-PILCO vs MC-PILCO" in capsys.readouterr().out
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of `pid` (every thread's list)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def _is_pool_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(180)
+def test_bench_workers_end_when_the_bench_is_killed_outright(tmp_path):
+    """`bench learn --jobs 2` killed with SIGKILL (no Ctrl-C reaching its process group): its
+    worker processes end too instead of running their learning to the end."""
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "ebmcpilco_ros.cli", "bench", "learn", "--algorithm", "eb",
+         "--seeds", "1", "2", "--jobs", "2", "--json", str(tmp_path / "learn.json")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120.0
+        while len(workers) < 2:   # both workers started and running their first run
+            assert bench.poll() is None and time.monotonic() < deadline, "no workers started"
+            workers = {p for p in _children(bench.pid) if _is_pool_worker(p)}
+            time.sleep(0.2)
+        time.sleep(2.0)            # past the workers' start-up, into their runs
+        assert all(_is_pool_worker(p) for p in workers)
+        bench.send_signal(signal.SIGKILL)
+        bench.wait(timeout=10.0)
+        deadline = time.monotonic() + 30.0
+        while any(_is_pool_worker(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_is_pool_worker(p) for p in workers), "a worker outlived the bench"
+    finally:
+        for pid in workers | ({bench.pid} if bench.poll() is None else set()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

@@ -17,7 +17,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from ..core.config import ConfigError, ExperimentConfig
-from ..scheduling import available_cores
+from ..scheduling import available_cores, end_with_parent
 from . import STOP_BOUND_S
 from .params import check_params_files
 
@@ -67,7 +67,6 @@ SHUTDOWN_TIMEOUT = 1.0  # [s] for the executor to stop before the node is destro
 # with SHUTDOWN_TIMEOUT twice, below STOP_BOUND_S.
 WORKER_STOP_TIMEOUT = 2.0
 DIE_WITH_PARENT_ENV = "EBMCPILCO_DIE_WITH_PARENT"
-PR_SET_PDEATHSIG = 1    # <linux/prctl.h>
 
 
 class GraphNode(Node):
@@ -234,14 +233,5 @@ def arm_stop_deadline(bound: float = STOP_BOUND_S) -> None:
 def die_with_parent() -> None:
     """Started by `ebmcpilco sim` or a test (EBMCPILCO_DIE_WITH_PARENT=1): end with the process
     that started us, even if it is killed outright (Linux prctl PR_SET_PDEATHSIG)."""
-    if os.environ.get(DIE_WITH_PARENT_ENV) != "1" or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent is already gone
-        os.kill(os.getpid(), signal.SIGTERM)
+    if os.environ.get(DIE_WITH_PARENT_ENV) == "1":
+        end_with_parent()

@@ -37,7 +37,7 @@ from ..core.controllers import PolicyController, RandomController
 from ..core.jsonio import write_json_atomic
 from ..core.systems import SimulatedCartPole
 from ..progress import trial_line
-from ..scheduling import available_cores
+from ..scheduling import available_cores, end_with_parent
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
@@ -144,7 +144,11 @@ def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[i
             finished(_learn_run(cfg, label, log))
         return result()
     context = multiprocessing.get_context("spawn")   # no forked torch thread pools
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    # workers end with this process even when it is killed outright (not only on Ctrl-C,
+    # which reaches the whole process group): a stray worker would hold a core for minutes
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context,
+                                                initializer=end_with_parent,
+                                                initargs=(os.getpid(),)) as pool:
         pending = [pool.submit(_learn_run, cfg, label, _print_flushed) for cfg, label in work]
         for future in concurrent.futures.as_completed(pending):
             finished(future.result())
