@@ -470,8 +470,8 @@ class Learner:
             tol = self.config.exploration.match_tol
             error = explored[-1].info.get("tracking_error") if explored else None
             # a summary from before plan_ends_upright was recorded: matched alone, as then
-            upright = explored[-1].info.get("plan_ends_upright", True) if explored else False
-            matched = tol > 0 and error is not None and error < tol and upright
+            matched = (tol > 0 and error is not None and error < tol
+                       and explored[-1].info.get("plan_ends_upright", True))
             if len(explored) < self.config.exploration.iterations and not matched:
                 return OptimizationRequest(Phase.EXPLORE, len(explored))
         if cfg.stop_on_success and any(s.success and s.kind == TrialKind.POLICY

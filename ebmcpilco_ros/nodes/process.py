@@ -41,13 +41,13 @@ def fit_threads_beside_the_rig(config: ExperimentConfig, log: Callable[[str], No
     pretraining took as long or longer on 2 threads than on 1, in-process 30% less.
     The particle workers are not capped: each rolls out a whole share, and 2 of them still
     gained 17% beside the graph."""
-    opt = config.optimizer
-    configured = opt.fit_threads or opt.threads
-    cap = max(1, available_cores() - 1)
+    configured = config.optimizer.fit_threads or config.optimizer.threads
+    cores = available_cores()
+    cap = max(1, cores - 1)
     if configured != 0 and configured <= cap:
         return config
     log(f"optimizer.fit_threads {configured or 'torch default'} -> {cap}: one of the "
-        f"{available_cores()} cores stays with the plant and control nodes during fits")
+        f"{cores} cores stays with the plant and control nodes during fits")
     return config.replace(optimizer={"fit_threads": cap})
 
 
