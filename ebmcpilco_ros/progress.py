@@ -32,7 +32,9 @@ def trial_line(trial: Mapping[str, Any]) -> str:
     wall = trial.get("wall_s") or {}
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in wall.items())
     extra = (f"  ({trial.get('opt_steps', 0)} optimisation steps; {timing})" if timing else "")
-    if not trial["success"]:
+    if trial.get("faulted"):   # the reason is in policy_execution's log and the trial file
+        outcome = "cut short by a fault (not used for the model)"
+    elif not trial["success"]:
         outcome = "not solved"
         window = trial.get("final_window") or {}
         if window:  # which tolerance a near miss missed

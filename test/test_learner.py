@@ -18,8 +18,9 @@ from ebmcpilco_ros.core.config import ExperimentConfig
 from ebmcpilco_ros.core.controllers import RandomController
 from ebmcpilco_ros.core.learner import (ControllerUpdate, Learner, LearningReport,
                                         OptimizationRequest, TrialSummary,
-                                        failures_since_warm_start)
+                                        failures_since_warm_start, summary_from_dict)
 from ebmcpilco_ros.core.vocabulary import TrialKind
+from ebmcpilco_ros.progress import trial_line
 from ebmcpilco_ros.core.trial import Trial
 
 STEPS = 20  # trials of 1 s at 0.05 s: the whole trial is the success window
@@ -34,14 +35,16 @@ def _states(upright: bool) -> np.ndarray:
 class FakeSystem:
     """Trials that swing up where `solves` says (by index); records the kinds it was asked."""
 
-    def __init__(self, solves: set[int] = frozenset()) -> None:
+    def __init__(self, solves: set[int] = frozenset(), faults: set[int] = frozenset()) -> None:
         self.solves = solves
+        self.faults = faults   # trials cut short (as a lost state does), by index
         self.kinds: list[str] = []
 
     def run(self, controller: Any, kind: str, index: int) -> Trial:
         self.kinds.append(str(kind))
         return Trial(states=_states(index in self.solves), inputs=np.zeros(STEPS),
-                     times=np.arange(STEPS + 1) * 0.05, kind=kind, index=index)
+                     times=np.arange(STEPS + 1) * 0.05, kind=kind, index=index,
+                     failed=index in self.faults)
 
 
 class FakeModelLearning:
@@ -237,3 +240,42 @@ def test_each_policy_request_says_how_often_the_current_policy_failed():
     optimizer.next_controller = recording  # type: ignore[method-assign]
     _run("eb", FakeSystem(), optimizer, max_trials=7)
     assert seen == [0, 1, 2]
+
+
+def test_a_faulted_exploration_rollout_is_planned_again_and_not_counted():
+    """A rollout the system cut short brought no data: its iteration is planned again, and
+    the three exploration rollouts are three that ran; every trial counts against the budget."""
+    system, optimizer = FakeSystem(faults={2}), FakeOptimization()
+    report, _ = _run("eb", system, optimizer, max_trials=7)
+    assert system.kinds == ["random", "ilqr", "ilqr", "ilqr", "ilqr", "policy", "policy"]
+    assert [r[:2] for r in optimizer.requests] == [("explore", 0), ("explore", 1),
+                                                   ("explore", 1), ("explore", 2),
+                                                   ("policy", 0), ("policy", 1)]
+    assert [t.faulted for t in report.trials] == [False, False, True, False, False, False, False]
+
+
+def test_a_faulted_policy_trial_does_not_count_against_the_policy():
+    """pretrain.restart_after_failures counts the trials that refuted the policy; one cut
+    short by a fault refutes nothing, and still marks where a warm start replaced it."""
+    pretrained = _summary("policy", warm_start="pretrained")
+    faulted = TrialSummary(index=0, kind=TrialKind.POLICY, success=False, cost=0.0,
+                           duration_s=0.2, faulted=True)
+    assert failures_since_warm_start([pretrained, faulted, _summary("policy")]) == 2
+    faulted_warm = TrialSummary(index=0, kind=TrialKind.POLICY, success=False, cost=0.0,
+                                duration_s=0.2, faulted=True, info={"warm_start": "pretrained"})
+    assert failures_since_warm_start([pretrained, _summary("policy"), faulted_warm]) == 0
+    assert failures_since_warm_start([_summary("policy"), faulted_warm, _summary("policy")]) == 1
+
+
+def test_a_summary_recorded_before_faulted_counts_as_a_trial_that_ran():
+    """Runs recorded before the field resume as they were decided."""
+    restored = summary_from_dict({"index": 1, "kind": "ilqr", "success": False, "cost": 1.0,
+                                  "duration_s": 3.0})
+    assert restored.faulted is False
+
+
+def test_a_faulted_trial_says_so_in_its_line():
+    line = trial_line({"index": 3, "kind": "policy", "success": False, "cost": 50.0,
+                       "faulted": True, "final_window": {"max_abs_p": 0.0,
+                                                         "max_angle_error": 3.1}})
+    assert "cut short by a fault" in line and "final window" not in line

@@ -277,6 +277,9 @@ class TrialSummary:
     info: dict[str, Any] = field(default_factory=dict)
     # the final window's largest |p| [m] and distance to upright [rad] (trial.final_window_extremes)
     final_window: dict[str, float] = field(default_factory=dict)
+    # the system cut the trial short (trial.failed: state lost, a controller error): it says
+    # nothing about its controller, so next_step neither counts nor judges it
+    faulted: bool = False
 
     @classmethod
     def of(cls, trial: Trial, config: ExperimentConfig, **fields: Any) -> "TrialSummary":
@@ -286,7 +289,8 @@ class TrialSummary:
         return cls(index=trial.index, kind=TrialKind(trial.kind),
                    success=swing_up_success(trial, config.success),
                    cost=trajectory_cost(states, config.cost), duration_s=trial.duration,
-                   final_window=final_window_extremes(trial, config.success), **fields)
+                   final_window=final_window_extremes(trial, config.success),
+                   faulted=trial.failed, **fields)
 
 
 @dataclass
@@ -386,7 +390,7 @@ def failures_since_warm_start(summaries: Sequence[TrialSummary]) -> int:
             continue
         if summary.success:
             break
-        failed += 1
+        failed += not summary.faulted   # a trial cut short refutes nothing
         if summary.info.get("warm_start") == WarmStart.PRETRAINED:
             break
     return failed
@@ -459,14 +463,16 @@ class Learner:
 
         EB-MC-PILCO explores with GP-iLQR plans after the random trials, and stops exploring
         early once a rollout follows a plan that ends upright (through the model) to within
-        exploration.match_tol (the model is good where it matters)."""
+        exploration.match_tol (the model is good where it matters). A rollout the system cut
+        short (faulted) is not one of the exploration.iterations: it brought no data, and the
+        same iteration is planned again; every trial counts against learner.max_trials."""
         cfg, n = self.config.learner, len(summaries)
         if n >= cfg.max_trials:
             return None
         if n < cfg.random_trials:
             return TrialKind.RANDOM
         if cfg.algorithm == "eb":
-            explored = [s for s in summaries if s.kind == TrialKind.ILQR]
+            explored = [s for s in summaries if s.kind == TrialKind.ILQR and not s.faulted]
             tol = self.config.exploration.match_tol
             error = explored[-1].info.get("tracking_error") if explored else None
             # a summary from before plan_ends_upright was recorded: matched alone, as then
