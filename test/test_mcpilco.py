@@ -254,3 +254,47 @@ def test_a_divergence_restore_counts_as_a_stall():
                              success=SuccessStop.from_config(cfg))
     assert result.stop_reason == "stalled" and len(result.restarts) == 1, result.restarts
     assert result.steps == result.restarts[0]["step"] + 1 < 300
+
+
+def test_with_success_patience_checks_that_stop_rising_end_the_optimisation():
+    """optimizer.success_patience = 3: three checks in a row without a share above the best
+    so far stop; here no particle ever succeeds, so the first check (0.0) stays the best."""
+    cfg, model, policy, _ = _success_setup()
+    never = dataclasses.asdict(SuccessConfig(p_tol=1e-9, theta_tol=1e-9))
+    run = cfg.replace(success=never, optimizer={"success_stop": 0.9, "success_check_every": 2,
+                                                "success_checks": 2, "success_patience": 3})
+    result = optimize_policy(policy, model, run.optimizer, run.cost, run.plant.initial_state_std,
+                             100, np.random.default_rng(0), success=SuccessStop.from_config(run))
+    assert (result.stop_reason, result.steps) == ("no_better_check", 8)
+    assert result.predicted_success == [(2, 0.0), (4, 0.0), (6, 0.0), (8, 0.0)]
+    assert result.restored_check is None     # the last check is as good as the best
+
+
+def test_with_success_patience_the_optimisation_ends_on_the_best_checked_policy():
+    """A policy the model rated better at an earlier check goes to the trial, not the one the
+    optimisation ended with: knocked out to saturation after the second check, every later
+    check falls, and the parameters of the best check come back."""
+    cfg, model, policy, _ = _success_setup()
+    # success here: the cart stays within 5 cm over the last 0.2 s, whatever the pole does
+    lenient = dataclasses.asdict(SuccessConfig(window=0.2, p_tol=0.05, theta_tol=4.0))
+    run = cfg.replace(success=lenient, optimizer={
+        "success_stop": 1.0, "success_check_every": 2, "success_checks": 1000,
+        "success_patience": 4, "divergence_ratio": 1e6})
+    snapshots: dict[int, torch.Tensor] = {}
+
+    def knock_out(step, _grad, _monitor):
+        snapshots[step + 1] = policy.weights.detach().clone()   # after step+1 updates
+        if step + 1 >= 4:
+            with torch.no_grad():
+                policy.weights.fill_(100.0)
+                policy.log_lengthscales.fill_(5.0)
+
+    result = optimize_policy(policy, model, run.optimizer, run.cost, run.plant.initial_state_std,
+                             100, np.random.default_rng(0), knock_out,
+                             success=SuccessStop.from_config(run))
+    shares = dict(result.predicted_success)
+    assert result.stop_reason == "no_better_check", result.predicted_success
+    best_step = max(shares, key=lambda s: (shares[s], -s))
+    assert best_step <= 4 and shares[best_step] > max(v for s, v in shares.items() if s > 4)
+    assert result.restored_check == (best_step, shares[best_step])
+    assert torch.equal(policy.weights.detach(), snapshots[best_step])

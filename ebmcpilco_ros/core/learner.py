@@ -251,6 +251,9 @@ class LocalPolicyOptimization:
         info["stop_reason"] = result_opt.stop_reason
         if result_opt.predicted_success:
             info["predicted_success"] = result_opt.predicted_success[-1][1]
+        if result_opt.restored_check is not None:   # success_patience: ended on a better check
+            info["restored_check"] = list(result_opt.restored_check)
+            info["predicted_success"] = result_opt.restored_check[1]
         if result_opt.restarts:
             info["restarts"] = result_opt.restarts
         self.version += 1

@@ -164,6 +164,7 @@ class SuccessStop:
     every: int
     checks: int
     stalls: int = 0   # stop at the schedule's n-th cut if no check reached the threshold
+    patience: int = 0  # stop after this many checks without a new best share; end on the best
 
     @classmethod
     def from_config(cls, config: ExperimentConfig) -> "SuccessStop | None":
@@ -171,7 +172,8 @@ class SuccessStop:
         if opt.success_stop <= 0.0:
             return None
         return cls(config.success, config.plant.control_period, opt.success_stop,
-                   opt.success_check_every, opt.success_checks, opt.success_stalls)
+                   opt.success_check_every, opt.success_checks, opt.success_stalls,
+                   opt.success_patience)
 
 
 @dataclass
@@ -188,6 +190,8 @@ class OptimizationResult:
     stop_reason: StopReason = StopReason.MAX_STEPS   # why it ended
     # the success checks: [step, share of the particles meeting the criterion]
     predicted_success: list[tuple[int, float]] = field(default_factory=list)
+    # success_patience: the check whose policy the optimisation ended on, when not the last
+    restored_check: tuple[int, float] | None = None
 
 
 @contextlib.contextmanager
@@ -291,6 +295,10 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                  else None)
     predictions: list[tuple[int, float]] = []
     passed = 0
+    # success.patience: the best check so far, its policy, and checks since it
+    best_check: tuple[int, float] | None = None
+    best_policy: dict[str, torch.Tensor] | None = None
+    since_best = 0
 
     def stalled() -> bool:
         """success.stalls cuts of the schedule so far and no check at the threshold yet."""
@@ -363,7 +371,22 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                 if passed >= success.checks:
                     stopped_early, stop_reason = True, StopReason.PREDICTED_SUCCESS
                     break
+                if success.patience > 0:
+                    if best_check is None or share > best_check[1]:
+                        best_check, since_best = (step + 1, share), 0
+                        best_policy = {k: v.detach().clone()
+                                       for k, v in policy.state_dict().items()}
+                    else:
+                        since_best += 1
+                    if since_best >= success.patience:
+                        stopped_early, stop_reason = True, StopReason.NO_BETTER_CHECK
+                        break
+    restored_check = None
+    if (best_check is not None and best_policy is not None and predictions
+            and predictions[-1][1] < best_check[1] and stop_reason != StopReason.PREDICTED_SUCCESS):
+        policy.load_state_dict(best_policy)   # the policy the model rated best goes to the trial
+        restored_check = best_check
     return OptimizationResult(steps=len(costs), costs=costs, stopped_early=stopped_early,
                               wall_s=time.perf_counter() - started, schedule=schedule,
                               restarts=restarts, stop_reason=stop_reason,
-                              predicted_success=predictions)
+                              predicted_success=predictions, restored_check=restored_check)

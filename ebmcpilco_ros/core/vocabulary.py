@@ -91,5 +91,6 @@ class StopReason(_Word):
     MONITOR = "monitor"                       # the monitor's schedule ran out (MC-PILCO)
     PREDICTED_SUCCESS = "predicted_success"   # optimizer.success_stop: the model predicts success
     STALLED = "stalled"                       # optimizer.success_stalls: stalled, no success
+    NO_BETTER_CHECK = "no_better_check"       # optimizer.success_patience: checks stopped rising
     DIVERGED = "diverged"                     # the divergence guard's restore after the last stage
     MAX_STEPS = "max_steps"                   # the step limit
