@@ -115,6 +115,13 @@ def test_divergence_guard_keeps_the_best_window_and_fires_on_a_runaway():
 
 
 @pytest.mark.timeout(300)
+def _saturate(policy: SquashedRBFPolicy) -> None:
+    """Knock the policy out: wide bases and large weights, u = u_max everywhere."""
+    with torch.no_grad():
+        policy.weights.fill_(100.0)
+        policy.log_lengthscales.fill_(5.0)
+
+
 def test_a_policy_stuck_at_saturation_is_restored_until_the_schedule_ends():
     """After step 120, keep forcing the policy to +u_max everywhere (how the seed-3 benchmark
     run got stuck: cost flat at 53.7). Each time the guard fires, the best parameters come back
@@ -129,9 +136,7 @@ def test_a_policy_stuck_at_saturation_is_restored_until_the_schedule_ends():
                                generator=torch.Generator().manual_seed(0))
 
     def saturate() -> None:
-        with torch.no_grad():
-            policy.weights.fill_(100.0)
-            policy.log_lengthscales.fill_(5.0)   # wide bases: u = u_max everywhere
+        _saturate(policy)
 
     def knock_out(step, _grad, _monitor):
         if step >= 120:
@@ -245,9 +250,7 @@ def test_a_divergence_restore_counts_as_a_stall():
 
     def knock_out(step, _grad, _monitor):
         if step >= 30:
-            with torch.no_grad():
-                policy.weights.fill_(100.0)
-                policy.log_lengthscales.fill_(5.0)
+            _saturate(policy)
 
     result = optimize_policy(policy, model, cfg.optimizer, cfg.cost, cfg.plant.initial_state_std,
                              300, np.random.default_rng(0), knock_out,
@@ -285,9 +288,7 @@ def test_with_success_patience_the_optimisation_ends_on_the_best_checked_policy(
     def knock_out(step, _grad, _monitor):
         snapshots[step + 1] = policy.weights.detach().clone()   # after step+1 updates
         if step + 1 >= 4:
-            with torch.no_grad():
-                policy.weights.fill_(100.0)
-                policy.log_lengthscales.fill_(5.0)
+            _saturate(policy)
 
     result = optimize_policy(policy, model, run.optimizer, run.cost, run.plant.initial_state_std,
                              100, np.random.default_rng(0), knock_out,
