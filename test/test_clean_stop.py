@@ -232,6 +232,10 @@ def test_sigint_in_any_phase_stops_every_node_cleanly(tmp_path, phase):
                 sent = len(probe.commands)
                 assert probe.wait_for(lambda: len(probe.commands) > sent, 10)
             ended = stop_all(g)
+            # the aborted trial's record: sent as the execution node stopped, received here
+            # only while the client is open, so waited for before it closes
+            aborted_record = phase == "trial" and probe.wait_for(
+                lambda: any(r["meta"]["outcome"] == "aborted" for r in probe.records), 5)
         finally:
             client.close()
             g.stop()
@@ -253,8 +257,7 @@ def test_sigint_in_any_phase_stops_every_node_cleanly(tmp_path, phase):
         assert re.search(r"(trial_manager|model_learning|policy_optimization) shutting down",
                          log[-1]["reason"]), log[-1]
     if phase == "trial":  # the execution node sent the record of the aborted trial
-        assert probe.wait_for(lambda: any(r["meta"]["outcome"] == "aborted"
-                                          for r in probe.records), 5), probe.records
+        assert aborted_record, probe.records
 
 
 @pytest.mark.timeout(STARTUP_TIMEOUT + PHASE_TIMEOUT + 60)
