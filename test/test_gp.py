@@ -171,3 +171,22 @@ def test_one_kernel_function_for_numpy_and_torch_equals_the_definition():
     assert isinstance(got, torch.Tensor)
     np.testing.assert_allclose(got.numpy(), direct, rtol=1e-13)
     np.testing.assert_allclose(SEKernel(ls, 1.7**0.5)(a[0], b[0]), direct[0], rtol=1e-13)
+
+
+def test_an_input_the_outputs_ignore_gets_a_capped_lengthscale(monkeypatch):
+    """Noise-free outputs that ignore an input: the marginal likelihood improves without end as
+    that input's lengthscale grows. The fit caps it at MAX_LENGTHSCALE_RATIO times the input's
+    spread instead of ending at inf (a graph test's fit once did)."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-3, 3, size=(60, 2))
+    y = np.sin(X[:, 0])
+    kernel, _ = fit_hyperparameters(X, y, ModelConfig())
+    ratio = kernel.lengthscales / X.std(axis=0)
+    assert np.all(np.isfinite(kernel.lengthscales)) and ratio[0] < 10
+    assert ratio[1] == pytest.approx(gp_module.MAX_LENGTHSCALE_RATIO)
+    monkeypatch.setattr(gp_module, "MAX_LENGTHSCALE_RATIO", np.inf)   # without the cap
+    try:
+        uncapped, _ = fit_hyperparameters(X, y, ModelConfig())
+        assert uncapped.lengthscales[1] > 100 * kernel.lengthscales[1]
+    except GPFitError as exc:                       # or it ends at unusable values
+        assert "unusable" in str(exc)

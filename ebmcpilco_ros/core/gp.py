@@ -43,6 +43,10 @@ _JITTER_LADDER = (1e-12, 1e-11, 1e-10, 1e-9)
 # likelihood (per point) the fit sees, finite so that the line search's cubic interpolation
 # stays finite, with zero gradient: the search backs off to a shorter step.
 _REJECTED_LOSS = 1e10
+# Lengthscales are capped at this multiple of their input's spread: past it the input changes the
+# kernel by less than 1e-8, and the marginal likelihood of an input the outputs do not depend on
+# keeps improving as its lengthscale grows, up to overflow (seen once in a graph test: inf).
+MAX_LENGTHSCALE_RATIO = 1e4
 
 
 class GPFitError(RuntimeError):
@@ -179,14 +183,15 @@ def fit_hyperparameters(X: np.ndarray, y: np.ndarray, config: ModelConfig,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-7,
                             tolerance_change=1e-10)
     min_log_sn = math.log(config.min_noise_std)
+    max_log_ls = torch.as_tensor(np.log(MAX_LENGTHSCALE_RATIO * x_std), dtype=torch.float64)
     evaluations = [0]
 
     def closure() -> Tensor:
         check(should_stop, "during the GP hyperparameter fit")
         opt.zero_grad()
         try:
-            loss = negative_log_marginal_likelihood(Xt, yt, log_ls, log_sf,
-                                                    log_sn.clamp_min(min_log_sn))
+            loss = negative_log_marginal_likelihood(Xt, yt, log_ls.clamp(max=max_log_ls),
+                                                    log_sf, log_sn.clamp_min(min_log_sn))
             if not bool(torch.isfinite(loss)):
                 raise NotPositiveDefinite(f"the marginal likelihood is not finite ({loss})")
         except NotPositiveDefinite as exc:
@@ -203,7 +208,7 @@ def fit_hyperparameters(X: np.ndarray, y: np.ndarray, config: ModelConfig,
 
     opt.step(closure)
     with torch.no_grad():
-        kernel = SEKernel(lengthscales=log_ls.exp().numpy().copy(),
+        kernel = SEKernel(lengthscales=log_ls.clamp(max=max_log_ls).exp().numpy().copy(),
                           signal_std=float(log_sf.exp()))
         likelihood = GaussianLikelihood(noise_std=float(log_sn.clamp_min(min_log_sn).exp()))
     if not (np.all(np.isfinite(kernel.lengthscales)) and np.all(kernel.lengthscales > 0)
