@@ -295,9 +295,8 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                  else None)
     predictions: list[tuple[int, float]] = []
     passed = 0
-    # success.patience: the best check so far, its policy, and checks since it
-    best_check: tuple[int, float] | None = None
-    best_policy: dict[str, torch.Tensor] | None = None
+    # success.patience: the best check so far ((step, share), its policy) and checks since it
+    best: tuple[tuple[int, float], dict[str, torch.Tensor]] | None = None
     since_best = 0
 
     def stalled() -> bool:
@@ -372,20 +371,20 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                     stopped_early, stop_reason = True, StopReason.PREDICTED_SUCCESS
                     break
                 if success.patience > 0:
-                    if best_check is None or share > best_check[1]:
-                        best_check, since_best = (step + 1, share), 0
-                        best_policy = {k: v.detach().clone()
-                                       for k, v in policy.state_dict().items()}
+                    if best is None or share > best[0][1]:
+                        best = ((step + 1, share), {k: v.detach().clone()
+                                                    for k, v in policy.state_dict().items()})
+                        since_best = 0
                     else:
                         since_best += 1
                     if since_best >= success.patience:
                         stopped_early, stop_reason = True, StopReason.NO_BETTER_CHECK
                         break
     restored_check = None
-    if (best_check is not None and best_policy is not None and predictions
-            and predictions[-1][1] < best_check[1] and stop_reason != StopReason.PREDICTED_SUCCESS):
-        policy.load_state_dict(best_policy)   # the policy the model rated best goes to the trial
-        restored_check = best_check
+    if (best is not None and predictions[-1][1] < best[0][1]
+            and stop_reason != StopReason.PREDICTED_SUCCESS):
+        policy.load_state_dict(best[1])   # the policy the model rated best goes to the trial
+        restored_check = best[0]
     return OptimizationResult(steps=len(costs), costs=costs, stopped_early=stopped_early,
                               wall_s=time.perf_counter() - started, schedule=schedule,
                               restarts=restarts, stop_reason=stop_reason,
