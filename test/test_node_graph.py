@@ -114,6 +114,9 @@ def test_learning_loop_through_the_graph_improves_the_cost(graph):
     assert len(list((run_dir / "controllers").glob("*.json"))) == len(report["trials"]) - 1
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert sum(entry["event"] == "trial_done" for entry in log) == len(report["trials"])
+    # every trial_done says whether the system cut its trial short (docs/NODES.md): none here
+    assert all(entry["trial"]["faulted"] is False for entry in log
+               if entry["event"] == "trial_done"), log
     # ... and the optimisation's progress, as on /ebmcpilco/status (docs/NODES.md): each stage
     # as it starts (a 100-step optimisation may end before its first timed step report)
     progress = [entry["progress"] for entry in log if entry["event"] == "progress"]
