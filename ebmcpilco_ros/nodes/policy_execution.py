@@ -54,6 +54,13 @@ STATE_DEPTH, TRUE_STATE_DEPTH, TRUE_STATE_HISTORY = 1, 8, 64
 EFFORT_DEPTH, EFFORT_HISTORY = 64, 256
 # How often the reset waits look for a state sampled after the reset [s] (a 500 Hz sensor period).
 RESET_POLL = 0.002
+# The plant publishes a sample's noise-free state just after its measured one, so at a tick the
+# pair's second half can still be on its way; after the command the step waits this long for it
+# [s], looking every TRUE_STATE_POLL [s]. Later, the queue of TRUE_STATE_DEPTH (16 ms at 500 Hz)
+# would already have dropped it before the next tick.
+TRUE_STATE_WAIT, TRUE_STATE_POLL = 0.005, 0.0005
+# It waits only while noise-free states flow: the newest came at most this long before the sample.
+TRUE_STATE_FLOWING_NS = 100_000_000
 
 
 @dataclass
@@ -183,13 +190,20 @@ class PolicyExecution(GraphNode):
         return sum(forces) / len(forces) if forces else None
 
     def _true_state(self, stamp: int) -> np.ndarray | None:
-        self._take_true_states()
-        for s, x in reversed(self.true_states):
-            if s == stamp:
-                return x
-            if s < stamp:
-                break
-        return None
+        """The noise-free state stamped `stamp`, waiting up to TRUE_STATE_WAIT for it to arrive."""
+        deadline = time.monotonic() + TRUE_STATE_WAIT
+        while True:
+            self._take_true_states()
+            for s, x in reversed(self.true_states):
+                if s == stamp:
+                    return x
+                if s < stamp:
+                    break
+            newest = self.true_states[-1][0] if self.true_states else None
+            if newest is None or newest > stamp or stamp - newest > TRUE_STATE_FLOWING_NS:
+                return None          # none flowing (a rig), or a newer one came: this one dropped
+            if time.monotonic() >= deadline or self.abort.wait(TRUE_STATE_POLL):
+                return None
 
     def _heartbeat(self) -> dict[str, Any]:
         """For the trial manager: whether the state is fresh, whether a trial runs."""
@@ -357,7 +371,12 @@ class PolicyExecution(GraphNode):
         record = None
         if n > 0:
             n_in = min(len(run.inputs), n - 1)
-            have_true = all(t is not None for t in run.true_states)
+            missing = sum(t is None for t in run.true_states)
+            have_true = missing == 0
+            if 0 < missing < len(run.true_states):
+                self.get_logger().warning(
+                    f"trial {run.request_id}: no noise-free state for {missing} of "
+                    f"{len(run.true_states)} samples; recorded without true_states")
             meta: dict[str, Any] = {
                 "system": "ros", "node": self.get_fully_qualified_name(),
                 "run_id": run.run_id, "request_id": run.request_id,
