@@ -260,16 +260,28 @@ def test_a_divergence_restore_counts_as_a_stall():
 
 
 def test_with_success_patience_checks_that_stop_rising_end_the_optimisation():
-    """optimizer.success_patience = 3: three checks in a row without a share above the best
-    so far stop; here no particle ever succeeds, so the first check (0.0) stays the best."""
+    """optimizer.success_patience = 3: once a check predicted some success, three checks in a
+    row without a share above the best so far stop. With no particle ever succeeding there is
+    no best policy, and patience leaves the optimisation to its other rules."""
     cfg, model, policy, _ = _success_setup()
     never = dataclasses.asdict(SuccessConfig(p_tol=1e-9, theta_tol=1e-9))
     run = cfg.replace(success=never, optimizer={"success_stop": 0.9, "success_check_every": 2,
                                                 "success_checks": 2, "success_patience": 3})
     result = optimize_policy(policy, model, run.optimizer, run.cost, run.plant.initial_state_std,
+                             40, np.random.default_rng(0), success=SuccessStop.from_config(run))
+    assert (result.stop_reason, result.steps) == ("max_steps", 40), result.stop_reason
+    assert result.predicted_success == [(s, 0.0) for s in range(2, 41, 2)]
+    assert result.restored_check is None
+    # every particle succeeds at every check (the cart within 5 m at the end, the pole anywhere):
+    # the first check (1.0) stays the best, and three more stop the optimisation
+    lenient = dataclasses.asdict(SuccessConfig(window=0.2, p_tol=5.0, theta_tol=4.0))
+    run = cfg.replace(success=lenient, optimizer={"success_stop": 1.0, "success_check_every": 2,
+                                                  "success_checks": 1000,
+                                                  "success_patience": 3})
+    result = optimize_policy(policy, model, run.optimizer, run.cost, run.plant.initial_state_std,
                              100, np.random.default_rng(0), success=SuccessStop.from_config(run))
-    assert (result.stop_reason, result.steps) == ("no_better_check", 8)
-    assert result.predicted_success == [(2, 0.0), (4, 0.0), (6, 0.0), (8, 0.0)]
+    assert (result.stop_reason, result.steps) == ("no_better_check", 8), result.predicted_success
+    assert result.predicted_success == [(2, 1.0), (4, 1.0), (6, 1.0), (8, 1.0)]
     assert result.restored_check is None     # the last check is as good as the best
 
 

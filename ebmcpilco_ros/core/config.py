@@ -208,9 +208,10 @@ class OptimizerConfig(Section):
         0, 0, 100, doc="with success_stop: stop at the monitor's n-th stall (its lr cut) when no "
                        "check has reached success_stop yet (0 = the monitor's whole schedule)")
     success_patience: int = setting(
-        30, 0, 100000, doc="with success_stop: stop after this many checks in a row without a "
-                           "share above the best so far, and in any case end on the policy of "
-                           "the best check if the last one fell below it (0 = off)")
+        30, 0, 100000, doc="with success_stop: once a check predicted some success, stop after "
+                           "this many checks in a row without a share above the best so far, "
+                           "and in any case end on the policy of the best check if the last "
+                           "one fell below it (0 = off)")
     particle_workers: int = setting(
         1, 1, 256, doc="threads that each roll out a share of the particles in an optimisation "
                        "step (CPU; the shares' gradients are joined into one)")

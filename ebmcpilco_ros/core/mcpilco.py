@@ -164,7 +164,7 @@ class SuccessStop:
     every: int
     checks: int
     stalls: int = 0   # stop at the schedule's n-th cut if no check reached the threshold
-    patience: int = 0  # stop after this many checks without a new best share; end on the best
+    patience: int = 0  # stop after this many checks without a new best share (> 0); end on it
 
     @classmethod
     def from_config(cls, config: ExperimentConfig) -> "SuccessStop | None":
@@ -377,7 +377,9 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                         since_best = 0
                     else:
                         since_best += 1
-                    if since_best >= success.patience:
+                    # only once the model predicted some success: with every share 0 there is
+                    # no best policy to keep, and J may still be on its way down (plant B)
+                    if best[0][1] > 0.0 and since_best >= success.patience:
                         stopped_early, stop_reason = True, StopReason.NO_BETTER_CHECK
                         break
     restored_check = None
