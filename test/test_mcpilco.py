@@ -211,7 +211,9 @@ def test_the_optimisation_stops_once_the_model_predicts_success(tolerant, reason
     cfg = cfg.replace(success=dataclasses.asdict(success), optimizer={
         "success_stop": 0.9, "success_check_every": 4, "success_checks": 2})
     stop = SuccessStop.from_config(cfg)
-    assert SuccessStop.from_config(ExperimentConfig()) is None   # off by default (MC-PILCO)
+    assert SuccessStop.from_config(ExperimentConfig()).threshold == 0.95   # on by default
+    assert SuccessStop.from_config(ExperimentConfig().replace(
+        optimizer={"success_stop": 0.0})) is None                # 0: MC-PILCO's monitor alone
     result = optimize_policy(policy, model, cfg.optimizer, cfg.cost,
                              cfg.plant.initial_state_std, 30, np.random.default_rng(0),
                              success=stop)

@@ -197,7 +197,7 @@ class OptimizerConfig(Section):
                         "runs then, so the cores the particle workers share are free "
                         "(0 = optimizer.threads)")
     success_stop: float = setting(
-        0.0, 0.0, 1.0, doc="stop once this share of the particles meets the success criterion "
+        0.95, 0.0, 1.0, doc="stop once this share of the particles meets the success criterion "
                            "through the model (no dropout) at success_checks checks in a row; "
                            "0 = off (MC-PILCO's monitor alone)")
     success_check_every: int = setting(10, 1, 1000000,
