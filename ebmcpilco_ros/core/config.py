@@ -198,8 +198,8 @@ class OptimizerConfig(Section):
                         "(0 = optimizer.threads)")
     success_stop: float = setting(
         0.95, 0.0, 1.0, doc="stop once this share of the particles meets the success criterion "
-                           "through the model (no dropout) at success_checks checks in a row; "
-                           "0 = off (MC-PILCO's monitor alone)")
+                            "through the model (no dropout) at success_checks checks in a row; "
+                            "0 = off (MC-PILCO's monitor alone)")
     success_check_every: int = setting(10, 1, 1000000,
                                        doc="optimisation steps between two success checks")
     success_checks: int = setting(3, 1, 1000,
