@@ -20,7 +20,6 @@ from ebmcpilco_ros.nodes.qos import sensor_qos
 from graph_helpers import isolated_domain, ros_environment
 
 WAIT = 10.0  # [s] for DDS matching and first delivery on a busy machine
-JOINTS = ("cart", "pole")
 
 
 def _state(k: float) -> np.ndarray:
