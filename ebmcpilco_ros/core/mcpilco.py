@@ -176,6 +176,15 @@ class SuccessStop:
                    opt.success_patience)
 
 
+@dataclass(frozen=True)
+class BestCheck:
+    """success_patience: the success check with the highest share so far, and its policy."""
+
+    step: int
+    share: float
+    state: dict[str, torch.Tensor]
+
+
 @dataclass
 class OptimizationResult:
     """What one trial's policy optimisation did."""
@@ -295,8 +304,8 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                  else None)
     predictions: list[tuple[int, float]] = []
     passed = 0
-    # success.patience: the best check so far ((step, share), its policy) and checks since it
-    best: tuple[tuple[int, float], dict[str, torch.Tensor]] | None = None
+    # success.patience: the best check so far and the checks since it
+    best: BestCheck | None = None
     since_best = 0
 
     def stalled() -> bool:
@@ -371,22 +380,22 @@ def optimize_policy(policy: SquashedRBFPolicy, model: SpeedIntegrationModel,
                     stopped_early, stop_reason = True, StopReason.PREDICTED_SUCCESS
                     break
                 if success.patience > 0:
-                    if best is None or share > best[0][1]:
-                        best = ((step + 1, share), {k: v.detach().clone()
-                                                    for k, v in policy.state_dict().items()})
+                    if best is None or share > best.share:
+                        best = BestCheck(step + 1, share, {k: v.detach().clone() for k, v
+                                                           in policy.state_dict().items()})
                         since_best = 0
                     else:
                         since_best += 1
                     # only once the model predicted some success: with every share 0 there is
                     # no best policy to keep, and J may still be on its way down (plant B)
-                    if best[0][1] > 0.0 and since_best >= success.patience:
+                    if best.share > 0.0 and since_best >= success.patience:
                         stopped_early, stop_reason = True, StopReason.NO_BETTER_CHECK
                         break
     restored_check = None
-    if (best is not None and predictions[-1][1] < best[0][1]
+    if (best is not None and predictions[-1][1] < best.share
             and stop_reason != StopReason.PREDICTED_SUCCESS):
-        policy.load_state_dict(best[1])   # the policy the model rated best goes to the trial
-        restored_check = best[0]
+        policy.load_state_dict(best.state)  # the policy the model rated best goes to the trial
+        restored_check = (best.step, best.share)
     return OptimizationResult(steps=len(costs), costs=costs, stopped_early=stopped_early,
                               wall_s=time.perf_counter() - started, schedule=schedule,
                               restarts=restarts, stop_reason=stop_reason,
