@@ -55,6 +55,11 @@ def test_cross_field_checks():
         config_from_dict({"optimizer": {"backend": "native", "dtype": "float64"}})
     with pytest.raises(ConfigError, match="optimizer.backend = 'native'"):
         config_from_dict({"optimizer": {"backend": "native", "device": "cuda"}})
+    with pytest.raises(ConfigError, match=r"exploration.rollout_duration = 3.5: must be at most "
+                                          r"plant.trial_duration = 3.0"):
+        config_from_dict({"exploration": {"rollout_duration": 3.5}})
+    with pytest.raises(ConfigError, match="exploration.rollout_duration = -1.0"):
+        config_from_dict({"exploration": {"rollout_duration": -1.0}})
 
 
 def test_ros_parameter_file_layout_and_overrides():

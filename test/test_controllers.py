@@ -7,7 +7,7 @@ import torch
 
 from ebmcpilco_ros.core.config import PolicyConfig
 from ebmcpilco_ros.core.controllers import (FeedbackPlan, FeedbackPlanController, PolicyController,
-                                            RandomController, controller_from_dict)
+                                            RandomController, controller_from_dict, trial_steps)
 from ebmcpilco_ros.core.policy import SquashedRBFPolicy
 
 
@@ -44,6 +44,20 @@ def test_feedback_plan_law_noise_and_limits():
     assert [back(t, np.zeros(4)) for t in range(T)] == a
     with pytest.raises(ValueError, match="shapes disagree"):
         FeedbackPlan(np.zeros((3, 4)), np.zeros(5), np.zeros((5, 4)), np.zeros(5), 1.0)
+
+
+def test_a_trial_runs_as_many_steps_as_a_feedback_plan_drives_at_most_the_plants():
+    """controllers.trial_steps, what both the in-process plant and the execution node use: a
+    feedback plan's trial ends at its plan's end (through its payload too); the random and
+    policy controllers run the plant's whole trial."""
+    def plan(T):
+        return FeedbackPlanController(FeedbackPlan(np.zeros((T + 1, 4)), np.zeros(T),
+                                                   np.zeros((T, 4)), np.zeros(T), 1.0))
+    assert trial_steps(plan(40), 60) == 40 and trial_steps(_through_json(plan(40)), 60) == 40
+    assert trial_steps(plan(60), 60) == 60 and trial_steps(plan(80), 60) == 60
+    assert trial_steps(RandomController(1.0, seed=0), 60) == 60
+    policy = SquashedRBFPolicy(PolicyConfig(), 10.0, generator=torch.Generator().manual_seed(0))
+    assert trial_steps(PolicyController(policy.parameters_snapshot()), 60) == 60
 
 
 def test_random_controller_payload_and_bad_payloads():

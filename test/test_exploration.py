@@ -79,6 +79,26 @@ def test_exploration_plan_on_the_gp_model_and_tracking_error(model):
     assert plan_tracking_error(trial.states, cut) == float("inf")
 
 
+def test_a_rollout_of_rollout_duration_records_the_plans_first_steps(model):
+    """exploration.rollout_duration: the plan spans the whole trial, the rollout (the feedback
+    plan's steps, and so the trial the system records) only its first 1.5 s."""
+    cfg = CFG.replace(exploration={"rollout_duration": 1.5})
+    assert cfg.exploration.rollout_steps(cfg.plant) == 30
+    assert CFG.exploration.rollout_steps(CFG.plant) == CFG.plant.steps   # 0: the whole trial
+    plan, feedback = exploration_plan(model, cfg, 0, None, seed=3)
+    full_plan, full = exploration_plan(model, CFG, 0, None, seed=3)
+    assert plan.X.shape == (61, 4)
+    assert feedback.X.shape == (31, 4) and feedback.U.shape == feedback.sigma.shape == (30,)
+    np.testing.assert_array_equal(feedback.U, full.U[:30])
+    np.testing.assert_array_equal(feedback.sigma, full.sigma[:30])
+    trial = SimulatedCartPole(cfg.plant, np.random.default_rng(0)).run(
+        FeedbackPlanController(feedback), kind="ilqr")
+    whole = SimulatedCartPole(cfg.plant, np.random.default_rng(0)).run(
+        FeedbackPlanController(full), kind="ilqr")
+    assert trial.steps == 30 and trial.duration == pytest.approx(1.5)
+    np.testing.assert_array_equal(trial.inputs, whole.inputs[:30])   # the same rollout, cut
+
+
 @pytest.mark.parametrize("method", ["mse", "bayes"])
 def test_pretrained_policy_reproduces_the_ilqr_controls(true_plan, method):
     """Stated error: RMS over the plan's nominal states below 0.5 N (5% of u_max)."""

@@ -133,8 +133,10 @@ def test_learning_loop_through_the_graph_improves_the_cost(graph):
 @pytest.mark.timeout(STARTUP_TIMEOUT + LEARNING_TIMEOUT + 60)
 def test_eb_explores_with_ilqr_plans_then_pretrains_through_the_graph(tmp_path):
     """EB-MC-PILCO over DDS: the GP-iLQR exploration rollout runs a feedback plan sent by the
-    optimisation node, and the policy trial starts from a pretrained policy."""
-    eb = {"learner.algorithm": "eb", "exploration.iterations": 1, "pretrain.steps": 100}
+    optimisation node, for exploration.rollout_duration, and the policy trial starts from a
+    pretrained policy."""
+    eb = {"learner.algorithm": "eb", "exploration.iterations": 1, "pretrain.steps": 100,
+          "exploration.rollout_duration": 1.5}
     with ros_environment(isolated_domain(9)):
         g = start_graph(tmp_path, eb)
         client = GraphClient()
@@ -160,6 +162,11 @@ def test_eb_explores_with_ilqr_plans_then_pretrains_through_the_graph(tmp_path):
             # the executed iLQR rollout stayed within the input limit
             plan_record = next(r for r in probe.records if r["kind"] == "ilqr")
             assert np.all(np.abs(plan_record["inputs"]) <= PLANT.u_max)
+            # ... for 1.5 s (30 steps); the plan it followed spans the whole trial
+            assert len(probe.controllers[-2]["controller"]["U"]) == 30
+            assert np.array(plan_record["states"]).shape == (31, 4), plan_record["meta"]
+            assert ilqr_trial["duration_s"] == pytest.approx(1.5, abs=0.05)
+            assert policy_trial["duration_s"] == pytest.approx(PLANT.trial_duration, abs=0.05)
         finally:
             client.close()
             g.stop()

@@ -24,7 +24,11 @@ CONTROLLER_FORMAT = "ebmcpilco.controller/1"
 
 
 class Controller(Protocol):
-    """Maps the measured state at control step t to a force; reset() before each trial."""
+    """Maps the measured state at control step t to a force; reset() before each trial.
+    `steps`: the most control steps it drives (a trial ends there; trial_steps), None for as
+    many as the plant's trial has."""
+
+    steps: int | None
 
     def reset(self) -> None: ...
 
@@ -33,10 +37,18 @@ class Controller(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
+def trial_steps(controller: Controller, plant_steps: int) -> int:
+    """Control steps of a trial that runs `controller`: the plant's trial, or fewer where the
+    controller drives fewer (a GP-iLQR rollout of exploration.rollout_duration)."""
+    steps = getattr(controller, "steps", None)
+    return plant_steps if steps is None else max(1, min(plant_steps, int(steps)))
+
+
 class RandomController:
     """u_t ~ U(-u_max, u_max) i.i.d. each step: the exploration of the first trial."""
 
     kind = ControllerKind.RANDOM
+    steps = None
 
     def __init__(self, u_max: float, seed: int | None = None,
                  rng: np.random.Generator | None = None) -> None:
@@ -61,6 +73,7 @@ class PolicyController:
     SquashedRBFPolicy's u in evaluation mode to float64 rounding, without torch."""
 
     kind = ControllerKind.SQUASHED_RBF
+    steps = None
 
     def __init__(self, params: PolicyParameters) -> None:
         self.params = params
@@ -99,25 +112,29 @@ class FeedbackPlan:
 
     @classmethod
     def from_plan(cls, plan: ILQRPlan, sigma: np.ndarray | None = None, seed: int = 0,
-                  version: int = 0) -> "FeedbackPlan":
+                  version: int = 0, steps: int | None = None) -> "FeedbackPlan":
         """An iLQR plan of the cart-pole (one input) as an executable payload, optionally with
-        exploration noise sigma (T,)."""
+        exploration noise sigma (T,), and cut to its first `steps` steps (the rollout then
+        ends there: trial_steps)."""
         if plan.U.shape[1] != 1:
             raise ValueError(f"a feedback plan drives one input, the plan has {plan.U.shape[1]}")
-        return cls(X=plan.X, U=plan.U[:, 0], K=plan.K[:, 0, :],
-                   sigma=np.zeros(plan.horizon) if sigma is None else sigma,
+        T = plan.horizon if steps is None else max(1, min(plan.horizon, steps))
+        sigma = np.zeros(plan.horizon) if sigma is None else np.asarray(sigma)
+        return cls(X=plan.X[:T + 1], U=plan.U[:T, 0], K=plan.K[:T, 0, :], sigma=sigma[:T],
                    u_max=plan.u_max, seed=seed, version=version)
 
 
 class FeedbackPlanController:
     """Closed-loop execution of an iLQR plan: the solver's law (ilqr.feedback_input, with the
-    cart-pole's wrapped angle difference) plus exploration noise, clipped; past the plan's end
-    it holds the last step's law."""
+    cart-pole's wrapped angle difference) plus exploration noise, clipped. It drives as many
+    steps as the plan has (`steps`): a trial that runs it ends at the plan's end or the
+    plant's trial's, whichever comes first."""
 
     kind = ControllerKind.FEEDBACK_PLAN
 
     def __init__(self, plan: FeedbackPlan) -> None:
         self.plan = plan
+        self.steps = len(plan.U)
         self.rng = np.random.default_rng(plan.seed)
 
     def reset(self) -> None:

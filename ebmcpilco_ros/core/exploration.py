@@ -58,11 +58,14 @@ def plan_swing_up(model: SpeedIntegrationModel, config: ExperimentConfig,
 def exploration_plan(model: SpeedIntegrationModel, config: ExperimentConfig, iteration: int,
                      previous: ilqr.ILQRPlan | None, seed: int,
                      should_stop: StopCheck = None) -> tuple[ilqr.ILQRPlan, FeedbackPlan]:
-    """The iLQR plan for exploration iteration j and its executable form with noise."""
+    """The iLQR plan for exploration iteration j and its executable form with noise, cut to
+    exploration.rollout_duration (the plan spans the whole trial: its cost is the swing-up's
+    and the balance's, the rollout records its first part)."""
     plan = plan_swing_up(model, config, previous, should_stop)
     sigma = exploration_noise(model, plan.X, plan.U, iteration, config.exploration,
                               config.plant.u_max)
-    return plan, FeedbackPlan.from_plan(plan, sigma=sigma, seed=seed, version=iteration)
+    return plan, FeedbackPlan.from_plan(plan, sigma=sigma, seed=seed, version=iteration,
+                                        steps=config.exploration.rollout_steps(config.plant))
 
 
 def plan_ends_upright(predicted: np.ndarray, criterion: SuccessConfig) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 from . import cartpole
 from .cartpole import STATE_DIM
 from .config import PlantConfig
-from .controllers import Controller
+from .controllers import Controller, trial_steps
 from .trial import Trial
 from .vocabulary import TrialKind
 
@@ -23,8 +23,9 @@ class System(Protocol):
 class SimulatedCartPole:
     """The benchmark cart-pole integrated in-process: ZOH input, Gaussian sensor noise.
 
-    Starts each trial from x0 ~ N(0, initial_state_std^2 I) (pole down). The controller sees the
-    noisy measurement; the trial keeps the noise-free trajectory for evaluation only.
+    Starts each trial from x0 ~ N(0, initial_state_std^2 I) (pole down) and runs it for
+    controllers.trial_steps. The controller sees the noisy measurement; the trial keeps the
+    noise-free trajectory for evaluation only.
     """
 
     def __init__(self, plant: PlantConfig, rng: np.random.Generator) -> None:
@@ -33,7 +34,7 @@ class SimulatedCartPole:
 
     def run(self, controller: Controller, kind: str = TrialKind.POLICY, index: int = 0) -> Trial:
         plant, rng = self.plant, self.rng
-        steps = plant.steps
+        steps = trial_steps(controller, plant.steps)
         x = rng.normal(0.0, plant.initial_state_std, size=STATE_DIM)
         true = np.empty((steps + 1, STATE_DIM))
         measured = np.empty((steps + 1, STATE_DIM))

@@ -30,7 +30,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from ..core import cartpole
-from ..core.controllers import Controller, controller_from_dict
+from ..core.controllers import Controller, controller_from_dict, trial_steps
 from ..core.trial import Trial
 from .names import (EXECUTION_ABORT_SERVICE, EXECUTION_EVENTS_TOPIC,
                     TRIAL_RECORDS_TOPIC, TRIAL_REQUEST_FORMAT, TRIAL_REQUEST_TOPIC)
@@ -239,7 +239,8 @@ class PolicyExecution(GraphNode):
             self._send_event(request_id, "refused", reason=reason)
             return
         run = TrialRun(request_id=request_id, run_id=request.run_id, index=request.index,
-                       kind=request.kind, controller=controller, steps=self.plant.steps)
+                       kind=request.kind, controller=controller,
+                       steps=trial_steps(controller, self.plant.steps))
         with self.lock:
             self.current = run
             self.abort.clear()
