@@ -120,11 +120,11 @@ def test_pretrained_policy_reproduces_the_ilqr_controls(true_plan, method):
     assert result.rms_error < 1.5   # around the nominal too (the feedback funnel)
 
 
-def policy_request(iteration: int, failed: int = 0):
+def policy_request(iteration: int, failed: int = 0, predicted: bool = False):
     from ebmcpilco_ros.core.learner import OptimizationRequest
 
     return OptimizationRequest("policy", iteration, pretrain=True,
-                               failed_since_warm_start=failed)
+                               failed_since_warm_start=failed, predicted_failure=predicted)
 
 
 def test_later_warm_start_keeps_whichever_policy_has_the_lower_model_cost(model):
@@ -164,23 +164,31 @@ def test_later_warm_start_keeps_whichever_policy_has_the_lower_model_cost(model)
     assert same == kept
 
 
-@pytest.mark.parametrize("limit, failed, compared",
-                         [(2, 1, True), (2, 2, False), (2, 3, False), (0, 5, True)])
-def test_a_policy_the_system_refuted_gives_way_to_the_warm_start(model, limit, failed, compared):
+@pytest.mark.parametrize("limit, failed, predicted, on_predicted, compared",
+                         [(2, 1, False, True, True), (2, 2, False, True, False),
+                          (2, 3, False, True, False), (0, 5, False, True, True),
+                          (2, 1, True, True, False), (0, 1, True, True, False),
+                          (2, 1, True, False, True)])
+def test_a_policy_the_system_refuted_gives_way_to_the_warm_start(model, limit, failed,
+                                                                 predicted, on_predicted,
+                                                                 compared):
     """pretrain.restart_after_failures: once the current policy has failed that many policy
     trials since a warm start last replaced it, the candidate replaces it without the model-cost
-    comparison (which the optimised policy wins on the model the system refuted)."""
+    comparison (which the optimised policy wins on the model the system refuted);
+    pretrain.restart_on_predicted_failure: at once after a failure the model had predicted."""
     from ebmcpilco_ros.core.learner import LocalPolicyOptimization
 
     cfg = CFG.replace(optimizer={"particles": 50},
-                      pretrain={"steps": 50, "restart_after_failures": limit})
+                      pretrain={"steps": 50, "restart_after_failures": limit,
+                                "restart_on_predicted_failure": on_predicted})
     opt = LocalPolicyOptimization(cfg, np.random.default_rng(0))
     opt._warm_start(model, policy_request(0), {}, {})
     with torch.no_grad():
         opt.policy.weights.mul_(0.5)   # not what a fresh pretraining gives
     current = {k: v.clone() for k, v in opt.policy.state_dict().items()}
     info: dict = {}
-    opt._warm_start(model, policy_request(3, failed), {}, info)
+    opt._warm_start(model, policy_request(3, failed, predicted), {}, info)
+    assert info.get("predicted_failure", False) == (predicted and on_predicted)
     assert ("warm_start_costs" in info) == compared, info
     replaced = not all(torch.equal(v, current[k]) for k, v in opt.policy.state_dict().items())
     if compared:

@@ -18,7 +18,8 @@ from ebmcpilco_ros.core.config import ExperimentConfig
 from ebmcpilco_ros.core.controllers import RandomController
 from ebmcpilco_ros.core.learner import (ControllerUpdate, Learner, LearningReport,
                                         OptimizationRequest, TrialSummary,
-                                        failures_since_warm_start, summary_from_dict)
+                                        failures_since_warm_start, predicted_failure,
+                                        summary_from_dict)
 from ebmcpilco_ros.core.vocabulary import TrialKind
 from ebmcpilco_ros.progress import trial_line
 from ebmcpilco_ros.core.trial import Trial
@@ -240,6 +241,27 @@ def test_each_policy_request_says_how_often_the_current_policy_failed():
     optimizer.next_controller = recording  # type: ignore[method-assign]
     _run("eb", FakeSystem(), optimizer, max_trials=7)
     assert seen == [0, 1, 2]
+
+
+def _policy(success: bool, share: float | None, faulted: bool = False) -> TrialSummary:
+    return TrialSummary(index=0, kind=TrialKind.POLICY, success=success, cost=0.0,
+                        duration_s=1.0, faulted=faulted,
+                        info={} if share is None else {"predicted_success": share})
+
+
+@pytest.mark.parametrize("summaries, expected", [
+    ([], False),
+    ([_policy(False, 0.0)], True),                       # failed as the model predicted
+    ([_policy(False, 0.3)], False),                      # the model gave it a chance
+    ([_policy(False, None)], False),                     # no success checks (success_stop 0)
+    ([_policy(False, 0.0), _policy(False, 0.5)], False),  # the last one counts
+    ([_policy(False, 0.0), _summary("ilqr")], True),     # the last policy trial
+    ([_policy(False, 0.0), _policy(False, 0.9, faulted=True)], True),  # a fault says nothing
+    ([_policy(True, 0.0)], False),                       # solved after all
+])
+def test_predicted_failure_is_the_last_policy_trial_failing_as_its_model_said(summaries,
+                                                                              expected):
+    assert predicted_failure(summaries) is expected
 
 
 def test_a_faulted_exploration_rollout_is_planned_again_and_not_counted():

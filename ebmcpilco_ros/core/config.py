@@ -341,6 +341,11 @@ class PretrainConfig(Section):
         3, 0, 1000, doc="with every_trial: the candidate replaces the policy without the cost "
                         "comparison once the policy has failed this many policy trials on the "
                         "system since it last came from a warm start (0 = on model cost only)")
+    restart_on_predicted_failure: bool = setting(
+        True, doc="with every_trial: the candidate replaces the policy without the cost "
+                  "comparison once a policy trial failed whose optimisation ended with no "
+                  "particle meeting the success criterion through the model (its last "
+                  "optimizer.success_stop check at 0)")
     samples_per_step: int = setting(8, 0, 10000,
                                     doc="states drawn around each plan step (feedback targets)")
     perturbation: tuple[float, ...] = setting(

@@ -62,6 +62,9 @@ class OptimizationRequest:
     # Phase.POLICY: policy trials the current policy failed since a warm start last replaced it
     # (failures_since_warm_start; pretrain.restart_after_failures acts on it)
     failed_since_warm_start: int = 0
+    # Phase.POLICY: the last policy trial failed as its optimisation's model had predicted
+    # (predicted_failure; pretrain.restart_on_predicted_failure acts on it)
+    predicted_failure: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phase", Phase(self.phase))  # a payload's string too
@@ -201,7 +204,10 @@ class LocalPolicyOptimization:
         so a policy stuck in a poor optimum can restart from a fresh plan, and without that
         comparison once the system has refuted the current policy
         pretrain.restart_after_failures times: the optimised policy wins on the model it was
-        fitted to, the system says the model is wrong there."""
+        fitted to, the system says the model is wrong there; and at once, with
+        pretrain.restart_on_predicted_failure, after a failure the model had predicted (the
+        optimisation ended on a policy that no particle swings up with: a poor optimum the
+        comparison, against a candidate not yet optimised, would keep)."""
         started = time.perf_counter()
         self._stage(Stage.ILQR)
         plan = plan_swing_up(model, self.config, self.last_plan, self.should_stop)
@@ -217,10 +223,13 @@ class LocalPolicyOptimization:
         info.update({"pretrain_rms_error": result.rms_error,
                      "pretrain_nominal_error": result.nominal_error})
         limit = self.config.pretrain.restart_after_failures
-        refuted = limit > 0 and request.failed_since_warm_start >= limit
+        predicted = self.config.pretrain.restart_on_predicted_failure and request.predicted_failure
+        refuted = (limit > 0 and request.failed_since_warm_start >= limit) or predicted
         keep = request.iteration == 0 or refuted
         if refuted:
             info["warm_start_restart"] = request.failed_since_warm_start
+        if predicted:
+            info["predicted_failure"] = True
         if not keep:
             check(self.should_stop, "before the warm start's cost comparison")
             started = time.perf_counter()
@@ -399,6 +408,17 @@ def failures_since_warm_start(summaries: Sequence[TrialSummary]) -> int:
     return failed
 
 
+def predicted_failure(summaries: Sequence[TrialSummary]) -> bool:
+    """Whether the last policy trial that ran (not faulted) failed, and its optimisation had
+    ended with the model predicting no success (`predicted_success` 0 in its info: no particle
+    met the criterion at the last check). From the trials alone, as failures_since_warm_start."""
+    for summary in reversed(summaries):
+        if summary.kind != TrialKind.POLICY or summary.faulted:
+            continue
+        return not summary.success and summary.info.get("predicted_success") == 0.0
+    return False
+
+
 def summary_from_dict(data: dict[str, Any]) -> TrialSummary:
     return TrialSummary(**{**data, "kind": TrialKind(data["kind"]),
                            "model_points": tuple(data.get("model_points", ())),
@@ -489,7 +509,8 @@ class Learner:
         learning_trial = sum(s.kind == TrialKind.POLICY for s in summaries)
         return OptimizationRequest(Phase.POLICY, learning_trial, pretrain=(
             cfg.algorithm == "eb" and (learning_trial == 0 or self.config.pretrain.every_trial)),
-            failed_since_warm_start=failures_since_warm_start(summaries))
+            failed_since_warm_start=failures_since_warm_start(summaries),
+            predicted_failure=predicted_failure(summaries))
 
     def _step(self, step: TrialKind | OptimizationRequest) -> None:
         """One trial (and the computation before it), appended to the run's summaries."""

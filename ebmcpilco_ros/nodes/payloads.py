@@ -198,7 +198,7 @@ def _controller(value: Any) -> dict[str, Any]:
 
 def _optimization(value: Any) -> dict[str, Any]:
     """`core.learner.OptimizationRequest.to_dict()`: phase, iteration >= 0, pretrain,
-    optionally failed_since_warm_start >= 0."""
+    optionally failed_since_warm_start >= 0 and predicted_failure."""
     data = _object(value)
     try:
         OptimizationSpec.from_dict({**data, "format": OptimizationSpec.FORMAT})
@@ -286,6 +286,7 @@ class OptimizationSpec(Payload):
     iteration: int = required(_count)
     pretrain: bool = required(_bool)
     failed_since_warm_start: int | None = optional(_count)
+    predicted_failure: bool | None = optional(_bool)
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
