@@ -264,6 +264,25 @@ def test_predicted_failure_is_the_last_policy_trial_failing_as_its_model_said(su
     assert predicted_failure(summaries) is expected
 
 
+def test_each_policy_request_says_whether_the_last_failure_was_predicted():
+    """The Learner puts predicted_failure in every policy request (the optimiser's
+    restart_on_predicted_failure acts on it), from the last policy trial's predicted share."""
+    optimizer = FakeOptimization()
+    shares = iter([0.0, 0.5, 0.0])
+    seen: list[bool] = []
+    next_controller = optimizer.next_controller
+
+    def reporting(model: Any, request: OptimizationRequest) -> ControllerUpdate:
+        update = next_controller(model, request)
+        if request.phase == "policy":
+            seen.append(request.predicted_failure)
+            update.info["predicted_success"] = next(shares)
+        return update
+    optimizer.next_controller = reporting  # type: ignore[method-assign]
+    _run("eb", FakeSystem(), optimizer, max_trials=7)
+    assert seen == [False, True, False]
+
+
 def test_a_faulted_exploration_rollout_is_planned_again_and_not_counted():
     """A rollout the system cut short brought no data: its iteration is planned again, and
     the three exploration rollouts are three that ran; every trial counts against the budget."""
