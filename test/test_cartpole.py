@@ -52,6 +52,7 @@ def test_simulated_trial_shape_noise_and_limits():
 
     class Pushy:
         def reset(self): pass
+        def finished(self, step, state): return False
         def __call__(self, step, state): return 1e3  # far beyond u_max
     trial = sim.run(Pushy(), kind="policy", index=3)
     assert trial.states.shape == (61, 4) and trial.inputs.shape == (60,)

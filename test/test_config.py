@@ -61,6 +61,8 @@ def test_cross_field_checks():
     assert long.exploration.rollout_steps(long.plant) == long.plant.steps
     with pytest.raises(ConfigError, match="exploration.rollout_duration = -1.0"):
         config_from_dict({"exploration": {"rollout_duration": -1.0}})
+    with pytest.raises(ConfigError, match=r"exploration.max_deviation = -0.5.*in \[0.0, inf\]"):
+        config_from_dict({"exploration": {"max_deviation": -0.5}})
 
 
 def test_ros_parameter_file_layout_and_overrides():

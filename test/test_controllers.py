@@ -60,6 +60,37 @@ def test_a_trial_runs_as_many_steps_as_a_feedback_plan_drives_at_most_the_plants
     assert trial_steps(PolicyController(policy.parameters_snapshot()), 60) == 60
 
 
+def test_a_feedback_plan_finishes_where_the_angle_leaves_the_plans_by_max_deviation():
+    """exploration.max_deviation: finished(t, x) once |wrap(theta - X_t theta)| exceeds it
+    (never with 0, the default, and never for the random and policy controllers); the limit
+    travels in the payload, and a payload without it (an older sender) never finishes."""
+    T = 4
+    X = np.zeros((T + 1, 4))
+    X[:, 2] = [0.0, 1.0, np.pi, np.pi, np.pi]
+    plan = FeedbackPlan(X, np.zeros(T), np.zeros((T, 4)), np.zeros(T), 1.0, max_deviation=0.5)
+
+    def at(theta):
+        return np.array([0.0, 0.0, theta, 0.0])
+    ctrl = FeedbackPlanController(plan)
+    assert not ctrl.finished(0, at(0.4)) and ctrl.finished(0, at(0.6))
+    assert ctrl.finished(0, at(-0.6))
+    assert not ctrl.finished(1, at(0.6)) and ctrl.finished(1, at(0.4))
+    assert not ctrl.finished(2, at(-np.pi + 0.2))       # wrapped: 0.2 rad from upright
+    assert not ctrl.finished(9, at(np.pi + 0.4)) and ctrl.finished(9, at(np.pi - 0.6))  # last X
+    back = _through_json(ctrl)
+    assert back.plan.max_deviation == 0.5 and back.finished(1, at(0.4))
+    never = FeedbackPlanController(FeedbackPlan(X, plan.U, plan.K, plan.sigma, 1.0))
+    assert not never.finished(0, at(3.0))
+    older = ctrl.to_dict()
+    del older["max_deviation"]
+    assert controller_from_dict(older).plan.max_deviation == 0.0
+    assert not RandomController(1.0, seed=0).finished(0, at(3.0))
+    policy = SquashedRBFPolicy(PolicyConfig(), 10.0, generator=torch.Generator().manual_seed(0))
+    assert not PolicyController(policy.parameters_snapshot()).finished(0, at(3.0))
+    with pytest.raises(ValueError, match="max_deviation must be >= 0"):
+        FeedbackPlan(X, plan.U, plan.K, plan.sigma, 1.0, max_deviation=-1.0)
+
+
 def test_random_controller_payload_and_bad_payloads():
     ctrl = RandomController(10.0, seed=5)
     back = _through_json(ctrl)
@@ -104,6 +135,10 @@ def _plan_payload():
      lambda d: d.__setitem__("u_max", float("inf")), "random controller: field 'u_max'"),
     (lambda: RandomController(10.0, seed=1).to_dict(), lambda d: d.pop("seed"),
      "field 'seed' must be an integer"),
+    (_plan_payload, lambda d: d.__setitem__("max_deviation", -0.5),
+     "field 'max_deviation' must be a finite number >= 0"),
+    (_plan_payload, lambda d: d.__setitem__("max_deviation", "1"),
+     "field 'max_deviation' must be a finite number"),
 ])
 def test_controller_payloads_that_are_malformed_or_not_finite_are_refused(build, edit, message):
     data = build()

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ebmcpilco_ros.core import ilqr
-from ebmcpilco_ros.core.cartpole import THETA, cartpole_dynamics, state_difference
+from ebmcpilco_ros.core.cartpole import (THETA, cartpole_dynamics, state_difference,
+                                         wrap_angle)
 from ebmcpilco_ros.core.config import ExperimentConfig, ExplorationConfig, PretrainConfig
 from ebmcpilco_ros.core.controllers import FeedbackPlan, FeedbackPlanController
 from ebmcpilco_ros.core.exploration import (exploration_noise, exploration_plan,
@@ -97,6 +98,32 @@ def test_a_rollout_of_rollout_duration_records_the_plans_first_steps(model):
         FeedbackPlanController(full), kind="ilqr")
     assert trial.steps == 30 and trial.duration == pytest.approx(1.5)
     np.testing.assert_array_equal(trial.inputs, whole.inputs[:30])   # the same rollout, cut
+
+
+def test_a_rollout_that_leaves_its_plan_ends_there_and_never_counts_as_matched(model):
+    """exploration.max_deviation: the in-process plant ends the rollout at the first measured
+    state that far from the plan (before that step's force), so the trial is the whole
+    rollout's first steps; the plan is not followed, however close those first steps were
+    (tracking error inf), and without the limit the same rollout runs to the end."""
+    cfg = CFG.replace(exploration={"max_deviation": 0.3})
+    plan, feedback = exploration_plan(model, cfg, 0, None, seed=3)
+    assert feedback.max_deviation == 0.3
+    whole = SimulatedCartPole(cfg.plant, np.random.default_rng(0)).run(
+        FeedbackPlanController(FeedbackPlan.from_plan(plan, sigma=feedback.sigma, seed=3)),
+        kind="ilqr")
+    deviation = np.abs(wrap_angle(whole.states[:, THETA] - plan.X[:, THETA]))
+    assert deviation.max() > 0.3, "the rollout must leave this plan for the test to mean much"
+    leave = int(np.argmax(deviation > 0.3))
+    assert leave > 0
+    trial = SimulatedCartPole(cfg.plant, np.random.default_rng(0)).run(
+        FeedbackPlanController(feedback), kind="ilqr")
+    assert trial.steps == leave and len(trial.states) == leave + 1
+    np.testing.assert_array_equal(trial.states, whole.states[:leave + 1])
+    np.testing.assert_array_equal(trial.true_states, whole.true_states[:leave + 1])
+    np.testing.assert_array_equal(trial.inputs, whole.inputs[:leave])
+    assert trial.duration == pytest.approx(leave * cfg.plant.control_period)
+    assert plan_tracking_error(plan.X, trial, rollout_steps=len(feedback.U)) == float("inf")
+    assert plan_tracking_error(plan.X, whole, rollout_steps=len(feedback.U)) < float("inf")
 
 
 @pytest.mark.parametrize("method", ["mse", "bayes"])

@@ -78,6 +78,9 @@ def test_closed_loop_feedback_law_swings_up_the_true_plant(swing_up):
         def reset(self) -> None:
             pass
 
+        def finished(self, step: int, state: np.ndarray) -> bool:
+            return False
+
         def __call__(self, step: int, state: np.ndarray) -> float:
             return float(plan.U[min(step, plan.horizon - 1), 0])
 

@@ -152,6 +152,33 @@ def test_a_followed_plan_that_stays_down_does_not_end_exploration():
     assert [t.info["plan_ends_upright"] for t in explored] == [False] * 3
 
 
+def test_a_rollout_that_ended_before_its_plan_is_not_matched_however_close_its_start():
+    """exploration.max_deviation ends a rollout where it left its plan; the steps before
+    matched the plan, the rollout did not follow it, so exploration goes on (the Learner
+    compares the trial's steps with the controller's)."""
+    class LeavesFirstPlan(FakeSystem):
+        def run(self, controller: Any, kind: str, index: int) -> Trial:
+            trial = super().run(controller, kind, index)
+            if index != 1:
+                return trial
+            return Trial(states=trial.states[:6], inputs=trial.inputs[:5],
+                         times=trial.times[:6], kind=kind, index=index)
+
+    class PlansOfTheWholeTrial(FakeOptimization):
+        def next_controller(self, model: Any, request: OptimizationRequest) -> ControllerUpdate:
+            update = super().next_controller(model, request)
+            update.controller.steps = STEPS
+            return update
+
+    system = LeavesFirstPlan(solves={1, 2})
+    report, _ = _run("eb", system, PlansOfTheWholeTrial((True, True), plans_upright=True),
+                     max_trials=4)
+    assert system.kinds == ["random", "ilqr", "ilqr", "policy"]
+    explored = [t for t in report.trials if t.kind == "ilqr"]
+    assert [t.info["tracking_error"] for t in explored] == [float("inf"), 0.0]
+    assert explored[0].duration_s == pytest.approx(0.25)
+
+
 def test_a_summary_without_plan_ends_upright_is_matched_on_its_tracking_error_alone():
     """Runs recorded before plan_ends_upright resume as they were decided: matched alone ends
     exploration."""

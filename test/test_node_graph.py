@@ -191,3 +191,64 @@ def test_without_state_trials_and_learning_are_refused_with_the_reason(tmp_path)
         finally:
             client.close()
             g.stop()
+
+
+@pytest.mark.timeout(STARTUP_TIMEOUT + 120)
+def test_a_rollout_that_leaves_its_plan_by_max_deviation_ends_there_with_the_force_zeroed(
+        tmp_path):
+    """exploration.max_deviation on the rig end: the execution node ends a feedback plan's
+    trial at the first state whose angle is further than max_deviation from the plan's, before
+    that step's force. The record ends with that state, the trial counts as finished (not
+    failed), and the force goes back to zero."""
+    from std_msgs.msg import String
+    from test_data_hygiene import Watch, _string
+
+    from ebmcpilco_ros.nodes import names, qos
+
+    steps, leave = PLANT.steps, 10
+    X = np.zeros((steps + 1, 4))
+    X[leave:, 2] = 2.0   # the plan swings the pole to 2 rad at step 10; a 1 N push does not
+    plan = {"format": "ebmcpilco.controller/1", "kind": "feedback_plan", "u_max": PLANT.u_max,
+            "seed": 0, "version": 0, "X": X.tolist(), "U": [1.0] * steps,
+            "K": [[0.0] * 4] * steps, "sigma": [0.0] * steps, "max_deviation": 1.0}
+    with ros_environment(isolated_domain(14)):
+        g = start_graph(tmp_path, nodes=("sim_plant", "policy_execution"))
+        client = GraphClient()
+        watch = Watch(client)
+        probe = Probe(client)
+        try:
+            watch.listen(names.EXECUTION_EVENTS_TOPIC, qos.reliable_qos(50))
+            request = watch.publisher(String, names.TRIAL_REQUEST_TOPIC, qos.reliable_qos(50))
+            assert watch.wait_matched([names.TRIAL_REQUEST_TOPIC], STARTUP_TIMEOUT), \
+                describe_failure(g)
+            # the execution node takes requests once it has a fresh state
+            assert watch.wait_diagnostics("policy_execution", lambda v: v.get(
+                "state_age_ms", "never") != "never", STARTUP_TIMEOUT), describe_failure(g)
+            request.publish(_string({
+                "format": names.TRIAL_REQUEST_FORMAT, "request_id": "leaves-plan",
+                "run_id": "deviation", "index": 0, "kind": "ilqr", "controller": plan}))
+
+            def event(kind: str) -> dict | None:
+                return watch.wait_payload(names.EXECUTION_EVENTS_TOPIC, lambda e: (
+                    e.get("request_id") == "leaves-plan" and e["event"] == kind), 60)
+            accepted, finished = event("accepted"), event("finished")
+            assert accepted is not None and accepted["steps"] == steps, (
+                accepted, describe_failure(g))
+            assert finished is not None and finished["steps"] == leave, (
+                watch.payloads[names.EXECUTION_EVENTS_TOPIC], describe_failure(g))
+            assert probe.wait_for(lambda: any(r["meta"]["request_id"] == "leaves-plan"
+                                              for r in probe.records), 30)
+            record = next(r for r in probe.records if r["meta"]["request_id"] == "leaves-plan")
+            assert not record["failed"] and record["meta"]["outcome"] == "finished"
+            states = np.array(record["states"])
+            assert states.shape == (leave + 1, 4) and len(record["inputs"]) == leave
+            assert np.all(np.abs(states[:leave, 2]) < 1.0)      # it followed until step 10
+            assert record["times"][-1] == pytest.approx(leave * PLANT.control_period, abs=0.02)
+            assert record["meta"]["requested_inputs"] == [1.0] * leave
+            # the force after the trial's last push is zero
+            assert probe.wait_for(lambda: any(u == 0.0 for _t, u in probe.commands[
+                max(i for i, (_t, u) in enumerate(probe.commands) if u == 1.0):]), 10), \
+                probe.commands
+        finally:
+            client.close()
+            g.stop()

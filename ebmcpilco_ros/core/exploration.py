@@ -60,12 +60,14 @@ def exploration_plan(model: SpeedIntegrationModel, config: ExperimentConfig, ite
                      should_stop: StopCheck = None) -> tuple[ilqr.ILQRPlan, FeedbackPlan]:
     """The iLQR plan for exploration iteration j and its executable form with noise, cut to
     exploration.rollout_duration (the plan spans the whole trial: its cost is the swing-up's
-    and the balance's, the rollout records its first part)."""
+    and the balance's, the rollout records its first part) and ending where the rollout leaves
+    it by exploration.max_deviation."""
     plan = plan_swing_up(model, config, previous, should_stop)
     sigma = exploration_noise(model, plan.X, plan.U, iteration, config.exploration,
                               config.plant.u_max)
     return plan, FeedbackPlan.from_plan(plan, sigma=sigma, seed=seed, version=iteration,
-                                        steps=config.exploration.rollout_steps(config.plant))
+                                        steps=config.exploration.rollout_steps(config.plant),
+                                        max_deviation=config.exploration.max_deviation)
 
 
 def plan_ends_upright(predicted: np.ndarray, criterion: SuccessConfig) -> bool:
@@ -77,12 +79,14 @@ def plan_ends_upright(predicted: np.ndarray, criterion: SuccessConfig) -> bool:
     return abs(abs(theta) - np.pi) < criterion.theta_tol
 
 
-def plan_tracking_error(predicted: np.ndarray, trial: Trial) -> float:
+def plan_tracking_error(predicted: np.ndarray, trial: Trial,
+                        rollout_steps: int | None = None) -> float:
     """RMS angle error [rad] between the plan's nominal states and the executed rollout; inf
-    for a rollout cut short by a fault (`trial.failed`), which did not follow its plan to the
-    end however well its first steps did (seen through the graph: a rollout lost its state at
+    for a rollout cut short, by a fault (`trial.failed`) or before its `rollout_steps` (it
+    left the plan: exploration.max_deviation), which did not follow its plan to the end
+    however well its first steps did (seen through the graph: a rollout lost its state at
     0.55 s, matched its plan's first 11 states to 0.03 rad and ended exploration)."""
-    if trial.failed:
+    if trial.failed or (rollout_steps is not None and trial.steps < rollout_steps):
         return float("inf")
     n = min(len(predicted), len(trial.states))
     d = wrap_angle(trial.states[:n, THETA] - predicted[:n, THETA])

@@ -527,8 +527,9 @@ class Learner:
         update, trial, summary_kw = self._round(step, index, self.totals)
         if step.phase == Phase.EXPLORE:
             planned = update.predicted_states
-            summary_kw["info"]["tracking_error"] = (plan_tracking_error(planned, trial)
-                                                    if planned is not None else float("inf"))
+            summary_kw["info"]["tracking_error"] = (
+                plan_tracking_error(planned, trial, getattr(update.controller, "steps", None))
+                if planned is not None else float("inf"))
             summary_kw["info"]["plan_ends_upright"] = (
                 planned is not None and plan_ends_upright(planned, self.config.success))
         else:

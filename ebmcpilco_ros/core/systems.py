@@ -24,7 +24,7 @@ class SimulatedCartPole:
     """The benchmark cart-pole integrated in-process: ZOH input, Gaussian sensor noise.
 
     Starts each trial from x0 ~ N(0, initial_state_std^2 I) (pole down) and runs it for
-    controllers.trial_steps. The controller sees the noisy measurement; the trial keeps the
+    controllers.trial_steps, or until the controller has `finished`. The controller sees the noisy measurement; the trial keeps the
     noise-free trajectory for evaluation only.
     """
 
@@ -46,10 +46,13 @@ class SimulatedCartPole:
             measured[t] = x + rng.normal(0.0, plant.sensor_noise_std, size=STATE_DIM)
             if t == steps:
                 break
+            if controller.finished(t, measured[t]):
+                steps = t
+                break
             u = float(np.clip(controller(t, measured[t]), -plant.u_max, plant.u_max))
             inputs[t] = u
             x = cartpole.step(x, u, plant)
         times = np.arange(steps + 1) * plant.control_period
-        return Trial(states=measured, inputs=inputs, times=times, kind=kind, index=index,
-                     true_states=true,
+        return Trial(states=measured[:steps + 1], inputs=inputs[:steps], times=times, kind=kind,
+                     index=index, true_states=true[:steps + 1],
                      meta={"system": "simulated", "wall_s": time.perf_counter() - started})

@@ -328,6 +328,7 @@ class PolicyExecution(GraphNode):
         run.controller.reset()
         start = time.monotonic()
         turns = 0.0   # whole pole turns at the start, taken off every angle of the trial
+        last = run.steps  # the trial's last state, earlier where the controller has finished
         for k in range(run.steps + 1):
             deadline = start + k * period
             if self.abort.wait(max(0.0, deadline - time.monotonic())):
@@ -348,7 +349,9 @@ class PolicyExecution(GraphNode):
             run.states.append(x)
             run.stamps.append(stamp)
             run.times.append(woke - start)
-            if k < run.steps:
+            if k < last and run.controller.finished(k, x):
+                last = k
+            if k < last:
                 u = float(run.controller(k, x))
                 if not math.isfinite(u):
                     raise ValueError(f"controller gave a non-finite force at step {k}")
@@ -366,6 +369,8 @@ class PolicyExecution(GraphNode):
                 run.applied.append(run.inputs[k - 1] if applied is None else applied)
             true_state = self._true_state(stamp)
             run.true_states.append(None if true_state is None else _unwind(true_state, turns))
+            if k == last:
+                return
 
     def _finish(self, run: TrialRun) -> None:
         n = len(run.states)
