@@ -176,7 +176,46 @@ def test_a_rollout_that_ended_before_its_plan_is_not_matched_however_close_its_s
     assert system.kinds == ["random", "ilqr", "ilqr", "policy"]
     explored = [t for t in report.trials if t.kind == "ilqr"]
     assert [t.info["tracking_error"] for t in explored] == [float("inf"), 0.0]
+    assert [t.info["rollout_share"] for t in explored] == [0.25, 1.0]
     assert explored[0].duration_s == pytest.approx(0.25)
+
+
+def test_rollouts_that_left_their_plans_count_as_the_share_they_ran():
+    """exploration.iterations is a budget of rollout time: rollouts that max_deviation ended
+    halfway count half, so six of them make the three iterations; a faulted one counts
+    nothing, and a summary without rollout_share (recorded before it) counts whole."""
+    class HalfRollouts(FakeSystem):
+        def run(self, controller: Any, kind: str, index: int) -> Trial:
+            trial = super().run(controller, kind, index)
+            if kind != "ilqr":
+                return trial
+            half = STEPS // 2
+            return Trial(states=trial.states[:half + 1], inputs=trial.inputs[:half],
+                         times=trial.times[:half + 1], kind=kind, index=index,
+                         failed=trial.failed)
+
+    class PlansOfTheWholeTrial(FakeOptimization):
+        def next_controller(self, model: Any, request: OptimizationRequest) -> ControllerUpdate:
+            update = super().next_controller(model, request)
+            update.controller.steps = STEPS
+            return update
+
+    system = HalfRollouts(faults={2})
+    report, _ = _run("eb", system, PlansOfTheWholeTrial(), max_trials=9)
+    assert system.kinds == ["random"] + ["ilqr"] * 7 + ["policy"]
+    explored = [t for t in report.trials if t.kind == "ilqr" and not t.faulted]
+    assert [t.info["rollout_share"] for t in explored] == [0.5] * 6
+    learner = Learner(ExperimentConfig().replace(learner={"algorithm": "eb"}), FakeSystem(),
+                      FakeModelLearning(), FakeOptimization(), np.random.default_rng(0))
+
+    def summaries(info: dict[str, Any]) -> list[TrialSummary]:
+        return [summary_from_dict({"index": 0, "kind": "random", "success": False,
+                                   "cost": 1.0, "duration_s": 1.0})] + [
+            summary_from_dict({"index": i, "kind": "ilqr", "success": False, "cost": 1.0,
+                               "duration_s": 0.5, "info": {"tracking_error": 1.0, **info}})
+            for i in (1, 2, 3)]
+    assert learner.next_step(summaries({})).phase == "policy"          # 3 whole rollouts
+    assert learner.next_step(summaries({"rollout_share": 0.5})).phase == "explore"
 
 
 def test_a_summary_without_plan_ends_upright_is_matched_on_its_tracking_error_alone():

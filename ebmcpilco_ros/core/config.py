@@ -307,7 +307,9 @@ class ExplorationConfig(Section):
     """
 
     _section = "exploration"
-    iterations: int = setting(3, 0, 100, doc="max GP-iLQR rollouts (the paper fixes 3)")
+    iterations: int = setting(3, 0, 100, doc="max GP-iLQR rollouts (the paper fixes 3); one "
+                                             "that max_deviation ended counts as the share of "
+                                             "its steps it ran")
     match_tol: float = setting(0.25, 0.0, None,
                                doc="stop exploring once a rollout's RMS angle error to the plan "
                                    "is below this [rad] (0 disables the rule)")

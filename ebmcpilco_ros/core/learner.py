@@ -488,7 +488,10 @@ class Learner:
         early once a rollout follows a plan that ends upright (through the model) to within
         exploration.match_tol (the model is good where it matters). A rollout the system cut
         short (faulted) is not one of the exploration.iterations: it brought no data, and the
-        same iteration is planned again; every trial counts against learner.max_trials."""
+        same iteration is planned again. One that left its plan (exploration.max_deviation)
+        counts as the share of its rollout's steps it ran (`rollout_share`): the iterations
+        are a budget of rollout time, and a lost plan gives back what it did not use. Every
+        trial counts against learner.max_trials."""
         cfg, n = self.config.learner, len(summaries)
         if n >= cfg.max_trials:
             return None
@@ -501,7 +504,8 @@ class Learner:
             # a summary from before plan_ends_upright was recorded: matched alone, as then
             matched = (tol > 0 and error is not None and error < tol
                        and explored[-1].info.get("plan_ends_upright", True))
-            if len(explored) < self.config.exploration.iterations and not matched:
+            ran = sum(float(s.info.get("rollout_share", 1.0)) for s in explored)
+            if ran < self.config.exploration.iterations - 1e-9 and not matched:
                 return OptimizationRequest(Phase.EXPLORE, len(explored))
         if cfg.stop_on_success and any(s.success and s.kind == TrialKind.POLICY
                                        for s in summaries):
@@ -527,9 +531,12 @@ class Learner:
         update, trial, summary_kw = self._round(step, index, self.totals)
         if step.phase == Phase.EXPLORE:
             planned = update.predicted_states
+            rollout_steps = getattr(update.controller, "steps", None)
             summary_kw["info"]["tracking_error"] = (
-                plan_tracking_error(planned, trial, getattr(update.controller, "steps", None))
+                plan_tracking_error(planned, trial, rollout_steps)
                 if planned is not None else float("inf"))
+            summary_kw["info"]["rollout_share"] = (
+                min(1.0, trial.steps / rollout_steps) if rollout_steps else 1.0)
             summary_kw["info"]["plan_ends_upright"] = (
                 planned is not None and plan_ends_upright(planned, self.config.success))
         else:
