@@ -15,7 +15,8 @@ from ebmcpilco_ros.cli import main
 TINY = ["--set", "optimizer.particles=16", "--set", "optimizer.max_steps_first=15",
         "--set", "optimizer.max_steps=15", "--set", "policy.num_basis=12",
         "--set", "pretrain.steps=10", "--set", "learner.max_trials=3",
-        "--set", "exploration.iterations=1", "--set", "model.fit_iterations=30",
+        "--set", "exploration.iterations=1", "--set", "exploration.max_deviation=0",
+        "--set", "model.fit_iterations=30",
         "--set", "ilqr.max_iterations=10", "--set", "ilqr.continuation_start=0",
         "--set", "plant.trial_duration=1.0", "--set", "optimizer.horizon=20"]
 

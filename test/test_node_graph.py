@@ -136,7 +136,7 @@ def test_eb_explores_with_ilqr_plans_then_pretrains_through_the_graph(tmp_path):
     optimisation node, for exploration.rollout_duration, and the policy trial starts from a
     pretrained policy."""
     eb = {"learner.algorithm": "eb", "exploration.iterations": 1, "pretrain.steps": 100,
-          "exploration.rollout_duration": 1.5}
+          "exploration.rollout_duration": 1.5, "exploration.max_deviation": 0.0}
     with ros_environment(isolated_domain(9)):
         g = start_graph(tmp_path, eb)
         client = GraphClient()

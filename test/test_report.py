@@ -26,7 +26,7 @@ RUN_ID = "20260101-000000-eb-seed3-test"
 SMALL = ExperimentConfig().replace(
     plant={"trial_duration": 1.5},
     learner={"algorithm": "eb", "max_trials": 4, "stop_on_success": False, "seed": 3},
-    exploration={"iterations": 1, "match_tol": 0.0},
+    exploration={"iterations": 1, "match_tol": 0.0, "max_deviation": 0.0},
     pretrain={"steps": 10, "every_trial": True},
     optimizer={"particles": 10, "max_steps": 8, "max_steps_first": 8, "threads": 1},
     policy={"num_basis": 10}, model={"fit_iterations": 20}, ilqr={"max_iterations": 10})

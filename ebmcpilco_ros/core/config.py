@@ -322,9 +322,9 @@ class ExplorationConfig(Section):
                              "spans the whole trial (0, or plant.trial_duration or more: the "
                              "whole trial)")
     max_deviation: float = setting(
-        0.0, 0.0, None, doc="a GP-iLQR rollout ends once its measured pole angle is further "
+        1.0, 0.0, None, doc="a GP-iLQR rollout ends once its measured pole angle is further "
                             "than this from the plan's [rad]: the plan is lost, and its "
-                            "feedback law drives the cart away (0 = never)")
+                            "feedback law drives the cart away (0 = never, as the paper)")
 
     def rollout_steps(self, plant: "PlantConfig") -> int:
         """Control steps of one GP-iLQR rollout (at least one)."""

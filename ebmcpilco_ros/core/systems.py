@@ -24,8 +24,8 @@ class SimulatedCartPole:
     """The benchmark cart-pole integrated in-process: ZOH input, Gaussian sensor noise.
 
     Starts each trial from x0 ~ N(0, initial_state_std^2 I) (pole down) and runs it for
-    controllers.trial_steps, or until the controller has `finished`. The controller sees the noisy measurement; the trial keeps the
-    noise-free trajectory for evaluation only.
+    controllers.trial_steps, or until the controller has `finished`. The controller sees the
+    noisy measurement; the trial keeps the noise-free trajectory for evaluation only.
     """
 
     def __init__(self, plant: PlantConfig, rng: np.random.Generator) -> None:
