@@ -133,10 +133,12 @@ def test_learning_loop_through_the_graph_improves_the_cost(graph):
 @pytest.mark.timeout(STARTUP_TIMEOUT + LEARNING_TIMEOUT + 60)
 def test_eb_explores_with_ilqr_plans_then_pretrains_through_the_graph(tmp_path):
     """EB-MC-PILCO over DDS: the GP-iLQR exploration rollout runs a feedback plan sent by the
-    optimisation node, for exploration.rollout_duration, and the policy trial starts from a
+    optimisation node, for exploration.rollout_duration and with exploration.max_deviation in
+    its payload, and the policy trial starts from a
     pretrained policy."""
     eb = {"learner.algorithm": "eb", "exploration.iterations": 1, "pretrain.steps": 100,
-          "exploration.rollout_duration": 1.5, "exploration.max_deviation": 0.0}
+          "exploration.rollout_duration": 1.5,
+          "exploration.max_deviation": 100.0}   # carried in the plan, never reached (< pi)
     with ros_environment(isolated_domain(9)):
         g = start_graph(tmp_path, eb)
         client = GraphClient()
@@ -164,6 +166,7 @@ def test_eb_explores_with_ilqr_plans_then_pretrains_through_the_graph(tmp_path):
             assert np.all(np.abs(plan_record["inputs"]) <= PLANT.u_max)
             # ... for 1.5 s (30 steps); the plan it followed spans the whole trial
             assert len(probe.controllers[-2]["controller"]["U"]) == 30
+            assert probe.controllers[-2]["controller"]["max_deviation"] == 100.0
             assert np.array(plan_record["states"]).shape == (31, 4), plan_record["meta"]
             assert ilqr_trial["duration_s"] == pytest.approx(1.5, abs=0.05)
             assert policy_trial["duration_s"] == pytest.approx(PLANT.trial_duration, abs=0.05)
