@@ -134,8 +134,7 @@ def test_learning_loop_through_the_graph_improves_the_cost(graph):
 def test_eb_explores_with_ilqr_plans_then_pretrains_through_the_graph(tmp_path):
     """EB-MC-PILCO over DDS: the GP-iLQR exploration rollout runs a feedback plan sent by the
     optimisation node, for exploration.rollout_duration and with exploration.max_deviation in
-    its payload, and the policy trial starts from a
-    pretrained policy."""
+    its payload, and the policy trial starts from a pretrained policy."""
     eb = {"learner.algorithm": "eb", "exploration.iterations": 1, "pretrain.steps": 100,
           "exploration.rollout_duration": 1.5,
           "exploration.max_deviation": 100.0}   # carried in the plan, never reached (< pi)
