@@ -8,7 +8,7 @@ trials (pretrained first on an iLQR plan as the config asks), until success or t
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -84,6 +84,33 @@ class FakeOptimization:
                                 wall_s={"pretrain": 0.25, "policy": 0.5})
 
 
+class ShortRollouts(FakeSystem):
+    """A FakeSystem whose trials end after `steps(kind, index)` steps where that is not None:
+    rollouts that exploration.max_deviation ended where they left their plans."""
+
+    def __init__(self, steps: Callable[[str, int], int | None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.steps = steps
+
+    def run(self, controller: Any, kind: str, index: int) -> Trial:
+        trial = super().run(controller, kind, index)
+        n = self.steps(kind, index)
+        if n is None:
+            return trial
+        return Trial(states=trial.states[:n + 1], inputs=trial.inputs[:n],
+                     times=trial.times[:n + 1], kind=kind, index=index, failed=trial.failed)
+
+
+class PlansOfTheWholeTrial(FakeOptimization):
+    """FakeOptimization whose controllers say they drive the whole trial (`steps`), as a
+    feedback plan does: the Learner compares each trial's steps with them."""
+
+    def next_controller(self, model: Any, request: OptimizationRequest) -> ControllerUpdate:
+        update = super().next_controller(model, request)
+        update.controller.steps = STEPS
+        return update
+
+
 def _run(algorithm: str, system: FakeSystem, optimizer: FakeOptimization, **learner: Any):
     config = ExperimentConfig().replace(
         plant={"trial_duration": STEPS * 0.05}, learner={"algorithm": algorithm, **learner})
@@ -156,21 +183,7 @@ def test_a_rollout_that_ended_before_its_plan_is_not_matched_however_close_its_s
     """exploration.max_deviation ends a rollout where it left its plan; the steps before
     matched the plan, the rollout did not follow it, so exploration goes on (the Learner
     compares the trial's steps with the controller's)."""
-    class LeavesFirstPlan(FakeSystem):
-        def run(self, controller: Any, kind: str, index: int) -> Trial:
-            trial = super().run(controller, kind, index)
-            if index != 1:
-                return trial
-            return Trial(states=trial.states[:6], inputs=trial.inputs[:5],
-                         times=trial.times[:6], kind=kind, index=index)
-
-    class PlansOfTheWholeTrial(FakeOptimization):
-        def next_controller(self, model: Any, request: OptimizationRequest) -> ControllerUpdate:
-            update = super().next_controller(model, request)
-            update.controller.steps = STEPS
-            return update
-
-    system = LeavesFirstPlan(solves={1, 2})
+    system = ShortRollouts(lambda kind, index: 5 if index == 1 else None, solves={1, 2})
     report, _ = _run("eb", system, PlansOfTheWholeTrial((True, True), plans_upright=True),
                      max_trials=4)
     assert system.kinds == ["random", "ilqr", "ilqr", "policy"]
@@ -184,23 +197,8 @@ def test_rollouts_that_left_their_plans_count_as_the_share_they_ran():
     """exploration.iterations is a budget of rollout time: rollouts that max_deviation ended
     halfway count half, so six of them make the three iterations; a faulted one counts
     nothing, and a summary without rollout_share (recorded before it) counts whole."""
-    class HalfRollouts(FakeSystem):
-        def run(self, controller: Any, kind: str, index: int) -> Trial:
-            trial = super().run(controller, kind, index)
-            if kind != "ilqr":
-                return trial
-            half = STEPS // 2
-            return Trial(states=trial.states[:half + 1], inputs=trial.inputs[:half],
-                         times=trial.times[:half + 1], kind=kind, index=index,
-                         failed=trial.failed)
-
-    class PlansOfTheWholeTrial(FakeOptimization):
-        def next_controller(self, model: Any, request: OptimizationRequest) -> ControllerUpdate:
-            update = super().next_controller(model, request)
-            update.controller.steps = STEPS
-            return update
-
-    system = HalfRollouts(faults={2})
+    system = ShortRollouts(lambda kind, index: STEPS // 2 if kind == "ilqr" else None,
+                           faults={2})
     report, _ = _run("eb", system, PlansOfTheWholeTrial(), max_trials=9)
     assert system.kinds == ["random"] + ["ilqr"] * 7 + ["policy"]
     explored = [t for t in report.trials if t.kind == "ilqr" and not t.faulted]
