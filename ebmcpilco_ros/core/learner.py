@@ -30,7 +30,8 @@ from .jsonio import plain
 from .mcpilco import (OptimizationResult, SuccessStop, model_costs, optimize_policy,
                       torch_dtype, torch_threads)
 from .model import SpeedIntegrationModel
-from .controllers import Controller, FeedbackPlanController, PolicyController, RandomController
+from .controllers import (Controller, FeedbackPlanController, PolicyController, RandomController,
+                          trial_steps)
 from .exploration import (exploration_plan, plan_ends_upright, plan_swing_up,
                           plan_tracking_error)
 from .ilqr import ILQRPlan
@@ -531,12 +532,11 @@ class Learner:
         update, trial, summary_kw = self._round(step, index, self.totals)
         if step.phase == Phase.EXPLORE:
             planned = update.predicted_states
-            rollout_steps = getattr(update.controller, "steps", None)
+            rollout_steps = trial_steps(update.controller, self.config.plant.steps)
             summary_kw["info"]["tracking_error"] = (
                 plan_tracking_error(planned, trial, rollout_steps)
                 if planned is not None else float("inf"))
-            summary_kw["info"]["rollout_share"] = (
-                min(1.0, trial.steps / rollout_steps) if rollout_steps else 1.0)
+            summary_kw["info"]["rollout_share"] = min(1.0, trial.steps / rollout_steps)
             summary_kw["info"]["plan_ends_upright"] = (
                 planned is not None and plan_ends_upright(planned, self.config.success))
         else:
