@@ -235,8 +235,29 @@ class Watch:
         with self.cond:
             return self.cond.wait_for(predicate, timeout)
 
-    def wait_matched(self, topics: list[str], timeout: float) -> bool:
-        return self.wait(lambda: all(self._matched.get(t, 0) > 0 for t in topics), timeout)
+    def wait_matched(self, topics: list[str], timeout: float, reader: str = "") -> bool:
+        """Each topic's publisher has matched a reader; with `reader` (a node name), the ROS
+        graph lists that node among the topic's readers and the publisher has matched every
+        reader listed (all of them QoS-compatible with it, or this never holds). A publisher
+        matched by this process's own subscription, or by another node's, is not yet heard by
+        `reader`: a message sent then is lost on a volatile topic (a flake seen once: a
+        refusal never counted)."""
+        def matched() -> bool:
+            for topic in topics:
+                if not reader:
+                    if self._matched.get(topic, 0) < 1:
+                        return False
+                    continue
+                nodes = [i.node_name for i in self.node.get_subscriptions_info_by_topic(topic)]
+                if reader not in nodes or self._matched.get(topic, 0) < len(nodes):
+                    return False
+            return True
+        # The graph's endpoint list changes without a notification here: poll it.
+        deadline = time.monotonic() + timeout
+        while not self.wait(matched, min(0.1, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def wait_log(self, logger: str, *fragments: str, timeout: float = WAIT) -> str | None:
         """The first line `logger` logged that contains every fragment."""
@@ -429,8 +450,11 @@ def test_trial_manager_policy_execution_and_plant_count_and_log_what_they_refuse
                     for name, (topic, qos) in topics.items()}
             commands = watch.publisher(Float64MultiArray, "cartpole/effort_command",
                                        qos.sensor_qos())
-            assert watch.wait_matched([t for t, _q in topics.values()]
-                                      + ["cartpole/effort_command"], STARTUP_TIMEOUT), \
+            to_manager = [t for name, (t, _q) in topics.items() if name != "trial_request"]
+            assert watch.wait_matched(to_manager, STARTUP_TIMEOUT, reader="trial_manager") \
+                and watch.wait_matched([names.TRIAL_REQUEST_TOPIC], STARTUP_TIMEOUT,
+                                       reader="policy_execution") \
+                and watch.wait_matched(["cartpole/effort_command"], STARTUP_TIMEOUT), \
                 describe_failure(g)
             ready = client.wait_status(can_run_trial, STARTUP_TIMEOUT)
             assert ready is not None, describe_failure(g)
