@@ -138,7 +138,11 @@ def cmd_bench_learn(args: argparse.Namespace) -> int:
 def cmd_bench_merge(args: argparse.Namespace) -> int:
     from .tools import bench
 
-    result = bench.merge_learn(args.inputs)
+    try:
+        result = bench.merge_learn(args.inputs, union=args.union)
+    except ValueError as exc:
+        print(f"ebmcpilco bench merge: {exc}", file=sys.stderr)
+        return 2
     print(bench.learn_table(result))
     _write_json(args.json, result)
     if args.plot:
@@ -535,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge = bsub.add_parser("merge", help="several bench learn JSONs as one table + JSON")
     merge.add_argument("inputs", nargs="+",
                        help="bench learn JSONs; a variant in a later file replaces it")
+    merge.add_argument("--union", action="store_true",
+                       help="pool the files' runs (seeds split across files; a later file's "
+                            "run of the same variant and seed replaces it); the files must "
+                            "share one config")
     merge.add_argument("--json", required=True, help="write the merged results here")
     merge.add_argument("--plot", default=None, help="write cost-per-step curves to this PNG")
     merge.set_defaults(func=cmd_bench_merge)

@@ -114,6 +114,32 @@ def test_bench_merge_replaces_a_rerun_variant_whole(tmp_path, capsys):
     assert "EB-MC-PILCO vs MC-PILCO" in capsys.readouterr().out
 
 
+def test_bench_merge_union_pools_seeds_and_refuses_another_config(tmp_path, capsys):
+    config = {"exploration": {"max_deviation": 1.0}}
+    files = [tmp_path / f"{n}.json" for n in "abc"]
+    files[0].write_text(json.dumps({"runs": [_run("eb", 1, True, 100.0), _run("eb", 2, False,
+                                                                             900.0)],
+                                    "config": config}))
+    files[1].write_text(json.dumps({"runs": [_run("eb", 2, True, 200.0), _run("eb", 3, True,
+                                                                             300.0)],
+                                    "config": config}))
+    files[2].write_text(json.dumps({"runs": [_run("eb", 4, True, 50.0)],
+                                    "config": {"exploration": {"max_deviation": 0.0}}}))
+    out = tmp_path / "merged.json"
+    assert main(["bench", "merge", "--union", str(files[0]), str(files[1]),
+                 "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    # seeds 1-3 pooled, seed 2 from the later file
+    assert [(r["seed"], r["wall_s"]["total"]) for r in data["runs"]] == [
+        (1, 100.0), (2, 200.0), (3, 300.0)]
+    assert data["summary"]["eb"]["seeds"] == 3 and data["summary"]["eb"]["solved"] == 3
+    assert data["summary"]["eb"]["median_total_s"] == 200.0
+    capsys.readouterr()
+    assert main(["bench", "merge", "--union", str(files[0]), str(files[2]),
+                 "--json", str(out)]) == 2
+    assert "differs at exploration.max_deviation" in capsys.readouterr().err
+
+
 def _children(pid: int) -> set[int]:
     """The live child processes of `pid` (every thread's list)."""
     found: set[int] = set()

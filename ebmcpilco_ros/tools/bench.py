@@ -155,23 +155,43 @@ def learn(config: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[i
     return result()
 
 
-def merge_learn(paths: Sequence[str | Path]) -> dict[str, Any]:
+def merge_learn(paths: Sequence[str | Path], union: bool = False) -> dict[str, Any]:
     """Several `bench learn` JSONs as one (e.g. runs split across machines, or one algorithm
     rerun after a change that cannot affect the other). A variant present in a later file
-    replaces all of that variant's runs from earlier files; each file's machine is kept."""
-    by_variant: dict[str, list[dict[str, Any]]] = {}
-    sources, data = [], {}
+    replaces all of that variant's runs from earlier files; with `union`, the files' runs are
+    pooled instead (seeds split across files), a later file's run of the same variant and seed
+    replacing the earlier one, and files run with different configs are refused. Each file's
+    machine is kept."""
+    by_variant: dict[str, dict[int | None, dict[str, Any]]] = {}
+    sources: list[dict[str, Any]] = []
+    data: dict[str, Any] = {}
     for path in paths:
         data = json.loads(Path(path).read_text())
+        if union and sources and data.get("config") != first_config:
+            raise ValueError(f"{path}: run with another config than {sources[0]['path']} "
+                             f"(differs at {_first_difference(first_config, data.get('config'))})"
+                             "; --union pools only runs of one config")
+        if not sources:
+            first_config = data.get("config")
         variants = list(dict.fromkeys(r["variant"] for r in data["runs"]))
         for v in variants:
-            by_variant[v] = [r for r in data["runs"] if r["variant"] == v]
+            runs = {r["seed"]: r for r in data["runs"] if r["variant"] == v}
+            by_variant[v] = {**by_variant.get(v, {}), **runs} if union else runs
         sources.append({"path": str(path), "variants": variants, "machine": data.get("machine")})
     order = list(by_variant)
-    runs = sorted((r for rs in by_variant.values() for r in rs),
+    runs = sorted((r for rs in by_variant.values() for r in rs.values()),
                   key=lambda r: (r["seed"], order.index(r["variant"])))
     return {"runs": runs, "summary": summarize(runs), "config": data.get("config"),
             "machine": data.get("machine"), "sources": sources}
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    """The first dotted key at which two configs differ, for the refusal's message."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}{key}.")
+    return where.rstrip(".") or "the top level"
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
