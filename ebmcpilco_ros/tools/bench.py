@@ -160,8 +160,9 @@ def merge_learn(paths: Sequence[str | Path], union: bool = False) -> dict[str, A
     rerun after a change that cannot affect the other). A variant present in a later file
     replaces all of that variant's runs from earlier files; with `union`, the files' runs are
     pooled instead (seeds split across files), a later file's run of the same variant and seed
-    replacing the earlier one, and files run with different configs are refused. Each file's
-    machine is kept."""
+    replacing the earlier one, and files run with different configs are refused, including
+    those `learn` capped by --jobs (optimizer.particle_workers splits the particles' sums, so
+    a run at another count follows another optimisation). Each file's machine is kept."""
     by_variant: dict[str, dict[int | None, dict[str, Any]]] = {}
     sources: list[dict[str, Any]] = []
     data: dict[str, Any] = {}
