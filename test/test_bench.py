@@ -117,12 +117,10 @@ def test_bench_merge_replaces_a_rerun_variant_whole(tmp_path, capsys):
 def test_bench_merge_union_pools_seeds_and_refuses_another_config(tmp_path, capsys):
     config = {"exploration": {"max_deviation": 1.0}}
     files = [tmp_path / f"{n}.json" for n in "abc"]
-    files[0].write_text(json.dumps({"runs": [_run("eb", 1, True, 100.0), _run("eb", 2, False,
-                                                                             900.0)],
-                                    "config": config}))
-    files[1].write_text(json.dumps({"runs": [_run("eb", 2, True, 200.0), _run("eb", 3, True,
-                                                                             300.0)],
-                                    "config": config}))
+    runs = [[_run("eb", 1, True, 100.0), _run("eb", 2, False, 900.0)],
+            [_run("eb", 2, True, 200.0), _run("eb", 3, True, 300.0)]]
+    for path, rs in zip(files, runs):
+        path.write_text(json.dumps({"runs": rs, "config": config}))
     files[2].write_text(json.dumps({"runs": [_run("eb", 4, True, 50.0)],
                                     "config": {"exploration": {"max_deviation": 0.0}}}))
     out = tmp_path / "merged.json"

@@ -6,6 +6,7 @@ round-trip benchmarks. The emulator runs in the test process, so its snapshots a
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import subprocess
 import sys
@@ -84,8 +85,6 @@ class Rig:
                                              self._on_heartbeat, latched_qos())
 
     def _on_heartbeat(self, msg: Any) -> None:
-        import json
-
         with self.heartbeat_cond:
             self.heartbeats.append((time.monotonic(), bool(json.loads(msg.data).get("fresh"))))
             self.heartbeat_cond.notify_all()
@@ -107,7 +106,10 @@ class Rig:
         return call_trigger(self.services[name], timeout)
 
     def failure(self) -> str:
-        return describe_failure(self.graph)
+        # The trial manager's last status says what a graph that never got ready waited for
+        # (a restarted execution node once stayed silent for 120 s in a loaded full run).
+        return (f"{describe_failure(self.graph)}\nlast status: "
+                f"{json.dumps(self.client.latest_status)}")
 
     def close(self) -> None:
         self.client.close()

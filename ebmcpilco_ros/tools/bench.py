@@ -166,6 +166,7 @@ def merge_learn(paths: Sequence[str | Path], union: bool = False) -> dict[str, A
     by_variant: dict[str, dict[int | None, dict[str, Any]]] = {}
     sources: list[dict[str, Any]] = []
     data: dict[str, Any] = {}
+    first_config: Any = None
     for path in paths:
         data = json.loads(Path(path).read_text())
         if union and sources and data.get("config") != first_config:
