@@ -282,6 +282,10 @@ def test_a_peer_stopped_alone_aborts_the_run_with_its_reason(tmp_path):
             assert ended is not None, describe_failure(g)
             assert g.processes["policy_optimization"].wait(timeout=STOP_BOUND_S + 1) == 0
             assert g.processes["trial_manager"].poll() is None  # the run ended, the node did not
+            # The peer's absence, reported after the run's end, is not the run's: the run's
+            # log.jsonl still ends on "aborted" (it once gained a not_ready here).
+            gone = client.wait_status(lambda s: s["event"] == "not_ready" and not s["ready"], 30)
+            assert gone is not None and gone["run_id"] == ended["run_id"], gone
         finally:
             client.close()
             g.stop()

@@ -77,6 +77,10 @@ class TrialManager(GraphNode):
         self.activity = IDLE
         self.phase = ""
         self.run_id = ""
+        # statuses go to the run's log.jsonl from its start to its end event, not after: a peer
+        # that leaves later would append a not_ready to a run that has ended
+        self.run_open = False
+        self.log_lock = threading.Lock()
         self.trials_done = 0
         self.last_completed = ""  # the phase last completed (progress.json)
         self.current_trial: dict[str, Any] | None = None  # the trial request out now
@@ -315,7 +319,7 @@ class TrialManager(GraphNode):
             run_dir.write_progress(state, self.phase, self.last_completed, self.trials_done,
                                    self.current_trial)
 
-    def _publish_status(self, kind: str, **fields: Any) -> None:
+    def _publish_status(self, kind: str, *, ends_run: bool = False, **fields: Any) -> None:
         if self.closing:  # the worker may still report while the node goes down
             return
         status = Status(stamp=time.time(), node=self.get_fully_qualified_name(), event=kind,
@@ -323,9 +327,12 @@ class TrialManager(GraphNode):
                         waiting_for=self.waiting_for, run_id=self.run_id, phase=self.phase,
                         trials=self.trials_done, **fields).to_dict()
         self.status_pub.publish(encode(status))
-        run_dir = self.run_dirs.get(self.run_id)
-        if run_dir is not None:   # progress too: every nodes.progress_period at most
-            run_dir.log(status)
+        with self.log_lock:
+            run_dir = self.run_dirs.get(self.run_id) if self.run_open else None
+            if run_dir is not None:   # progress too: every nodes.progress_period at most
+                run_dir.log(status)
+            if ends_run:
+                self.run_open = False
 
     # -- services -------------------------------------------------------------------------------
     def _busy_reason(self) -> str | None:
@@ -503,6 +510,8 @@ class TrialManager(GraphNode):
         """Caller holds the lock and has checked the manager is idle."""
         self.cancel.clear()
         self.activity, self.run_id, self.phase = activity, run_id, "starting"
+        with self.log_lock:
+            self.run_open = True
         self.last_completed, self.current_trial = "", None
         run_dir = self._run_dir(run_id)
         if run_dir is not None and activity == LEARNING and write_config:
@@ -530,7 +539,7 @@ class TrialManager(GraphNode):
             if self.activity == LEARNING:
                 self._write_progress(kind)
             self.activity, self.phase = IDLE, kind
-        self._publish_status(kind, **fields)
+        self._publish_status(kind, ends_run=True, **fields)
 
     def _learn(self, resume: dict[str, Any] | None = None) -> None:
         """The Learner through the other nodes, from the start or from a checkpoint."""
