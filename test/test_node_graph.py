@@ -75,6 +75,10 @@ def test_run_trial_records_a_trial_of_the_right_length_and_period(graph):
     assert all(c >= s for s, c in zip(stamps, sent)) and sorted(stamps) == stamps
     written = tmp / "runs" / record["meta"]["run_id"] / "trials" / "trial_000.json"
     assert json.loads(written.read_text()) == record
+    # its log: the manual trial's statuses, from its start to its end (docs/NODES.md)
+    log = [json.loads(line) for line in (written.parent.parent / "log.jsonl").read_text()
+           .splitlines()]
+    assert log[0]["event"] == "started_running_trial" and log[-1] == done, log
     check_bag(written.with_suffix(""), record)
 
 
@@ -117,6 +121,7 @@ def test_learning_loop_through_the_graph_improves_the_cost(graph):
     assert len(list((run_dir / "models").glob("*.json"))) == len(report["trials"]) - 1
     assert len(list((run_dir / "controllers").glob("*.json"))) == len(report["trials"]) - 1
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "started_learning" and log[-1] == end, log[-1]
     assert sum(entry["event"] == "trial_done" for entry in log) == len(report["trials"])
     # every trial_done says whether the system cut its trial short (docs/NODES.md): none here
     assert all(entry["trial"]["faulted"] is False for entry in log

@@ -326,13 +326,14 @@ class TrialManager(GraphNode):
                         state=self.activity, ready=not self.waiting_for,
                         waiting_for=self.waiting_for, run_id=self.run_id, phase=self.phase,
                         trials=self.trials_done, **fields).to_dict()
-        self.status_pub.publish(encode(status))
+        # logged first: a status that has arrived anywhere is in the run's log already
         with self.log_lock:
             run_dir = self.run_dirs.get(self.run_id) if self.run_open else None
             if run_dir is not None:   # progress too: every nodes.progress_period at most
                 run_dir.log(status)
             if ends_run:
                 self.run_open = False
+        self.status_pub.publish(encode(status))
 
     # -- services -------------------------------------------------------------------------------
     def _busy_reason(self) -> str | None:
