@@ -77,10 +77,6 @@ class TrialManager(GraphNode):
         self.activity = IDLE
         self.phase = ""
         self.run_id = ""
-        # statuses go to the run's log.jsonl from its start to its end event, not after: a peer
-        # that leaves later would append a not_ready to a run that has ended
-        self.run_open = False
-        self.log_lock = threading.Lock()
         self.trials_done = 0
         self.last_completed = ""  # the phase last completed (progress.json)
         self.current_trial: dict[str, Any] | None = None  # the trial request out now
@@ -326,13 +322,13 @@ class TrialManager(GraphNode):
                         state=self.activity, ready=not self.waiting_for,
                         waiting_for=self.waiting_for, run_id=self.run_id, phase=self.phase,
                         trials=self.trials_done, **fields).to_dict()
-        # logged first: a status that has arrived anywhere is in the run's log already
-        with self.log_lock:
-            run_dir = self.run_dirs.get(self.run_id) if self.run_open else None
-            if run_dir is not None:   # progress too: every nodes.progress_period at most
-                run_dir.log(status)
-            if ends_run:
-                self.run_open = False
+        # The run's log.jsonl holds its statuses from its start to its end event (`ends_run`,
+        # published once _end has set IDLE), not after: a peer that leaves later is not the
+        # run's. Logged first: a status that has arrived anywhere is in the log already.
+        run_dir = (self.run_dirs.get(self.run_id) if self.activity != IDLE or ends_run
+                   else None)
+        if run_dir is not None:   # progress too: every nodes.progress_period at most
+            run_dir.log(status)
         self.status_pub.publish(encode(status))
 
     # -- services -------------------------------------------------------------------------------
@@ -511,8 +507,6 @@ class TrialManager(GraphNode):
         """Caller holds the lock and has checked the manager is idle."""
         self.cancel.clear()
         self.activity, self.run_id, self.phase = activity, run_id, "starting"
-        with self.log_lock:
-            self.run_open = True
         self.last_completed, self.current_trial = "", None
         run_dir = self._run_dir(run_id)
         if run_dir is not None and activity == LEARNING and write_config:
